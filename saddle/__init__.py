@@ -1,0 +1,38 @@
+"""saddle: batched solvers for minimax problems, saddle-point problems and variational inequalities."""
+
+from . import merit, sets, stepsize, terms
+from .operator import LinearOperator, Operator, SaddleOperator
+from .problem import BilinearProblem, Reference, SaddleProblem, VIProblem
+from .sets import Ball, Box, ConstraintSet, Product, Reals, Simplex
+from .solution import Solution, SolveError, Status
+from .solve import Progress, solve
+from .solvers import (
+    GDA,
+    AlternatingGDA,
+    AnchoredEG,
+    EGPlus,
+    Extragradient,
+    MirrorProx,
+    Optimistic,
+    Reflected,
+    Solver,
+    get_solver,
+    register,
+    solver_names,
+)
+from .stepsize import Backtracking, Constant
+from .terms import Linear, Quadratic, Zero
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Operator", "SaddleOperator", "LinearOperator",
+    "ConstraintSet", "Reals", "Box", "Ball", "Simplex", "Product",
+    "VIProblem", "SaddleProblem", "BilinearProblem", "Reference",
+    "Zero", "Linear", "Quadratic",
+    "Solution", "SolveError", "Status", "Progress", "solve",
+    "Constant", "Backtracking",
+    "Solver", "register", "get_solver", "solver_names",
+    "GDA", "AlternatingGDA", "Extragradient", "MirrorProx", "EGPlus", "AnchoredEG", "Optimistic", "Reflected",
+    "merit", "sets", "stepsize", "terms",
+]

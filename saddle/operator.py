@@ -1,0 +1,184 @@
+"""Batched operators F: Z -> R^n, the one interface every solver consumes.
+
+A point ``z`` is a tuple of ``(B, n_i)`` blocks and ``F(z)`` is a tuple of the
+same shapes. For a minimax problem ``min_x max_y f(x, y)`` the operator is
+``F(x, y) = (grad_x f, -grad_y f)`` (`SaddleOperator`); for an affine VI it is
+``F(z) = M z + q`` (`LinearOperator`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .point import Point
+
+__all__ = ["Operator", "SaddleOperator", "LinearOperator"]
+
+
+class Operator:
+    """A batched operator ``F(z)``.
+
+    Args:
+        fn: a function mapping a point ``tuple[(B, n_i) tensors]`` to a tuple of
+            the same shapes. Subclasses override `__call__` instead.
+
+    ``jvp`` and ``vjp`` default to forward- and reverse-mode autodiff of
+    ``__call__`` (`torch.func`).
+    """
+
+    def __init__(self, fn: Callable[[Point], Point] | None = None):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"operator must be callable, got {type(fn).__name__}")
+        self._fn = fn
+
+    def __call__(self, z: Point) -> Point:
+        if self._fn is None:
+            raise NotImplementedError("Operator subclasses must implement __call__")
+        out = self._fn(z)
+        if isinstance(out, Tensor):
+            out = (out,)
+        return tuple(out)
+
+    def jvp(self, z: Point, v: Point) -> Point:
+        """The Jacobian-vector product ``J_F(z) v``."""
+        return torch.func.jvp(self.__call__, (tuple(z),), (tuple(v),))[1]
+
+    def vjp(self, z: Point, v: Point) -> Point:
+        """The vector-Jacobian product ``J_F(z)^T v``."""
+        _, pullback = torch.func.vjp(self.__call__, tuple(z))
+        return pullback(tuple(v))[0]
+
+    def lipschitz(self) -> Tensor | None:
+        """A Lipschitz constant of F per instance, shape ``(B,)``, or None if unknown."""
+        return None
+
+
+class SaddleOperator(Operator):
+    """``F(x, y) = (grad_x f(x, y), -grad_y f(x, y))`` for ``min_x max_y f``.
+
+    Args:
+        f: ``f(x, y) -> (B,)``, the objective of each instance; ``x`` is
+            ``(B, n)``, ``y`` is ``(B, m)``. Instances must not interact: the
+            gradients are those of ``f(x, y).sum()``.
+    """
+
+    def __init__(self, f: Callable[[Tensor, Tensor], Tensor]):
+        if not callable(f):
+            raise TypeError(f"f must be callable, got {type(f).__name__}")
+        super().__init__()
+        self.f = f
+        self._grad = torch.func.grad(lambda x, y: self.f(x, y).sum(), argnums=(0, 1))
+
+    def __call__(self, z: Point) -> Point:
+        x, y = z
+        gx, gy = self._grad(x, y)
+        return gx, -gy
+
+
+def _batched_matvec(M: Tensor, v: Tensor) -> Tensor:
+    """``M v`` for ``M`` of shape (B or 1, m, n) and ``v`` of shape (B, n)."""
+    return torch.matmul(M, v.unsqueeze(-1)).squeeze(-1)
+
+
+class LinearOperator(Operator):
+    """The affine operator ``F(z)_i = sum_j M_ij z_j + q_i`` given by blocks.
+
+    Args:
+        blocks: a k x k nested sequence; ``blocks[i][j]`` is ``None`` (zero) or a
+            ``(B, n_i, n_j)`` tensor (``(1, n_i, n_j)`` is shared by all instances).
+        offset: ``None`` or a tuple of k ``(B, n_i)`` tensors q_i.
+
+    F is monotone iff the symmetric part of M is positive semidefinite; its
+    Lipschitz constant is the spectral norm of M (`lipschitz`).
+    """
+
+    def __init__(self, blocks: Sequence[Sequence[Tensor | None]], offset: Sequence[Tensor] | None = None):
+        super().__init__()
+        k = len(blocks)
+        if k == 0 or any(len(row) != k for row in blocks):
+            raise ValueError("blocks must be a square k x k nested sequence")
+        for i, row in enumerate(blocks):
+            for j, M in enumerate(row):
+                if M is not None and (not isinstance(M, Tensor) or M.dim() != 3):
+                    raise ValueError(f"blocks[{i}][{j}] must be None or a (B, n_i, n_j) tensor")
+        if offset is not None and len(offset) != k:
+            raise ValueError(f"offset must have {k} blocks, got {len(offset)}")
+        self.blocks = tuple(tuple(row) for row in blocks)
+        self.offset = None if offset is None else tuple(offset)
+        self._lipschitz: Tensor | None = None
+
+    def __call__(self, z: Point) -> Point:
+        out = []
+        for i, row in enumerate(self.blocks):
+            acc = None if self.offset is None else self.offset[i]
+            for M, zj in zip(row, z):
+                if M is not None:
+                    term = _batched_matvec(M, zj)
+                    acc = term if acc is None else acc + term
+            out.append(acc if acc is not None else torch.zeros_like(z[i]))
+        return tuple(out)
+
+    def matvec(self, z: Point) -> Point:
+        """``M z`` without the offset (the Jacobian-vector product)."""
+        return LinearOperator(self.blocks)(z)
+
+    def jvp(self, z: Point, v: Point) -> Point:
+        return self.matvec(v)
+
+    def dense(self) -> Tensor:
+        """The assembled matrix M, shape ``(B, N, N)`` with ``N = sum n_i``."""
+        sizes = self._block_sizes()
+        B = max(M.shape[0] for row in self.blocks for M in row if M is not None)
+        ref = next(M for row in self.blocks for M in row if M is not None)
+        rows = []
+        for i, row in enumerate(self.blocks):
+            cols = []
+            for j, M in enumerate(row):
+                if M is None:
+                    cols.append(ref.new_zeros(B, sizes[i], sizes[j]))
+                else:
+                    cols.append(M.expand(B, -1, -1))
+            rows.append(torch.cat(cols, dim=-1))
+        return torch.cat(rows, dim=-2)
+
+    def _block_sizes(self) -> list[int]:
+        k = len(self.blocks)
+        sizes = [None] * k
+        for i, row in enumerate(self.blocks):
+            for j, M in enumerate(row):
+                if M is not None:
+                    sizes[i], sizes[j] = M.shape[-2], M.shape[-1]
+        if any(s is None for s in sizes):
+            raise ValueError("cannot infer block sizes: a block row and column are entirely None")
+        return sizes
+
+    def lipschitz(self) -> Tensor:
+        """The spectral norm ``|M|_2`` per instance, shape ``(B,)`` (computed once, cached)."""
+        if self._lipschitz is None:
+            self._lipschitz = spectral_norm(self.dense())
+        return self._lipschitz
+
+    def strong_monotonicity(self) -> Tensor:
+        """``lambda_min((M + M^T) / 2)`` per instance, shape ``(B,)``; > 0 iff strongly monotone."""
+        M = self.dense()
+        return torch.linalg.eigvalsh(0.5 * (M + M.mT))[..., 0]
+
+
+def spectral_norm(M: Tensor, *, exact_below: int = 2048, iters: int = 200) -> Tensor:
+    """The largest singular value of each matrix in ``M`` (B, m, n), shape ``(B,)``.
+
+    Exact (singular values) when ``min(m, n) <= exact_below``; otherwise power
+    iteration on ``M^T M`` with a 1% upward margin, since power iteration
+    approaches the norm from below and step sizes need an upper bound.
+    """
+    if min(M.shape[-2:]) <= exact_below:
+        return torch.linalg.matrix_norm(M, ord=2)
+    g = torch.Generator(device=M.device).manual_seed(0)
+    v = torch.randn(M.shape[0], M.shape[-1], 1, device=M.device, dtype=M.dtype, generator=g)
+    for _ in range(iters):
+        v = M.mT @ (M @ v)
+        v = v / v.norm(dim=-2, keepdim=True)
+    return (M @ v).norm(dim=(-2, -1)) * 1.01

@@ -1,0 +1,112 @@
+"""Points: tuples of ``(B, n_i)`` blocks, and the few operations solvers need on them.
+
+A point of a k-player problem is ``tuple[Tensor, ...]`` with one block per
+player; block i has shape ``(B, n_i)`` (B instances). Per-instance scalars are
+``(B,)`` tensors and broadcast over the coordinates of every block.
+"""
+
+from __future__ import annotations
+
+from numbers import Real
+from typing import Any, Tuple
+
+import torch
+from torch import Tensor
+
+Point = Tuple[Tensor, ...]
+
+__all__ = ["Point", "as_point", "axpy", "lerp", "sub", "dot", "norm", "all_finite", "where", "column"]
+
+
+def column(s, like: Tensor):
+    """A float or ``(B,)`` tensor, shaped to broadcast against a ``(B, n)`` block."""
+    if isinstance(s, Tensor) and s.dim() == 1:
+        return s.unsqueeze(-1)
+    return s
+
+
+def axpy(a, x: Point, y: Point) -> Point:
+    """``y + a * x`` blockwise; ``a`` is a float or a ``(B,)`` tensor."""
+    return tuple(yi + column(a, yi) * xi for xi, yi in zip(x, y))
+
+
+def lerp(x: Point, y: Point, t) -> Point:
+    """``x + t * (y - x)`` blockwise; ``t`` is a float or a ``(B,)`` tensor."""
+    return tuple(xi + column(t, xi) * (yi - xi) for xi, yi in zip(x, y))
+
+
+def sub(x: Point, y: Point) -> Point:
+    return tuple(xi - yi for xi, yi in zip(x, y))
+
+
+def dot(x: Point, y: Point) -> Tensor:
+    """Per-instance inner product summed over blocks, shape ``(B,)``."""
+    return sum((xi * yi).sum(-1) for xi, yi in zip(x, y))
+
+
+def norm(x: Point) -> Tensor:
+    """Per-instance Euclidean norm over all blocks, shape ``(B,)``."""
+    return torch.sqrt(sum(xi.square().sum(-1) for xi in x))
+
+
+def all_finite(x: Point) -> Tensor:
+    """Per-instance: every coordinate of every block finite, shape ``(B,)``."""
+    out = None
+    for xi in x:
+        f = torch.isfinite(xi).flatten(1).all(-1)
+        out = f if out is None else out & f
+    return out
+
+
+def where(mask: Tensor, new: Any, old: Any) -> Any:
+    """Select ``new`` where ``mask`` (B,) is true and ``old`` elsewhere, through tuples.
+
+    Works on tensors whose first dimension is the batch, on (named) tuples of
+    them and on ``None``; this is how the driver freezes finished instances.
+    """
+    if new is None:
+        return None
+    if isinstance(new, Tensor):
+        m = mask.reshape((-1,) + (1,) * (new.dim() - 1))
+        return torch.where(m, new, old)
+    if isinstance(new, tuple):
+        items = [where(mask, n, o) for n, o in zip(new, old)]
+        return type(new)(*items) if hasattr(new, "_fields") else tuple(items)
+    if isinstance(new, (Real, str)):
+        return new
+    raise TypeError(f"cannot select through a value of type {type(new).__name__}")
+
+
+def as_point(z, name: str = "z0") -> Point:
+    """Validate a point given by the user and return it as a tuple of ``(B, n_i)`` tensors.
+
+    Raises ``TypeError`` / ``ValueError`` naming ``name`` when blocks are not
+    floating tensors, not 2-D, disagree on B, device or dtype, or are not finite.
+    """
+    if isinstance(z, Tensor):
+        z = (z,)
+    if not isinstance(z, (tuple, list)) or len(z) == 0:
+        raise TypeError(f"{name} must be a tuple of (B, n_i) tensors, got {type(z).__name__}")
+    blocks = []
+    for i, b in enumerate(z):
+        if not isinstance(b, Tensor):
+            raise TypeError(f"{name}[{i}] must be a torch.Tensor, got {type(b).__name__}")
+        if not b.is_floating_point():
+            raise TypeError(f"{name}[{i}] must have a floating dtype, got {b.dtype}")
+        if b.dim() != 2:
+            raise ValueError(
+                f"{name}[{i}] must have shape (B, n), got {tuple(b.shape)}; "
+                "for a single instance add a batch dimension, e.g. x[None]"
+            )
+        if not torch.isfinite(b).all():
+            raise ValueError(f"{name}[{i}] contains NaN or inf")
+        blocks.append(b)
+    B, dev, dt = blocks[0].shape[0], blocks[0].device, blocks[0].dtype
+    for i, b in enumerate(blocks):
+        if b.shape[0] != B:
+            raise ValueError(f"{name}[{i}] has batch size {b.shape[0]}, but {name}[0] has {B}")
+        if b.device != dev or b.dtype != dt:
+            raise ValueError(f"{name}[{i}] is {b.dtype} on {b.device}, but {name}[0] is {dt} on {dev}")
+    if B == 0:
+        raise ValueError(f"{name} has batch size 0")
+    return tuple(blocks)

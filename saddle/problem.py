@@ -1,0 +1,308 @@
+"""Problems: a batched VI (operator, domain, starting point) and the saddle-point forms built on it.
+
+- `VIProblem`: find z* in Z with ``<F(z*), z - z*> >= 0`` for all z in Z.
+- `SaddleProblem`: ``min_{x in X} max_{y in Y} f(x, y)``, the VI with
+  ``F = (grad_x f, -grad_y f)`` on ``X x Y``.
+- `BilinearProblem`: ``min_{x in X} max_{y in Y} g(x) + <Kx, y> - h*(y)``
+  with simple terms g, h* (`saddle.terms`); it knows its exact duality gap
+  wherever the inner maximizations have closed forms.
+
+All hold B independent instances: the starting point's blocks are ``(B, n_i)``.
+"""
+
+from __future__ import annotations
+
+from numbers import Real
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+from torch import Tensor
+
+from .operator import Operator, SaddleOperator, spectral_norm
+from .point import Point, as_point
+from .sets import ConstraintSet, Product, Reals
+from .terms import Linear, Quadratic, Term, Zero
+
+__all__ = ["Reference", "VIProblem", "SaddleProblem", "BilinearProblem"]
+
+
+class Reference(NamedTuple):
+    """An exact answer from an independent solver or a closed form.
+
+    Attributes:
+        solution: a solution point (tuple of ``(B, n_i)`` tensors), or None.
+        value: the game value per instance ``(B,)`` (saddle problems), or None.
+        unique: whether the solution is the unique one (distances to it are then meaningful).
+        source: where it came from, e.g. ``"HiGHS (scipy.optimize.linprog)"``.
+    """
+
+    solution: Point | None = None
+    value: Tensor | None = None
+    unique: bool = True
+    source: str = ""
+
+
+def _per_instance(value, name: str, batch_size: int, *, positive: bool = True) -> Tensor | None:
+    if value is None:
+        return None
+    t = torch.as_tensor(value, dtype=torch.float64)
+    if t.dim() > 1 or (t.dim() == 1 and t.shape[0] != batch_size):
+        raise ValueError(f"{name} must be a float or a (B,) = ({batch_size},) tensor, got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all() or (positive and (t <= 0).any()):
+        raise ValueError(f"{name} must be finite{' and positive' if positive else ''}, got {value}")
+    return t.expand(batch_size)
+
+
+class VIProblem:
+    """A batch of B variational inequalities VI(F, Z).
+
+    Args:
+        operator: an `Operator`, or a function ``z -> F(z)`` on points.
+        domain: the set Z: a `Product` of one set per block, a sequence of sets,
+            or a single set when the point has one block.
+        z0: the starting point, a tuple of ``(B, n_i)`` tensors (a single
+            ``(B, n)`` tensor for one block).
+        solution: a known solution point, if any.
+        reference: a function returning a `Reference`, called the first time the
+            reference is needed (for references that are expensive to compute).
+        lipschitz: a Lipschitz constant L of F (float or ``(B,)``), if known;
+            otherwise the operator's own estimate, if it has one.
+        strong_monotonicity: mu > 0 with ``<F(u) - F(v), u - v> >= mu |u - v|^2``, if known.
+        name: a label used in tables and plots.
+    """
+
+    def __init__(
+        self,
+        operator: Operator | Callable[[Point], Point],
+        domain: Product | ConstraintSet | Sequence[ConstraintSet],
+        z0,
+        *,
+        solution=None,
+        reference: Callable[[], Reference] | Reference | None = None,
+        lipschitz=None,
+        strong_monotonicity=None,
+        name: str | None = None,
+    ):
+        if not isinstance(operator, Operator):
+            if not callable(operator):
+                raise TypeError(f"operator must be an Operator or a callable, got {type(operator).__name__}")
+            operator = Operator(operator)
+        self.operator = operator
+        self.z0 = as_point(z0, "z0")
+        if isinstance(domain, ConstraintSet):
+            domain = Product(domain)
+        elif isinstance(domain, (tuple, list)):
+            domain = Product(*domain)
+        elif not isinstance(domain, Product):
+            raise TypeError(f"domain must be a set, a Product or a sequence of sets, got {type(domain).__name__}")
+        domain.check(self.batch_size, self.dims)
+        self.domain = domain
+        if solution is not None:
+            solution = as_point(solution, "solution")
+            if tuple(s.shape for s in solution) != tuple(b.shape for b in self.z0):
+                raise ValueError("solution must have the same block shapes as z0")
+            if reference is None:
+                reference = Reference(solution=solution)
+        self._reference = reference
+        self._lipschitz = _per_instance(lipschitz, "lipschitz", self.batch_size)
+        self._mu = _per_instance(strong_monotonicity, "strong_monotonicity", self.batch_size)
+        self.name = name or type(self).__name__
+
+    # -- shape ---------------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return self.z0[0].shape[0]
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return tuple(b.shape[1] for b in self.z0)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.z0[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.z0[0].device
+
+    # -- the VI --------------------------------------------------------------------------
+    def F(self, z: Point) -> Point:
+        """The operator at ``z``: a tuple of ``(B, n_i)`` tensors."""
+        return self.operator(z)
+
+    def lipschitz(self) -> Tensor | None:
+        """L per instance, shape ``(B,)`` (float64, on the CPU), or None if unknown."""
+        if self._lipschitz is None:
+            L = self.operator.lipschitz()
+            if L is not None:
+                self._lipschitz = L.detach().to("cpu", torch.float64).expand(self.batch_size)
+        return self._lipschitz
+
+    def strong_monotonicity(self) -> Tensor | None:
+        """mu per instance, shape ``(B,)``, or None if unknown / not strongly monotone."""
+        return self._mu
+
+    def duality_gap(self, z: Point) -> Tensor | None:
+        """The exact duality gap at ``z``, shape ``(B,)``, or None where it is not computable."""
+        return None
+
+    # -- the exact reference --------------------------------------------------------------
+    @property
+    def reference(self) -> Reference | None:
+        """The exact reference (computed on first access if given as a function)."""
+        if callable(self._reference) and not isinstance(self._reference, Reference):
+            self._reference = self._reference()
+        return self._reference
+
+    @property
+    def has_reference(self) -> bool:
+        """Whether a reference is already available without computing anything."""
+        return isinstance(self._reference, Reference)
+
+    @property
+    def solution(self) -> Point | None:
+        ref = self.reference
+        return None if ref is None else ref.solution
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, batch_size={self.batch_size}, dims={self.dims}, domain={self.domain!r})"
+
+
+class SaddleProblem(VIProblem):
+    """A batch of B saddle-point problems ``min_{x in X} max_{y in Y} f(x, y)``.
+
+    Args:
+        f: ``f(x, y) -> (B,)`` with x of shape ``(B, n)`` and y of shape ``(B, m)``.
+        x0, y0: starting points, ``(B, n)`` and ``(B, m)``.
+        X, Y: the players' sets (default: unconstrained).
+        value: the known saddle value per instance, if any.
+        Other keywords as in `VIProblem`.
+    """
+
+    def __init__(self, f, x0: Tensor, y0: Tensor, X: ConstraintSet | None = None, Y: ConstraintSet | None = None,
+                 *, solution=None, value=None, operator: Operator | None = None, **kwargs):
+        if not callable(f):
+            raise TypeError(f"f must be callable, got {type(f).__name__}")
+        self.f = f
+        X = Reals() if X is None else X
+        Y = Reals() if Y is None else Y
+        for name, s in (("X", X), ("Y", Y)):
+            if not isinstance(s, ConstraintSet):
+                raise TypeError(f"{name} must be a ConstraintSet, got {type(s).__name__}")
+        if value is not None and kwargs.get("reference") is None:
+            kwargs["reference"] = Reference(
+                solution=None if solution is None else as_point(solution, "solution"),
+                value=torch.as_tensor(value, dtype=x0.dtype, device=x0.device),
+            )
+        super().__init__(operator or SaddleOperator(f), Product(X, Y), (x0, y0), solution=solution, **kwargs)
+        if len(self.z0) != 2:
+            raise ValueError("a saddle problem has exactly two blocks (x, y)")
+
+    def objective(self, z: Point) -> Tensor:
+        """``f(x, y)`` per instance, shape ``(B,)``."""
+        return self.f(z[0], z[1])
+
+
+def _as_term(term, name: str) -> Term:
+    if term is None:
+        return Zero()
+    if isinstance(term, Term):
+        return term
+    raise TypeError(f"{name} must be None or a saddle.terms.Term (Zero, Linear, Quadratic), got {type(term).__name__}")
+
+
+class _BilinearOperator(Operator):
+    """``F(x, y) = (grad g(x) + K^T y, -K x + grad h*(y))``."""
+
+    def __init__(self, K: Tensor, g: Term, h_conj: Term):
+        super().__init__()
+        self.K, self.g, self.h_conj = K, g, h_conj
+
+    def __call__(self, z: Point) -> Point:
+        x, y = z
+        Kt_y = torch.matmul(self.K.mT, y.unsqueeze(-1)).squeeze(-1)
+        Kx = torch.matmul(self.K, x.unsqueeze(-1)).squeeze(-1)
+        return self.g.grad(x) + Kt_y, self.h_conj.grad(y) - Kx
+
+    def lipschitz(self) -> Tensor:
+        if isinstance(self.g, (Zero, Linear)) and isinstance(self.h_conj, (Zero, Linear)):
+            return spectral_norm(self.K)
+        n, m, B = self.K.shape[-1], self.K.shape[-2], self.K.shape[0]
+        M = torch.cat([torch.cat([_dense(self.g, n, self.K), self.K.mT.expand(B, -1, -1)], -1),
+                       torch.cat([-self.K.expand(B, -1, -1), _dense(self.h_conj, m, self.K)], -1)], -2)
+        return spectral_norm(M)
+
+
+def _dense(term: Term, n: int, like: Tensor) -> Tensor:
+    B = like.shape[0]
+    if isinstance(term, Quadratic):
+        P = torch.diag_embed(term.P) if term.diagonal else term.P
+        return P.to(like.dtype).expand(B, n, n)
+    return like.new_zeros(B, n, n)
+
+
+class BilinearProblem(SaddleProblem):
+    """A batch of ``min_{x in X} max_{y in Y} g(x) + <Kx, y> - h*(y)``.
+
+    Args:
+        K: the coupling, ``(B, m, n)`` (``(1, m, n)`` is shared), x in R^n, y in R^m.
+        x0, y0: starting points ``(B, n)`` and ``(B, m)``.
+        g, h_conj: `saddle.terms` terms (default `Zero`): linear or convex quadratic.
+        X, Y: the players' sets.
+
+    The operator is ``F(x, y) = (grad g(x) + K^T y, h*'(y) - K x)``. The exact
+    duality gap ``max_{y in Y} f(x, y) - min_{x in X} f(x, y)`` is available
+    whenever each inner problem has a closed form: linear terms on bounded sets
+    (through the sets' support functions), quadratic terms on R^n, diagonal
+    quadratic terms on boxes. Unbounded linear inner problems give ``+inf``.
+    """
+
+    def __init__(self, K: Tensor, x0: Tensor, y0: Tensor, *, g: Term | None = None, h_conj: Term | None = None,
+                 X: ConstraintSet | None = None, Y: ConstraintSet | None = None, **kwargs):
+        if not isinstance(K, Tensor) or K.dim() != 3:
+            raise ValueError(f"K must be a (B, m, n) tensor, got {getattr(K, 'shape', type(K).__name__)}")
+        if not torch.isfinite(K).all():
+            raise ValueError("K contains NaN or inf")
+        x0, y0 = as_point((x0, y0), "(x0, y0)")
+        B, n, m = x0.shape[0], x0.shape[1], y0.shape[1]
+        if K.shape[0] not in (1, B) or K.shape[1:] != (m, n):
+            raise ValueError(f"K must have shape (B, m, n) = ({B}, {m}, {n}) to match x0 {tuple(x0.shape)} "
+                             f"and y0 {tuple(y0.shape)}; got {tuple(K.shape)}")
+        if K.dtype != x0.dtype or K.device != x0.device:
+            raise ValueError(f"K is {K.dtype} on {K.device} but x0 is {x0.dtype} on {x0.device}")
+        self.K = K
+        self.g = _as_term(g, "g")
+        self.h_conj = _as_term(h_conj, "h_conj")
+        operator = _BilinearOperator(K, self.g, self.h_conj)
+        super().__init__(self._f, x0, y0, X, Y, operator=operator, **kwargs)
+        try:
+            self._gap_available = self.duality_gap(self.z0) is not None
+        except NotImplementedError:
+            self._gap_available = False
+
+    def _f(self, x: Tensor, y: Tensor) -> Tensor:
+        Kx = torch.matmul(self.K, x.unsqueeze(-1)).squeeze(-1)
+        return self.g.value(x) + (Kx * y).sum(-1) - self.h_conj.value(y)
+
+    def duality_gap(self, z: Point) -> Tensor | None:
+        """``max_{y' in Y} f(x, y') - min_{x' in X} f(x', y)`` per instance, shape ``(B,)``."""
+        if getattr(self, "_gap_available", True) is False:
+            return None
+        x, y = z
+        X, Y = self.domain
+        Kx = torch.matmul(self.K, x.unsqueeze(-1)).squeeze(-1)
+        Kt_y = torch.matmul(self.K.mT, y.unsqueeze(-1)).squeeze(-1)
+        primal = self.g.value(x) + self.h_conj.conj(Kx, Y)
+        dual = -self.h_conj.value(y) - self.g.conj(-Kt_y, X)
+        return primal - dual
+
+    def strong_monotonicity(self) -> Tensor | None:
+        if self._mu is None and isinstance(self.g, Quadratic) and isinstance(self.h_conj, Quadratic):
+            mus = []
+            for term in (self.g, self.h_conj):
+                mu = term.P.amin(-1) if term.diagonal else torch.linalg.eigvalsh(term.P)[..., 0]
+                mus.append(mu.detach().to("cpu", torch.float64).expand(self.batch_size))
+            mu = torch.minimum(*mus)
+            if (mu > 0).all():
+                self._mu = mu
+        return self._mu

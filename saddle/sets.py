@@ -1,0 +1,380 @@
+"""Convex sets with batched projections, Bregman prox steps and linear minimization oracles.
+
+Every method works on one block of a point: a tensor ``u`` of shape ``(B, n)``,
+B independent instances with n coordinates each. Set parameters (bounds, radii)
+may be Python floats (shared by all instances), ``(B,)`` tensors (one value per
+instance) or, for `Box`, ``(B, n)`` / ``(1, n)`` tensors (one value per
+coordinate). A point of a k-player problem lives in a `Product` of k sets.
+
+The operations, for a set C:
+
+- ``project(u)``: the Euclidean projection ``argmin_{v in C} |v - u|``.
+- ``prox_step(z, g, step)``: the Bregman prox step
+  ``argmin_{u in C} step * <g, u> + D(u, z)``, with D the set's Bregman
+  divergence (``1/2 |u - z|^2`` for Euclidean geometry, KL for the entropic
+  simplex).
+- ``lmo(g)``: a linear minimization oracle ``argmin_{u in C} <g, u>``
+  (bounded sets only).
+- ``support(v)``: the support function ``sup_{u in C} <v, u>``, shape ``(B,)``,
+  ``+inf`` where it is unbounded.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+from torch import Tensor
+
+__all__ = ["ConstraintSet", "Reals", "Box", "Ball", "Simplex", "Product"]
+
+
+def _check_parameter(value, name: str, *, min_value: float | None = None, allow_inf: bool = False):
+    """Validate a set parameter given as a float or a tensor; return it unchanged."""
+    if isinstance(value, bool) or not isinstance(value, (Real, Tensor)):
+        raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
+    t = torch.as_tensor(value, dtype=torch.float64) if isinstance(value, Real) else value.detach()
+    if t.is_complex():
+        raise TypeError(f"{name} must be real, got a complex tensor")
+    if torch.isnan(t).any():
+        raise ValueError(f"{name} contains NaN")
+    if not allow_inf and torch.isinf(t).any():
+        raise ValueError(f"{name} must be finite, got {value}")
+    if min_value is not None and (t < min_value).any():
+        raise ValueError(f"{name} must be >= {min_value}, got {value}")
+    if t.dim() > 2:
+        raise ValueError(f"{name} must be a float, a (B,) tensor or a (B, n) tensor; got shape {tuple(t.shape)}")
+    return value
+
+
+def _as_column(value, like: Tensor) -> Tensor | float:
+    """Broadcast a float, ``(B,)`` or ``(B, n)`` parameter against a ``(B, n)`` block."""
+    if isinstance(value, Real):
+        return float(value)
+    value = value.to(device=like.device, dtype=like.dtype)
+    return value.unsqueeze(-1) if value.dim() == 1 else value
+
+
+def _check_parameter_shape(value, name: str, batch_size: int, dim: int) -> None:
+    if isinstance(value, Real):
+        return
+    if value.dim() == 0:
+        return
+    if value.dim() == 1 and value.shape[0] != batch_size:
+        raise ValueError(
+            f"{name} has shape {tuple(value.shape)}; a 1-D parameter is per instance and must have "
+            f"shape (B,) = ({batch_size},)"
+        )
+    if value.dim() == 2 and (value.shape[0] not in (1, batch_size) or value.shape[1] != dim):
+        raise ValueError(
+            f"{name} has shape {tuple(value.shape)}; a 2-D parameter must have shape "
+            f"(B, n) = ({batch_size}, {dim}) or (1, {dim})"
+        )
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    return (a * b).sum(-1)
+
+
+def project_simplex(u: Tensor, total: Tensor | float = 1.0) -> Tensor:
+    """Euclidean projection of each row of ``u`` (B, n) onto ``{v >= 0, sum v = total}``.
+
+    Sort-based algorithm (Held, Wolfe and Crowder 1974; Duchi et al. 2008):
+    ``v = max(u - theta, 0)`` with ``theta`` chosen so that the sum is ``total``.
+    """
+    n = u.shape[-1]
+    s, _ = torch.sort(u, dim=-1, descending=True)
+    css = s.cumsum(-1) - (total if isinstance(total, float) else total.reshape(-1, 1))
+    k = torch.arange(1, n + 1, device=u.device, dtype=u.dtype)
+    support_size = (s - css / k > 0).sum(-1, keepdim=True).clamp_min(1)
+    theta = css.gather(-1, support_size - 1) / support_size.to(u.dtype)
+    return (u - theta).clamp_min(0)
+
+
+class ConstraintSet:
+    """A closed convex set acting on one ``(B, n)`` block; see the module docstring."""
+
+    #: Whether the set is bounded (then `lmo` exists and linear functions attain their extrema).
+    bounded: bool = False
+    #: The geometry `prox_step` uses: ``"euclidean"`` or ``"entropic"``.
+    geometry: str = "euclidean"
+
+    def project(self, u: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def prox_step(self, z: Tensor, g: Tensor, step: Tensor | float) -> Tensor:
+        """``argmin_{u in C} step * <g, u> + D(u, z)``; Euclidean: ``project(z - step * g)``.
+
+        ``step`` is a float or a ``(B,)`` tensor.
+        """
+        return self.project(z - _step_column(step, z) * g)
+
+    def bregman(self, u: Tensor, z: Tensor) -> Tensor:
+        """The Bregman divergence ``D(u, z)`` of the set's geometry, shape ``(B,)``."""
+        return 0.5 * (u - z).square().sum(-1)
+
+    def lmo(self, g: Tensor) -> Tensor:
+        raise ValueError(f"{type(self).__name__} is unbounded: it has no linear minimization oracle")
+
+    def support(self, v: Tensor) -> Tensor:
+        """``sup_{u in C} <v, u>`` per instance, shape ``(B,)``."""
+        return _dot(v, self.lmo(-v))
+
+    def contains(self, u: Tensor, atol: float = 1e-9) -> Tensor:
+        """Whether each instance of ``u`` lies in the set up to ``atol``, shape ``(B,)``."""
+        return (u - self.project(u)).abs().amax(-1) <= atol
+
+    def check(self, batch_size: int, dim: int, name: str = "set") -> None:
+        """Raise ``ValueError`` if the set's parameters do not fit a ``(batch_size, dim)`` block."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def _step_column(step, like: Tensor):
+    if isinstance(step, Tensor) and step.dim() == 1:
+        return step.unsqueeze(-1)
+    return step
+
+
+class Reals(ConstraintSet):
+    """The whole space R^n: no constraint."""
+
+    def project(self, u: Tensor) -> Tensor:
+        return u
+
+    def prox_step(self, z: Tensor, g: Tensor, step) -> Tensor:
+        return z - _step_column(step, z) * g
+
+    def support(self, v: Tensor) -> Tensor:
+        nonzero = (v != 0).any(-1)
+        return torch.where(nonzero, torch.full_like(v[..., 0], math.inf), torch.zeros_like(v[..., 0]))
+
+    def contains(self, u: Tensor, atol: float = 1e-9) -> Tensor:
+        return torch.isfinite(u).all(-1)
+
+
+class Box(ConstraintSet):
+    """The box ``{u : lo <= u <= hi}``; bounds may be infinite (then the box is unbounded).
+
+    Args:
+        lo, hi: floats, ``(B,)`` tensors (per instance) or ``(B, n)`` / ``(1, n)``
+            tensors (per coordinate). ``lo <= hi`` everywhere, else the box is empty.
+    """
+
+    def __init__(self, lo=-1.0, hi=1.0):
+        self.lo = _check_parameter(lo, "lo", allow_inf=True)
+        self.hi = _check_parameter(hi, "hi", allow_inf=True)
+        lo_t = torch.as_tensor(lo, dtype=torch.float64) if isinstance(lo, Real) else lo.detach().double().cpu()
+        hi_t = torch.as_tensor(hi, dtype=torch.float64) if isinstance(hi, Real) else hi.detach().double().cpu()
+        try:
+            a, b = (lo_t.unsqueeze(-1) if lo_t.dim() == 1 else lo_t), (hi_t.unsqueeze(-1) if hi_t.dim() == 1 else hi_t)
+            empty = (a > b).any()
+        except RuntimeError as err:
+            raise ValueError(f"lo and hi have incompatible shapes {tuple(lo_t.shape)} and {tuple(hi_t.shape)}") from err
+        if empty:
+            raise ValueError("Box is empty: lo > hi in some coordinate")
+        if (lo_t == math.inf).any() or (hi_t == -math.inf).any():
+            raise ValueError("Box is empty: lo = +inf or hi = -inf")
+        self.bounded = bool(torch.isfinite(lo_t).all() and torch.isfinite(hi_t).all())
+
+    def project(self, u: Tensor) -> Tensor:
+        lo, hi = _as_column(self.lo, u), _as_column(self.hi, u)
+        if isinstance(lo, float) and isinstance(hi, float):
+            return u.clamp(lo, hi)
+        lo = torch.as_tensor(lo, dtype=u.dtype, device=u.device)
+        hi = torch.as_tensor(hi, dtype=u.dtype, device=u.device)
+        return torch.minimum(torch.maximum(u, lo), hi)
+
+    def lmo(self, g: Tensor) -> Tensor:
+        if not self.bounded:
+            super().lmo(g)
+        lo, hi = _as_column(self.lo, g), _as_column(self.hi, g)
+        lo = torch.as_tensor(lo, dtype=g.dtype, device=g.device).expand_as(g)
+        hi = torch.as_tensor(hi, dtype=g.dtype, device=g.device).expand_as(g)
+        return torch.where(g > 0, lo, hi)
+
+    def support(self, v: Tensor) -> Tensor:
+        lo = torch.as_tensor(_as_column(self.lo, v), dtype=v.dtype, device=v.device)
+        hi = torch.as_tensor(_as_column(self.hi, v), dtype=v.dtype, device=v.device)
+        zero = torch.zeros((), dtype=v.dtype, device=v.device)
+        # Written with where so that 0 * inf never appears.
+        terms = torch.where(v > 0, v * hi, torch.where(v < 0, v * lo, zero))
+        return terms.sum(-1)
+
+    def check(self, batch_size: int, dim: int, name: str = "set") -> None:
+        _check_parameter_shape(self.lo, f"{name}.lo", batch_size, dim)
+        _check_parameter_shape(self.hi, f"{name}.hi", batch_size, dim)
+
+    def __repr__(self) -> str:
+        return f"Box(lo={_short(self.lo)}, hi={_short(self.hi)})"
+
+
+class Ball(ConstraintSet):
+    """The norm ball ``{u : |u|_p <= radius}`` centred at 0, for p in {1, 2, inf}.
+
+    Args:
+        radius: a float >= 0 or a ``(B,)`` tensor (per instance).
+        p: the norm: 1, 2 or ``math.inf``.
+    """
+
+    bounded = True
+
+    def __init__(self, radius=1.0, p: float = 2):
+        self.radius = _check_parameter(radius, "radius", min_value=0.0)
+        if isinstance(radius, Tensor) and radius.dim() > 1:
+            raise ValueError(f"radius must be a float or a (B,) tensor, got shape {tuple(radius.shape)}")
+        if p not in (1, 2, math.inf):
+            raise ValueError(f"p must be 1, 2 or math.inf, got {p!r}")
+        self.p = p
+
+    def _r(self, like: Tensor):
+        r = _as_column(self.radius, like)
+        return r
+
+    def project(self, u: Tensor) -> Tensor:
+        r = self._r(u)
+        if self.p == 2:
+            norm = u.norm(dim=-1, keepdim=True)
+            scale = torch.where(norm > r, r / norm.clamp_min(torch.finfo(u.dtype).tiny), torch.ones_like(norm))
+            return u * scale
+        if self.p == math.inf:
+            return torch.maximum(torch.minimum(u, torch.as_tensor(r, dtype=u.dtype, device=u.device)),
+                                 -torch.as_tensor(r, dtype=u.dtype, device=u.device))
+        inside = u.abs().sum(-1, keepdim=True) <= r
+        total = r if isinstance(r, float) else r.squeeze(-1)
+        projected = u.sign() * project_simplex(u.abs(), total)
+        return torch.where(inside, u, projected)
+
+    def lmo(self, g: Tensor) -> Tensor:
+        r = self._r(g)
+        if self.p == 2:
+            norm = g.norm(dim=-1, keepdim=True)
+            direction = torch.where(norm > 0, g / norm.clamp_min(torch.finfo(g.dtype).tiny), torch.zeros_like(g))
+            return -r * direction
+        if self.p == math.inf:
+            return -r * torch.sign(g)
+        idx = g.abs().argmax(-1, keepdim=True)
+        out = torch.zeros_like(g)
+        return out.scatter(-1, idx, -torch.sign(g.gather(-1, idx))) * r
+
+    def support(self, v: Tensor) -> Tensor:
+        dual = {2: 2, math.inf: 1, 1: math.inf}[self.p]
+        r = self.radius if isinstance(self.radius, Real) else self.radius.to(device=v.device, dtype=v.dtype)
+        return r * torch.linalg.vector_norm(v, ord=dual, dim=-1)
+
+    def check(self, batch_size: int, dim: int, name: str = "set") -> None:
+        _check_parameter_shape(self.radius, f"{name}.radius", batch_size, dim)
+
+    def __repr__(self) -> str:
+        return f"Ball(radius={_short(self.radius)}, p={self.p})"
+
+
+class Simplex(ConstraintSet):
+    """The probability simplex ``{u >= 0 : sum u = 1}``.
+
+    Args:
+        geometry: ``"euclidean"`` (prox step = projection) or ``"entropic"``
+            (prox step = multiplicative weights ``u ∝ z * exp(-step * g)``, D = KL).
+    """
+
+    bounded = True
+
+    def __init__(self, geometry: str = "euclidean"):
+        if geometry not in ("euclidean", "entropic"):
+            raise ValueError(f"geometry must be 'euclidean' or 'entropic', got {geometry!r}")
+        self.geometry = geometry
+
+    def project(self, u: Tensor) -> Tensor:
+        return project_simplex(u)
+
+    def prox_step(self, z: Tensor, g: Tensor, step) -> Tensor:
+        if self.geometry == "euclidean":
+            return project_simplex(z - _step_column(step, z) * g)
+        return torch.softmax(torch.log(z) - _step_column(step, z) * g, dim=-1)
+
+    def bregman(self, u: Tensor, z: Tensor) -> Tensor:
+        if self.geometry == "euclidean":
+            return super().bregman(u, z)
+        return (torch.xlogy(u, u) - torch.xlogy(u, z)).sum(-1)
+
+    def lmo(self, g: Tensor) -> Tensor:
+        idx = g.argmin(-1, keepdim=True)
+        return torch.zeros_like(g).scatter(-1, idx, 1.0)
+
+    def support(self, v: Tensor) -> Tensor:
+        return v.amax(-1)
+
+    def contains(self, u: Tensor, atol: float = 1e-9) -> Tensor:
+        return (u.amin(-1) >= -atol) & ((u.sum(-1) - 1).abs() <= atol)
+
+    def __repr__(self) -> str:
+        return f"Simplex(geometry={self.geometry!r})"
+
+
+class Product:
+    """The product ``C_1 x ... x C_k`` of k sets, acting on points ``tuple[(B, n_i) tensors]``.
+
+    Each operation applies blockwise; ``bregman`` and ``support`` sum over blocks.
+    """
+
+    def __init__(self, *sets: ConstraintSet):
+        if len(sets) == 1 and isinstance(sets[0], (tuple, list)):
+            sets = tuple(sets[0])
+        for i, s in enumerate(sets):
+            if not isinstance(s, ConstraintSet):
+                raise TypeError(f"Product: block {i} must be a ConstraintSet, got {type(s).__name__}")
+        if not sets:
+            raise ValueError("Product needs at least one set")
+        self.sets = tuple(sets)
+
+    def __len__(self) -> int:
+        return len(self.sets)
+
+    def __getitem__(self, i: int) -> ConstraintSet:
+        return self.sets[i]
+
+    def __iter__(self):
+        return iter(self.sets)
+
+    @property
+    def bounded(self) -> bool:
+        return all(s.bounded for s in self.sets)
+
+    def project(self, z: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        return tuple(s.project(u) for s, u in zip(self.sets, z))
+
+    def prox_step(self, z, g, step) -> tuple[Tensor, ...]:
+        return tuple(s.prox_step(zi, gi, step) for s, zi, gi in zip(self.sets, z, g))
+
+    def bregman(self, u, z) -> Tensor:
+        return sum(s.bregman(ui, zi) for s, ui, zi in zip(self.sets, u, z))
+
+    def lmo(self, g) -> tuple[Tensor, ...]:
+        return tuple(s.lmo(gi) for s, gi in zip(self.sets, g))
+
+    def support(self, v) -> Tensor:
+        return sum(s.support(vi) for s, vi in zip(self.sets, v))
+
+    def contains(self, z, atol: float = 1e-9) -> Tensor:
+        out = None
+        for s, u in zip(self.sets, z):
+            c = s.contains(u, atol)
+            out = c if out is None else out & c
+        return out
+
+    def check(self, batch_size: int, dims: tuple[int, ...]) -> None:
+        if len(dims) != len(self.sets):
+            raise ValueError(f"domain has {len(self.sets)} blocks but the point has {len(dims)}")
+        for i, (s, n) in enumerate(zip(self.sets, dims)):
+            s.check(batch_size, n, name=f"domain[{i}]")
+
+    def __repr__(self) -> str:
+        return "Product(" + ", ".join(map(repr, self.sets)) + ")"
+
+
+def _short(value) -> str:
+    if isinstance(value, Tensor):
+        return f"tensor{tuple(value.shape)}"
+    return repr(value)

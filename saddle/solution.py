@@ -1,0 +1,134 @@
+"""The result of a solve: `Solution`, the per-instance `Status`, and `SolveError`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .point import Point
+
+__all__ = ["Status", "Solution", "SolveError"]
+
+
+class Status(IntEnum):
+    """Why an instance stopped. ``Status.CONVERGED == 0`` like scipy's success code."""
+
+    RUNNING = -1
+    CONVERGED = 0
+    MAX_ITERS = 1
+    BUDGET_EXHAUSTED = 2
+    DIVERGED = 3
+    STOPPED = 4
+
+    @property
+    def message(self) -> str:
+        return _MESSAGES[self]
+
+
+_MESSAGES = {
+    Status.RUNNING: "still running",
+    Status.CONVERGED: "the convergence measure reached the tolerance",
+    Status.MAX_ITERS: "the iteration limit was reached before the tolerance",
+    Status.BUDGET_EXHAUSTED: "the operator-call budget was used up before the tolerance",
+    Status.DIVERGED: "the iterates became non-finite or the residual grew without bound",
+    Status.STOPPED: "the callback asked to stop",
+}
+
+
+@dataclass
+class Solution:
+    """What `saddle.solve` returns: the final points and how each instance ended.
+
+    Attributes:
+        z: the solution point, a tuple of ``(B, n_i)`` tensors: the last iterate,
+            or the average for solvers that average (see each solver).
+        status: ``(B,)`` int64 tensor of `Status` codes.
+        iterations: ``(B,)`` int64, iterations each instance ran.
+        operator_calls: ``(B,)`` int64, evaluations of F each instance used
+            (measure evaluations at checks are not counted).
+        residual: ``(B,)`` natural residual ``|z - P_Z(z - F(z))|`` at ``z``.
+        gap: ``(B,)`` exact duality gap at ``z``, or None if not computable.
+        distance: ``(B,)`` distance to the reference solution, or None.
+        history: dict of tensors recorded at every check: ``"iteration"`` (T,),
+            ``"time"`` (T,), and (T, B) rows of ``"operator_calls"``,
+            ``"residual"`` and, when available, ``"gap"`` and ``"distance"``.
+        state: the solver's final state.
+        solver: the solver instance that ran.
+        wall_time: seconds spent in the solve.
+    """
+
+    z: Point
+    status: Tensor
+    iterations: Tensor
+    operator_calls: Tensor
+    residual: Tensor
+    gap: Tensor | None = None
+    distance: Tensor | None = None
+    history: dict[str, Tensor] = field(default_factory=dict)
+    state: Any = None
+    solver: Any = None
+    wall_time: float = 0.0
+
+    @property
+    def x(self) -> Tensor:
+        """The first block (the minimizing player of a saddle problem)."""
+        return self.z[0]
+
+    @property
+    def y(self) -> Tensor:
+        """The second block (the maximizing player of a saddle problem)."""
+        if len(self.z) < 2:
+            raise AttributeError("this solution has a single block; use .z[0] or .x")
+        return self.z[1]
+
+    @property
+    def success(self) -> Tensor:
+        """``(B,)`` bool: which instances converged."""
+        return self.status == Status.CONVERGED
+
+    @property
+    def statuses(self) -> list[Status]:
+        """The status of each instance as a `Status` member."""
+        return [Status(int(s)) for s in self.status.tolist()]
+
+    def status_counts(self) -> dict[str, int]:
+        """How many instances ended with each status, e.g. ``{"CONVERGED": 63, "MAX_ITERS": 1}``."""
+        counts: dict[str, int] = {}
+        for s in self.statuses:
+            counts[s.name] = counts.get(s.name, 0) + 1
+        return counts
+
+    @property
+    def message(self) -> str:
+        return ", ".join(f"{n} {name}" for name, n in self.status_counts().items())
+
+    def __repr__(self) -> str:
+        def rng(t: Tensor | None) -> str:
+            if t is None:
+                return "n/a"
+            t = t.double()
+            return f"{t.min().item():.3g}" if t.numel() == 1 else f"[{t.min().item():.3g}, {t.max().item():.3g}]"
+
+        solver = type(self.solver).__name__ if self.solver is not None else "?"
+        return (
+            f"Solution(solver={solver}, batch={self.status.numel()}, status: {self.message};\n"
+            f"         iterations {rng(self.iterations)}, operator calls {rng(self.operator_calls)},\n"
+            f"         residual {rng(self.residual)}, gap {rng(self.gap)}, distance {rng(self.distance)}, "
+            f"{self.wall_time:.3g} s)"
+        )
+
+
+class SolveError(RuntimeError):
+    """Raised by ``solve(..., throw=True)`` when an instance did not converge; ``.solution`` holds the result."""
+
+    def __init__(self, solution: Solution):
+        self.solution = solution
+        super().__init__(f"not every instance converged: {solution.message}")
+
+
+def empty_status(batch_size: int, device) -> Tensor:
+    return torch.full((batch_size,), int(Status.RUNNING), dtype=torch.int64, device=device)

@@ -1,0 +1,241 @@
+"""`solve`: the one driver loop shared by every solver."""
+
+from __future__ import annotations
+
+import math
+import time
+from numbers import Integral, Real
+from typing import Any, Callable, NamedTuple
+
+import torch
+from torch import Tensor
+
+from . import merit
+from .point import Point, all_finite, as_point, where
+from .solution import Solution, SolveError, Status, empty_status
+from .solvers.base import Solver, get_solver
+
+__all__ = ["solve", "Progress"]
+
+MEASURES = ("residual", "gap", "distance")
+
+
+class Progress(NamedTuple):
+    """What a callback receives at every check.
+
+    Attributes:
+        iteration: iterations run so far (the batch's loop counter).
+        z: the current output point (averaged for averaging solvers).
+        state: the solver state.
+        measures: ``{"residual": (B,), "gap": (B,) or None, "distance": (B,) or None}``.
+        status: ``(B,)`` status codes (`Status.RUNNING` for active instances).
+    """
+
+    iteration: int
+    z: Point
+    state: Any
+    measures: dict
+    status: Tensor
+
+
+def solve(
+    problem,
+    solver: str | Solver = "extragradient",
+    *,
+    max_iters: int = 10_000,
+    tol: float | Tensor = 1e-6,
+    measure: str = "residual",
+    check_every: int = 10,
+    max_operator_calls: int | None = None,
+    callback: Callable[[Progress], bool | None] | None = None,
+    progress: bool = False,
+    throw: bool = False,
+    history: bool = True,
+    divergence_factor: float = 1e8,
+    **settings,
+) -> Solution:
+    """Solve a batch of VIs with one solver; every instance stops on its own.
+
+    Args:
+        problem: a `VIProblem` (or `SaddleProblem`, `BilinearProblem`) with B instances.
+        solver: a registered name (`saddle.solver_names()`) or a solver instance.
+        max_iters: iteration limit per instance.
+        tol: tolerance on the measure, a float or a ``(B,)`` tensor.
+        measure: ``"residual"`` (natural residual, always available), ``"gap"``
+            (exact duality gap, where the problem can compute it) or
+            ``"distance"`` (to the problem's reference solution).
+        check_every: the measure is evaluated (and instances are stopped) every
+            this many iterations; between checks the loop never synchronizes
+            with the host.
+        max_operator_calls: per-instance budget of operator evaluations; an
+            instance stops at the first iteration at which its count reaches it.
+        callback: called at every check with a `Progress`; return True to stop.
+        progress: show a tqdm progress bar.
+        throw: raise `SolveError` unless every instance converged.
+        history: record the measures at every check in ``Solution.history``.
+        divergence_factor: an instance is `DIVERGED` when its iterate is not
+            finite, or when its residual exceeds ``divergence_factor *
+            max(initial residual, tol)``.
+        **settings: the solver's settings when ``solver`` is a name, e.g.
+            ``step_size=0.1``.
+
+    Returns:
+        a `Solution` with per-instance status, counts and measures.
+
+    Instances that converge, diverge or exhaust their budget are frozen: their
+    point and solver state stay bitwise unchanged while the others continue.
+    """
+    start = time.perf_counter()
+    solver = get_solver(solver, **settings)
+    _check_options(max_iters, check_every, measure, max_operator_calls, divergence_factor)
+    solver.check(problem)
+    B, device = problem.batch_size, problem.device
+    tol_t = _tolerance(tol, B, problem)
+    gap_available = problem.duality_gap(problem.z0) is not None
+    if measure == "gap" and not gap_available:
+        raise ValueError(f"measure='gap' is not computable for {problem.name}; use measure='residual'")
+    if measure == "distance" and problem.solution is None:
+        raise ValueError(f"measure='distance' needs a reference solution, and {problem.name} has none")
+
+    def evaluate(z: Point, state) -> tuple[Point, dict]:
+        out = solver.output(problem, z, state)
+        Fz = problem.F(out)
+        _check_operator_output(Fz, out)
+        dist = merit.distance(problem, out) if problem.has_reference else None
+        return out, {
+            "residual": merit.residual(problem, out, Fz),
+            "gap": problem.duality_gap(out) if gap_available else None,
+            "distance": dist,
+        }
+
+    z = problem.domain.project(problem.z0)
+    state = solver.init(problem, z)
+    status = empty_status(B, device)
+    active = torch.ones(B, dtype=torch.bool, device=device)
+    iterations = torch.zeros(B, dtype=torch.int64, device=device)
+    rows: list[dict] = []
+    bar = _progress_bar(max_iters, solver) if progress else None
+    floor: Tensor | None = None
+
+    def check(k: int) -> bool:
+        """Stop converged or diverged instances; record; return True to stop the loop."""
+        nonlocal status, active, floor
+        out, measures = evaluate(z, state)
+        res = measures["residual"]
+        if floor is None:
+            floor = divergence_factor * torch.maximum(res.detach(), tol_t)
+        value = measures[measure]
+        converged = active & (value <= tol_t)
+        diverged = active & ~converged & (~torch.isfinite(res) | (res > floor))
+        status = torch.where(converged, int(Status.CONVERGED), status)
+        status = torch.where(diverged, int(Status.DIVERGED), status)
+        active = active & ~converged & ~diverged
+        if history:
+            rows.append({"iteration": k, "time": time.perf_counter() - start,
+                         "operator_calls": state.operator_calls.clone(), **measures})
+        stop = False
+        if callback is not None:
+            stop = bool(callback(Progress(k, out, state, measures, status)))
+            if stop:
+                status = torch.where(active, int(Status.STOPPED), status)
+                active = torch.zeros_like(active)
+        n_active = int(active.sum())
+        if bar is not None:
+            bar.update(k - bar.n)
+            worst = value[active].max().item() if n_active else value.max().item()
+            bar.set_postfix(active=n_active, **{measure: f"{worst:.2e}"})
+        return stop or n_active == 0
+
+    done = check(0)
+    k = 0
+    while not done and k < max_iters:
+        z_new, state_new = solver.step(problem, z, state)
+        finite = all_finite(z_new)
+        status = torch.where(active & ~finite, int(Status.DIVERGED), status)
+        moving = active & finite
+        z = where(moving, z_new, z)
+        state = where(moving, state_new, state)
+        iterations = iterations + moving
+        active = moving
+        if max_operator_calls is not None:
+            spent = active & (state.operator_calls >= max_operator_calls)
+            status = torch.where(spent, int(Status.BUDGET_EXHAUSTED), status)
+            active = active & ~spent
+        k += 1
+        if k % check_every == 0 or k == max_iters:
+            done = check(k)
+    if bar is not None:
+        bar.close()
+
+    status = torch.where(status == int(Status.RUNNING), int(Status.MAX_ITERS), status)
+    out, measures = evaluate(z, state)
+    solution = Solution(
+        z=out,
+        status=status,
+        iterations=iterations,
+        operator_calls=state.operator_calls.clone(),
+        residual=measures["residual"],
+        gap=measures["gap"],
+        distance=merit.distance(problem, out) if problem.has_reference else None,
+        history=_stack(rows) if history else {},
+        state=state,
+        solver=solver,
+        wall_time=time.perf_counter() - start,
+    )
+    if throw and not bool(solution.success.all()):
+        raise SolveError(solution)
+    return solution
+
+
+def _check_options(max_iters, check_every, measure, max_operator_calls, divergence_factor) -> None:
+    if isinstance(max_iters, bool) or not isinstance(max_iters, Integral) or max_iters < 0:
+        raise ValueError(f"max_iters must be a non-negative integer, got {max_iters!r}")
+    if isinstance(check_every, bool) or not isinstance(check_every, Integral) or check_every < 1:
+        raise ValueError(f"check_every must be a positive integer, got {check_every!r}")
+    if measure not in MEASURES:
+        raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
+    if max_operator_calls is not None and (
+        isinstance(max_operator_calls, bool) or not isinstance(max_operator_calls, Integral) or max_operator_calls < 1
+    ):
+        raise ValueError(f"max_operator_calls must be None or a positive integer, got {max_operator_calls!r}")
+    if not isinstance(divergence_factor, Real) or not divergence_factor > 1:
+        raise ValueError(f"divergence_factor must be a number > 1, got {divergence_factor!r}")
+
+
+def _tolerance(tol, B: int, problem) -> Tensor:
+    if isinstance(tol, bool) or not isinstance(tol, (Real, Tensor)):
+        raise TypeError(f"tol must be a float or a (B,) tensor, got {type(tol).__name__}")
+    t = torch.as_tensor(tol, dtype=problem.dtype).to(problem.device)
+    if t.dim() > 1 or (t.dim() == 1 and t.shape[0] != B):
+        raise ValueError(f"tol must be a float or a (B,) = ({B},) tensor, got shape {tuple(t.shape)}")
+    if torch.isnan(t).any() or (t < 0).any():
+        raise ValueError(f"tol must be non-negative, got {tol}")
+    return t.expand(B)
+
+
+def _check_operator_output(Fz, z: Point) -> None:
+    if not isinstance(Fz, tuple) or len(Fz) != len(z):
+        raise ValueError(f"the operator must return {len(z)} blocks, got {type(Fz).__name__} "
+                         f"of length {len(Fz) if isinstance(Fz, tuple) else '?'}")
+    for i, (g, zi) in enumerate(zip(Fz, z)):
+        if not isinstance(g, Tensor) or g.shape != zi.shape:
+            raise ValueError(f"the operator's block {i} has shape {tuple(getattr(g, 'shape', ()))}, "
+                             f"expected {tuple(zi.shape)}")
+
+
+def _progress_bar(total: int, solver: Solver):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=solver.name or type(solver).__name__, unit="it")
+
+
+def _stack(rows: list[dict]) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {
+        "iteration": torch.tensor([r["iteration"] for r in rows]),
+        "time": torch.tensor([r["time"] for r in rows], dtype=torch.float64),
+    }
+    for key in ("operator_calls", "residual", "gap", "distance"):
+        values = [r[key] for r in rows]
+        if all(v is not None for v in values):
+            out[key] = torch.stack([v.detach() for v in values])
+    return out

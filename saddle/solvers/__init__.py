@@ -1,0 +1,13 @@
+"""Solvers, each a frozen dataclass with ``init`` / ``step``, registered by name."""
+
+from .base import Solver, get_solver, register, solver_names
+from .extragradient import AnchoredEG, EGPlus, Extragradient, ExtragradientState, MirrorProx
+from .gda import GDA, AlternatingGDA, GDAState
+from .optimistic import Optimistic, Reflected, SingleCallState
+
+__all__ = [
+    "Solver", "get_solver", "register", "solver_names",
+    "GDA", "AlternatingGDA", "GDAState",
+    "Extragradient", "MirrorProx", "EGPlus", "AnchoredEG", "ExtragradientState",
+    "Optimistic", "Reflected", "SingleCallState",
+]

@@ -1,0 +1,122 @@
+"""Simple convex terms g(x) for structured problems ``min_x max_y g(x) + <Kx, y> - h*(y)``.
+
+A term acts on one ``(B, n)`` block and knows its value, gradient and the
+conjugate-type maximum over a set,
+
+    ``conj(v, C) = sup_{u in C} <v, u> - g(u)``,   shape ``(B,)``,
+
+in closed form where one exists. Duality gaps of bilinear and quadratic games
+are built from it. Terms: `Zero`, `Linear` (``c^T x``) and `Quadratic`
+(``1/2 x^T P x + c^T x``, with P dense ``(B, n, n)`` or diagonal ``(B, n)``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .sets import Box, ConstraintSet, Reals
+
+__all__ = ["Term", "Zero", "Linear", "Quadratic"]
+
+
+class Term:
+    """A convex function of one ``(B, n)`` block."""
+
+    def value(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def grad(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def conj(self, v: Tensor, domain: ConstraintSet) -> Tensor:
+        """``sup_{u in domain} <v, u> - self(u)``, shape ``(B,)``.
+
+        Raises ``NotImplementedError`` where no closed form is implemented.
+        """
+        raise NotImplementedError(f"no closed-form conjugate of {type(self).__name__} over {domain!r}")
+
+    def lipschitz(self) -> Tensor | float:
+        """A Lipschitz constant of the gradient: a float or ``(B,)`` tensor."""
+        return 0.0
+
+
+class Zero(Term):
+    """g(x) = 0."""
+
+    def value(self, x: Tensor) -> Tensor:
+        return x.new_zeros(x.shape[0])
+
+    def grad(self, x: Tensor) -> Tensor:
+        return torch.zeros_like(x)
+
+    def conj(self, v: Tensor, domain: ConstraintSet) -> Tensor:
+        return domain.support(v)
+
+
+class Linear(Term):
+    """g(x) = <c, x>; ``c`` has shape ``(B, n)`` or ``(1, n)``."""
+
+    def __init__(self, c: Tensor):
+        if not isinstance(c, Tensor) or c.dim() != 2:
+            raise ValueError("Linear: c must be a (B, n) tensor")
+        self.c = c
+
+    def value(self, x: Tensor) -> Tensor:
+        return (self.c * x).sum(-1)
+
+    def grad(self, x: Tensor) -> Tensor:
+        return self.c.expand_as(x)
+
+    def conj(self, v: Tensor, domain: ConstraintSet) -> Tensor:
+        return domain.support(v - self.c)
+
+
+class Quadratic(Term):
+    """g(x) = 1/2 x^T P x + <c, x> with P symmetric positive semidefinite.
+
+    Args:
+        P: ``(B, n, n)`` (dense) or ``(B, n)`` (diagonal); a leading 1 is shared.
+        c: ``None`` or ``(B, n)``.
+    """
+
+    def __init__(self, P: Tensor, c: Tensor | None = None):
+        if not isinstance(P, Tensor) or P.dim() not in (2, 3):
+            raise ValueError("Quadratic: P must be a (B, n, n) or (B, n) (diagonal) tensor")
+        if P.dim() == 3 and P.shape[-1] != P.shape[-2]:
+            raise ValueError(f"Quadratic: P must be square, got shape {tuple(P.shape)}")
+        self.P = P
+        self.c = c
+        self.diagonal = P.dim() == 2
+
+    def _Px(self, x: Tensor) -> Tensor:
+        if self.diagonal:
+            return self.P * x
+        return torch.matmul(self.P, x.unsqueeze(-1)).squeeze(-1)
+
+    def value(self, x: Tensor) -> Tensor:
+        out = 0.5 * (x * self._Px(x)).sum(-1)
+        return out if self.c is None else out + (self.c * x).sum(-1)
+
+    def grad(self, x: Tensor) -> Tensor:
+        g = self._Px(x)
+        return g if self.c is None else g + self.c
+
+    def conj(self, v: Tensor, domain: ConstraintSet) -> Tensor:
+        q = v if self.c is None else v - self.c
+        if self.diagonal and isinstance(domain, (Reals, Box)):
+            # Separable: each coordinate maximizes q u - p u^2 / 2 over an interval.
+            if (self.P <= 0).any():
+                raise NotImplementedError("conjugate of a diagonal quadratic with zero curvature")
+            u = domain.project(q / self.P)
+            return (q * u - 0.5 * self.P * u * u).sum(-1)
+        if not self.diagonal and type(domain) is Reals:
+            L = torch.linalg.cholesky(self.P)
+            w = torch.cholesky_solve(q.unsqueeze(-1), L).squeeze(-1)
+            return 0.5 * (q * w).sum(-1)
+        return super().conj(v, domain)
+
+    def lipschitz(self) -> Tensor:
+        if self.diagonal:
+            return self.P.abs().amax(-1)
+        return torch.linalg.eigvalsh(self.P)[..., -1]
