@@ -1,6 +1,7 @@
 """saddle: batched solvers for minimax problems, saddle-point problems and variational inequalities."""
 
-from . import merit, sets, stepsize, terms
+from . import merit, plot, sets, stepsize, terms
+from .compare import ComparisonRow, compare, format_table
 from .operator import LinearOperator, Operator, SaddleOperator
 from .problem import BilinearProblem, Reference, SaddleProblem, VIProblem
 from .sets import Ball, Box, ConstraintSet, Product, Reals, Simplex
@@ -34,5 +35,6 @@ __all__ = [
     "Constant", "Backtracking",
     "Solver", "register", "get_solver", "solver_names",
     "GDA", "AlternatingGDA", "Extragradient", "MirrorProx", "EGPlus", "AnchoredEG", "Optimistic", "Reflected",
-    "merit", "sets", "stepsize", "terms",
+    "compare", "ComparisonRow", "format_table",
+    "merit", "plot", "sets", "stepsize", "terms",
 ]

@@ -241,6 +241,11 @@ def _dense(term: Term, n: int, like: Tensor) -> Tensor:
     return like.new_zeros(B, n, n)
 
 
+def _inner_bounded(term: Term, domain: ConstraintSet) -> bool:
+    """Whether ``sup_{u in domain} <v, u> - term(u)`` is finite for every v."""
+    return domain.bounded or term.strongly_convex()
+
+
 class BilinearProblem(SaddleProblem):
     """A batch of ``min_{x in X} max_{y in Y} g(x) + <Kx, y> - h*(y)``.
 
@@ -253,8 +258,11 @@ class BilinearProblem(SaddleProblem):
     The operator is ``F(x, y) = (grad g(x) + K^T y, h*'(y) - K x)``. The exact
     duality gap ``max_{y in Y} f(x, y) - min_{x in X} f(x, y)`` is available
     whenever each inner problem has a closed form: linear terms on bounded sets
-    (through the sets' support functions), quadratic terms on R^n, diagonal
-    quadratic terms on boxes. Unbounded linear inner problems give ``+inf``.
+    (through the sets' support functions), strongly convex quadratic terms on
+    R^n, diagonal ones on boxes. Where an inner problem is linear on an
+    unbounded set (unconstrained bilinear games) the gap is ``+inf`` at every
+    non-solution, carries no information, and is reported as unavailable
+    (``duality_gap`` returns None; use the residual or the distance).
     """
 
     def __init__(self, K: Tensor, x0: Tensor, y0: Tensor, *, g: Term | None = None, h_conj: Term | None = None,
@@ -275,10 +283,15 @@ class BilinearProblem(SaddleProblem):
         self.h_conj = _as_term(h_conj, "h_conj")
         operator = _BilinearOperator(K, self.g, self.h_conj)
         super().__init__(self._f, x0, y0, X, Y, operator=operator, **kwargs)
-        try:
-            self._gap_available = self.duality_gap(self.z0) is not None
-        except NotImplementedError:
-            self._gap_available = False
+        # The gap is +inf off the solution set when an inner problem is an
+        # unbounded linear one (e.g. x^T A y on R^n x R^m): then report none.
+        X, Y = self.domain
+        self._gap_available = _inner_bounded(self.g, X) and _inner_bounded(self.h_conj, Y)
+        if self._gap_available:
+            try:
+                self.duality_gap(self.z0)
+            except NotImplementedError:
+                self._gap_available = False
 
     def _f(self, x: Tensor, y: Tensor) -> Tensor:
         Kx = torch.matmul(self.K, x.unsqueeze(-1)).squeeze(-1)

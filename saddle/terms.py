@@ -40,6 +40,10 @@ class Term:
         """A Lipschitz constant of the gradient: a float or ``(B,)`` tensor."""
         return 0.0
 
+    def strongly_convex(self) -> bool:
+        """Whether the term is strongly convex in every instance."""
+        return False
+
 
 class Zero(Term):
     """g(x) = 0."""
@@ -115,6 +119,11 @@ class Quadratic(Term):
             w = torch.cholesky_solve(q.unsqueeze(-1), L).squeeze(-1)
             return 0.5 * (q * w).sum(-1)
         return super().conj(v, domain)
+
+    def strongly_convex(self) -> bool:
+        if self.diagonal:
+            return bool((self.P > 0).all())
+        return bool((torch.linalg.eigvalsh(self.P)[..., 0] > 0).all())
 
     def lipschitz(self) -> Tensor:
         if self.diagonal:

@@ -1,0 +1,27 @@
+"""Shared fixtures: devices (CPU, and CUDA when present) and dtypes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda,
+                                              pytest.mark.skipif(not CUDA, reason="no CUDA device")])]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    """Each test using it runs on the CPU and, when a GPU is present, on CUDA."""
+    return request.param
+
+
+@pytest.fixture(params=[torch.float64, torch.float32], ids=["float64", "float32"])
+def dtype(request) -> torch.dtype:
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
