@@ -95,8 +95,10 @@ def _named(A: list[list[float]], batch: Batch, geometry: str, name: str) -> Bili
     # Random interior starting strategies: the uniform start would already be the equilibrium.
     x0 = torch.softmax(torch.randn(batch.size, n, dtype=torch.float64, generator=gen), -1)
     y0 = torch.softmax(torch.randn(batch.size, m, dtype=torch.float64, generator=gen), -1)
-    uniform = (batch.place(torch.full((batch.size, n), 1.0 / n)), batch.place(torch.full((batch.size, m), 1.0 / m)))
-    ref = Reference(uniform, batch.place(torch.zeros(batch.size)), unique=True, source="closed form (uniform, value 0)")
+    uniform = (batch.place(torch.full((batch.size, n), 1.0 / n, dtype=torch.float64)),
+               batch.place(torch.full((batch.size, m), 1.0 / m, dtype=torch.float64)))
+    ref = Reference(uniform, batch.place(torch.zeros(batch.size, dtype=torch.float64)), unique=True,
+                    source="closed form (uniform, value 0)")
     return _game(A, x0, y0, batch, _check_geometry(geometry), name, ref)
 
 

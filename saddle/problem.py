@@ -184,6 +184,7 @@ class SaddleProblem(VIProblem):
         if not callable(f):
             raise TypeError(f"f must be callable, got {type(f).__name__}")
         self.f = f
+        x0, y0 = as_point((x0, y0), "(x0, y0)")
         X = Reals() if X is None else X
         Y = Reals() if Y is None else Y
         for name, s in (("X", X), ("Y", Y)):

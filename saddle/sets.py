@@ -292,7 +292,15 @@ class Simplex(ConstraintSet):
     def prox_step(self, z: Tensor, g: Tensor, step) -> Tensor:
         if self.geometry == "euclidean":
             return project_simplex(z - _step_column(step, z) * g)
-        return torch.softmax(torch.log(z) - _step_column(step, z) * g, dim=-1)
+        # A softmax written out: torch.softmax runs a parallel region even on
+        # tiny inputs, which costs milliseconds per call on a loaded CPU.
+        v = torch.log(z) - _step_column(step, z) * g
+        u = torch.exp(v - v.amax(-1, keepdim=True))
+        u = u / u.sum(-1, keepdim=True)
+        # Multiplicative weights drive losing strategies towards 0; subnormal
+        # floats are orders of magnitude slower on CPUs, so flush them to 0
+        # (where underflow would take them a few steps later anyway).
+        return torch.where(u < torch.finfo(u.dtype).tiny, torch.zeros_like(u), u)
 
     def bregman(self, u: Tensor, z: Tensor) -> Tensor:
         if self.geometry == "euclidean":

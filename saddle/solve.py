@@ -109,6 +109,7 @@ def solve(
         }
 
     z = problem.domain.project(problem.z0)
+    _check_operator_at_start(problem, z)
     state = solver.init(problem, z)
     status = empty_status(B, device)
     active = torch.ones(B, dtype=torch.bool, device=device)
@@ -211,6 +212,16 @@ def _tolerance(tol, B: int, problem) -> Tensor:
     if torch.isnan(t).any() or (t < 0).any():
         raise ValueError(f"tol must be non-negative, got {tol}")
     return t.expand(B)
+
+
+def _check_operator_at_start(problem, z: Point) -> None:
+    """Evaluate F once at the start so that a broken operator fails here, clearly (not counted)."""
+    try:
+        Fz = problem.F(z)
+    except Exception as err:  # a user's function: any error is a bad input
+        raise ValueError(f"the operator of {problem.name} failed at the starting point with "
+                         f"{type(err).__name__}: {err}") from err
+    _check_operator_output(Fz, z)
 
 
 def _check_operator_output(Fz, z: Point) -> None:

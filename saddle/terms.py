@@ -92,6 +92,7 @@ class Quadratic(Term):
         self.P = P
         self.c = c
         self.diagonal = P.dim() == 2
+        self._cholesky: Tensor | None = None  # of P, computed on first use by `conj`
 
     def _Px(self, x: Tensor) -> Tensor:
         if self.diagonal:
@@ -115,8 +116,9 @@ class Quadratic(Term):
             u = domain.project(q / self.P)
             return (q * u - 0.5 * self.P * u * u).sum(-1)
         if not self.diagonal and type(domain) is Reals:
-            L = torch.linalg.cholesky(self.P)
-            w = torch.cholesky_solve(q.unsqueeze(-1), L).squeeze(-1)
+            if self._cholesky is None:
+                self._cholesky = torch.linalg.cholesky(self.P)
+            w = torch.cholesky_solve(q.unsqueeze(-1), self._cholesky).squeeze(-1)
             return 0.5 * (q * w).sum(-1)
         return super().conj(v, domain)
 

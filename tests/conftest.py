@@ -7,6 +7,11 @@ import torch
 
 CUDA = torch.cuda.is_available()
 
+# The test problems are tiny: one thread is as fast, and it keeps the timings
+# stable when other processes share the two cores (torch's thread pool waits
+# for a descheduled worker at every parallel region, milliseconds a call).
+torch.set_num_threads(1)
+
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda,
                                               pytest.mark.skipif(not CUDA, reason="no CUDA device")])]
 

@@ -1,0 +1,209 @@
+"""The shared conformance suite: every solver x every problem it applies to.
+
+- converges to the exact reference where theory says it does (HiGHS values for
+  matrix games, linear solves and cvxpy for bilinear and quadratic games), and
+  is marked DIVERGED where theory says it must diverge;
+- a batched solve equals the loop of single-instance solves;
+- per-instance step sizes act per instance;
+- instances that have stopped stay bitwise unchanged while others go on;
+- operator-call counts are exact;
+- CPU and GPU agree.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import problems
+import saddle
+from saddle import Backtracking, Status
+
+from _helpers import counting, instance
+
+PROBLEMS = {
+    "bilinear": lambda **kw: problems.get("bilinear", n=6, batch_size=4, seed=1, **kw),
+    "xy": lambda **kw: problems.get("xy", **kw),
+    "matrix_game": lambda **kw: problems.get("matrix_game", n=5, m=4, batch_size=4, seed=2, **kw),
+    "matrix_game_entropic": lambda **kw: problems.get("matrix_game", n=5, m=4, batch_size=4, seed=2,
+                                                      geometry="entropic", **kw),
+    "rock_paper_scissors": lambda **kw: problems.get("rock_paper_scissors", batch_size=2, seed=3, **kw),
+    "matching_pennies": lambda **kw: problems.get("matching_pennies", batch_size=2, seed=4, **kw),
+    "quadratic": lambda **kw: problems.get("quadratic", n=6, m=4, batch_size=4, seed=3, **kw),
+    "quadratic_box": lambda **kw: problems.get("quadratic", n=6, m=4, box=0.3, batch_size=3, seed=3, **kw),
+}
+GAMES = {"matrix_game", "matrix_game_entropic", "rock_paper_scissors", "matching_pennies"}
+
+# Monotone Lipschitz VIs: these converge on every problem above.
+MONOTONE = ["extragradient", "mirror_prox", "optimistic", "reflected", "eg_plus"]
+# Need strong monotonicity.
+STRONGLY_MONOTONE = ["gda", "alternating_gda"]
+# O(1/k) residual methods: tested against their rate in test_rates.py, not to 1e-6 here.
+SUBLINEAR = ["anchored_eg"]
+
+CONVERGENT = [(s, p) for s in MONOTONE for p in PROBLEMS] + \
+             [(s, p) for s in STRONGLY_MONOTONE for p in ("quadratic", "quadratic_box")]
+
+
+def test_every_registered_solver_is_covered():
+    assert set(saddle.solver_names()) == set(MONOTONE) | set(STRONGLY_MONOTONE) | set(SUBLINEAR)
+
+
+@pytest.mark.parametrize("solver,name", CONVERGENT)
+def test_converges_to_the_exact_reference(solver, name):
+    problem = PROBLEMS[name]()
+    ref = problem.reference
+    if name in GAMES:
+        sol = saddle.solve(problem, solver, tol=1e-6, measure="gap", max_iters=30_000)
+        assert (sol.status == Status.CONVERGED).all(), sol
+        # Value against HiGHS / the closed form, and the exact duality gap.
+        assert (problem.objective(sol.z) - ref.value).abs().max() <= 1e-6
+        assert sol.gap.max() <= 1e-6
+        # Independent recomputation of the gap from the payoff matrix: max_j (A^T x)_j - min_i (A y)_i.
+        A = problem.K.mT
+        gap = (A.mT @ sol.x.unsqueeze(-1)).squeeze(-1).amax(-1) - (A @ sol.y.unsqueeze(-1)).squeeze(-1).amin(-1)
+        torch.testing.assert_close(gap, sol.gap, rtol=0, atol=1e-12)
+    else:
+        sol = saddle.solve(problem, solver, tol=1e-9, max_iters=30_000)
+        assert (sol.status == Status.CONVERGED).all(), sol
+        distance = torch.sqrt(sum((a - b).square().sum(-1) for a, b in zip(sol.z, ref.solution)))
+        assert distance.max() <= 1e-6
+
+
+@pytest.mark.parametrize("name", ["bilinear", "xy"])
+def test_gda_diverges_on_bilinear_games(name):
+    # z+ = z - eta M z with M skew: every eigenvalue of I - eta M has modulus sqrt(1 + eta^2 s^2) > 1.
+    problem = PROBLEMS[name]()
+    sol = saddle.solve(problem, "gda", max_iters=5000)
+    assert (sol.status == Status.DIVERGED).all(), sol
+    assert (sol.iterations < 5000).all()
+
+
+SETTINGS = [(s, {}) for s in saddle.solver_names()] + \
+           [(s, {"step_size": Backtracking(initial=1.0)}) for s in MONOTONE + SUBLINEAR]
+
+
+def _ids(case):
+    s, kw = case
+    return s + ("-backtracking" if kw else "")
+
+
+@pytest.mark.parametrize("solver,settings", SETTINGS, ids=[_ids(c) for c in SETTINGS])
+@pytest.mark.parametrize("name", ["quadratic_box", "matrix_game_entropic", "bilinear"])
+def test_batched_solve_equals_loop_of_single_solves(solver, settings, name):
+    if solver in STRONGLY_MONOTONE and name != "quadratic_box":
+        pytest.skip("GDA has no default step without strong monotonicity")
+    problem = PROBLEMS[name]()
+    batched = saddle.solve(problem, solver, tol=0.0, max_iters=150, **settings)
+    for i in range(problem.batch_size):
+        single = saddle.solve(instance(problem, i), solver, tol=0.0, max_iters=150, **settings)
+        for a, b in zip(batched.z, single.z):
+            torch.testing.assert_close(a[i:i + 1], b, rtol=0, atol=1e-12)
+        assert batched.operator_calls[i] == single.operator_calls[0]
+        assert batched.iterations[i] == single.iterations[0]
+
+
+@pytest.mark.parametrize("solver", saddle.solver_names())
+def test_per_instance_step_sizes(solver):
+    problem = PROBLEMS["quadratic_box"]()
+    L = problem.lipschitz()
+    mu = problem.strong_monotonicity()
+    base = mu / L**2 if solver in STRONGLY_MONOTONE else 0.1 / L
+    steps = base * torch.tensor([0.5, 1.0, 1.5], dtype=torch.float64)
+    batched = saddle.solve(problem, solver, step_size=steps, tol=0.0, max_iters=60)
+    for i in range(problem.batch_size):
+        single = saddle.solve(instance(problem, i), solver, step_size=float(steps[i]), tol=0.0, max_iters=60)
+        for a, b in zip(batched.z, single.z):
+            torch.testing.assert_close(a[i:i + 1], b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("solver", MONOTONE + SUBLINEAR + STRONGLY_MONOTONE)
+def test_stopped_instances_stay_bitwise_unchanged(solver):
+    problem = PROBLEMS["quadratic"]()
+    # Very different tolerances: the instances stop at different checks.
+    r0 = saddle.merit.residual(problem, problem.z0)
+    tol = r0 * torch.tensor([0.5, 0.05, 1e-6, 0.0], dtype=torch.float64)
+    seen = []
+    sol = saddle.solve(problem, solver, tol=tol, max_iters=400, check_every=5,
+                       callback=lambda p: seen.append((p.status.clone(), tuple(b.clone() for b in p.z),
+                                                       p.state.operator_calls.clone())))
+    stopped_at = {}
+    for k, (status, z, calls) in enumerate(seen):
+        for i in range(problem.batch_size):
+            if status[i] != Status.RUNNING and i not in stopped_at:
+                stopped_at[i] = (z, calls)
+            elif i in stopped_at:
+                z_stop, calls_stop = stopped_at[i]
+                for a, b in zip(z, z_stop):
+                    assert torch.equal(a[i], b[i]), f"instance {i} moved after it stopped"
+                assert calls[i] == calls_stop[i]
+    assert set(stopped_at) >= {0, 1}, "the loose instances should have stopped early"
+    for i, (z_stop, _) in stopped_at.items():
+        for a, b in zip(sol.z, z_stop):
+            assert torch.equal(a[i], b[i])
+    assert sol.status[3] == Status.MAX_ITERS
+
+
+def _calls_per_iteration(solver):
+    return {"extragradient": 2, "mirror_prox": 2, "eg_plus": 2, "anchored_eg": 2, "optimistic": 1, "reflected": 1,
+            "gda": 1, "alternating_gda": 2}[solver]
+
+
+def _calls_at_init(solver):
+    return {"reflected": 0, "alternating_gda": 0}.get(solver, 1)
+
+
+@pytest.mark.parametrize("solver", saddle.solver_names())
+def test_operator_call_counts_are_exact(solver):
+    problem, op = counting(PROBLEMS["quadratic_box"]())
+    s = saddle.get_solver(solver)
+    state = s.init(problem, problem.z0)
+    z = problem.z0
+    assert op.calls == _calls_at_init(solver)
+    for k in range(1, 8):
+        z, state = s.step(problem, z, state)
+        assert op.calls == _calls_at_init(solver) + k * _calls_per_iteration(solver)
+        assert (state.operator_calls == op.calls).all()
+
+
+@pytest.mark.parametrize("solver", MONOTONE + SUBLINEAR)
+def test_backtracking_counts_trials_and_accepted_steps(solver):
+    # With backtracking a rejected trial costs one evaluation (F at the trial
+    # point; single-call methods pay nothing more); an accepted two-call step
+    # costs two. Accepted steps are observed independently: the iterate moves.
+    problem = PROBLEMS["bilinear"]()
+    s = saddle.get_solver(solver, step_size=Backtracking(initial=10.0))
+    state = s.init(problem, problem.z0)
+    z = problem.z0
+    moved = torch.zeros(problem.batch_size, dtype=torch.int64)
+    trials = 40
+    for _ in range(trials):
+        z_new, state = s.step(problem, z, state)
+        moved += torch.stack([(a != b).any(-1) for a, b in zip(z_new, z)]).any(0).long()
+        z = z_new
+    assert (moved < trials).all(), "an initial step of 10 / L should be rejected at least once"
+    expected = _calls_at_init(solver) + trials + (moved if _calls_per_iteration(solver) == 2 else 0)
+    assert torch.equal(state.operator_calls, expected + torch.zeros_like(moved))
+
+
+@pytest.mark.parametrize("solver", saddle.solver_names())
+def test_solve_does_not_mutate_inputs(solver):
+    problem = PROBLEMS["quadratic_box"]()
+    z0 = tuple(b.clone() for b in problem.z0)
+    saddle.solve(problem, solver, max_iters=20)
+    for a, b in zip(problem.z0, z0):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("solver", saddle.solver_names())
+@pytest.mark.parametrize("name", ["quadratic_box", "matrix_game_entropic"])
+def test_cpu_and_gpu_agree(solver, name):
+    if solver in STRONGLY_MONOTONE and name != "quadratic_box":
+        pytest.skip("GDA has no default step without strong monotonicity")
+    cpu = saddle.solve(PROBLEMS[name](), solver, tol=0.0, max_iters=300)
+    gpu = saddle.solve(PROBLEMS[name](device="cuda"), solver, tol=0.0, max_iters=300)
+    for a, b in zip(cpu.z, gpu.z):
+        torch.testing.assert_close(a, b.cpu(), rtol=0, atol=1e-10)
+    assert torch.equal(cpu.operator_calls, gpu.operator_calls.cpu())

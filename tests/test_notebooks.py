@@ -1,0 +1,96 @@
+"""The executed notebooks in docs/notebooks, and the closed forms the bilinear notebook teaches.
+
+`test_notebook_executes` runs every ``docs/notebooks/*.ipynb`` from a fresh
+``python3`` kernel, in the notebook's own folder, and fails on the first cell
+that raises; a new notebook is picked up without touching this file.
+
+The other tests check the claims of ``01_bilinear_games.ipynb`` about
+``min_x max_y xy`` against closed forms derived by hand (not against another
+run of the library): with ``F(z) = M z``, ``M = [[0, 1], [-1, 0]]``,
+
+- simultaneous GDA: ``|z_k| = (1 + eta^2)^(k/2) |z_0|`` (spirals out for every eta),
+- extragradient: ``|z_k| = (1 - eta^2 + eta^4)^(k/2) |z_0|`` (contracts for eta < 1),
+- alternating GDA: ``x^2 + y^2 - eta x y`` is invariant (a bounded orbit),
+- optimistic GDA: ``|z_{k+1}| / |z_k| -> sqrt((1 + sqrt(1 - 4 eta^2)) / 2)`` for eta < 1/2.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import problems
+import saddle
+
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "docs" / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+
+X0, Y0 = 0.7, -1.3
+RTOL = 1e-10
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_executes(path: Path):
+    import nbclient
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": str(path.parent)}})
+    client.execute()  # raises nbclient.exceptions.CellExecutionError with the failing cell
+
+
+def _norms(solver: str, eta: float, iterations: int) -> torch.Tensor:
+    """``|z_k|`` for k = 0..iterations of ``solver`` on xy from (X0, Y0), in float64."""
+    problem = problems.get("xy", x0=X0, y0=Y0, dtype=torch.float64)
+    path = saddle.plot.trace(problem, solver, iterations=iterations, step_size=eta)
+    assert path.shape == (iterations + 1, 1, 2)
+    assert path.dtype == torch.float64
+    return path[:, 0].norm(dim=-1)
+
+
+@pytest.mark.parametrize("eta", [0.05, 0.2, 0.5, 0.9])
+def test_xy_gda_grows_like_sqrt_one_plus_eta_squared(eta):
+    K = 60
+    norms = _norms("gda", eta, K)
+    ks = torch.tensor([0, 1, 2, 3, 7, 20, 41, K])
+    expected = torch.tensor([(1 + eta**2) ** (k / 2) * math.hypot(X0, Y0) for k in ks.tolist()],
+                            dtype=torch.float64)
+    torch.testing.assert_close(norms[ks], expected, rtol=RTOL, atol=0)
+    assert bool((norms[1:] > norms[:-1]).all())
+
+
+@pytest.mark.parametrize("eta", [0.05, 0.2, 0.5, 0.9])
+def test_xy_extragradient_contracts_like_sqrt_one_minus_eta_squared_plus_eta_fourth(eta):
+    K = 60
+    norms = _norms("extragradient", eta, K)
+    ks = torch.tensor([0, 1, 2, 3, 7, 20, 41, K])
+    expected = torch.tensor([(1 - eta**2 + eta**4) ** (k / 2) * math.hypot(X0, Y0) for k in ks.tolist()],
+                            dtype=torch.float64)
+    torch.testing.assert_close(norms[ks], expected, rtol=RTOL, atol=0)
+    assert bool((norms[1:] < norms[:-1]).all())
+
+
+@pytest.mark.parametrize("eta", [0.05, 0.2, 0.5, 1.5])
+def test_xy_alternating_gda_stays_on_its_ellipse(eta):
+    problem = problems.get("xy", x0=X0, y0=Y0, dtype=torch.float64)
+    path = saddle.plot.trace(problem, "alternating_gda", iterations=200, step_size=eta)[:, 0]
+    x, y = path[:, 0], path[:, 1]
+    Q = x**2 + y**2 - eta * x * y
+    torch.testing.assert_close(Q, torch.full_like(Q, X0**2 + Y0**2 - eta * X0 * Y0), rtol=RTOL, atol=0)
+
+
+@pytest.mark.parametrize("eta", [0.1, 0.2, 0.3])
+def test_xy_optimistic_rate_is_the_spectral_radius(eta):
+    # After the fast mode (modulus sqrt((1 - s)/2)) has died out, |z| contracts
+    # by exactly the spectral radius per iteration.
+    K = 160
+    norms = _norms("optimistic", eta, K)
+    s = math.sqrt(1 - 4 * eta**2)
+    rho = math.sqrt((1 + s) / 2)
+    ks = torch.arange(80, K)
+    ratios = norms[ks + 1] / norms[ks]
+    torch.testing.assert_close(ratios, torch.full_like(ratios, rho), rtol=RTOL, atol=0)
