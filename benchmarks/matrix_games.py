@@ -8,7 +8,7 @@ HiGHS / saddle. The value error column compares saddle's values with HiGHS's.
 
     python benchmarks/matrix_games.py                      # B=256, n=50 and B=1, n=1000
     python benchmarks/matrix_games.py --device cuda        # the same on a GPU
-    python benchmarks/matrix_games.py --case 64x100 --solver extragradient:average=False
+    python benchmarks/matrix_games.py --case 64x100 --solver extragradient
 """
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", action="append", default=None, metavar="BxN",
                         help="batch size x game size (repeatable; default: 256x50 and 1x1000)")
-    parser.add_argument("--solver", default="extragradient", metavar="NAME[:k=v,...]",
-                        help="saddle solver and settings (default: extragradient)")
+    parser.add_argument("--solver", default="pdhg", metavar="NAME[:k=v,...]",
+                        help="saddle solver and settings (default: pdhg, restarted PDHG)")
     parser.add_argument("--tol", type=float, default=1e-6, help="duality-gap tolerance (default: 1e-6)")
     parser.add_argument("--max-iters", type=int, default=50_000)
     parser.add_argument("--check-every", type=int, default=50)

@@ -25,8 +25,9 @@ def _orthogonal(B: int, n: int, gen: torch.Generator) -> torch.Tensor:
 
 def _game(A, b, c, x0, y0, batch, name) -> BilinearProblem:
     """The bilinear game with data in float64 on the CPU; reference by linear solves."""
-    x_star = torch.linalg.solve(A.mT, -c.unsqueeze(-1)).squeeze(-1)
-    y_star = torch.linalg.solve(A, -b.unsqueeze(-1)).squeeze(-1)
+    # (+ 0.0 turns the -0.0 of a zero right-hand side into 0.0)
+    x_star = torch.linalg.solve(A.mT, -c.unsqueeze(-1)).squeeze(-1) + 0.0
+    y_star = torch.linalg.solve(A, -b.unsqueeze(-1)).squeeze(-1) + 0.0
     value = (x_star.unsqueeze(-2) @ A @ y_star.unsqueeze(-1)).reshape(-1) + (b * x_star).sum(-1) + (c * y_star).sum(-1)
     p = batch.place
     return BilinearProblem(
@@ -48,7 +49,8 @@ def bilinear(n: int = 20, *, sigma_min: float = 0.5, sigma_max: float = 1.0, bat
 
     Args:
         n: dimension of each player.
-        sigma_min, sigma_max: range of the singular values of A.
+        sigma_min: the smallest possible singular value of A.
+        sigma_max: the largest possible singular value of A (the Lipschitz constant L).
     """
     batch = make_batch(batch_size, seed, device, dtype)
     n = check_positive_int(n, "n")

@@ -51,7 +51,8 @@ def matrix_game(n: int = 50, m: int | None = None, *, A: torch.Tensor | None = N
     """A batch of matrix games: random ``(n, m)`` payoffs uniform in [-1, 1], or a given A.
 
     Args:
-        n, m: the players' numbers of pure strategies (m defaults to n).
+        n: the minimizing player's number of pure strategies.
+        m: the maximizing player's number of pure strategies (default n).
         A: a payoff matrix ``(n, m)`` or ``(B, n, m)`` to use instead of random ones.
         geometry: the simplices' geometry, ``"euclidean"`` or ``"entropic"``
             (for mirror-prox / multiplicative weights).

@@ -32,9 +32,11 @@ def quadratic(n: int = 10, m: int | None = None, *, mu: float = 0.1, smoothness:
     """A batch of random strongly-convex-strongly-concave quadratic games.
 
     Args:
-        n, m: dimensions of x and y (m defaults to n).
-        mu, smoothness: the eigenvalues of P and Q are uniform in ``[mu, smoothness]``
-            (the smallest is set to mu exactly, so the problem is mu-strongly monotone).
+        n: the dimension of x.
+        m: the dimension of y (default n).
+        mu: the smallest eigenvalue of P and of Q: the problem is mu-strongly monotone.
+        smoothness: the largest possible eigenvalue of P and Q (eigenvalues are
+            uniform in ``[mu, smoothness]``).
         coupling: A has i.i.d. normal entries scaled to spectral norm ``coupling``.
         box: None (unconstrained) or r > 0 for the boxes ``[-r, r]^n`` and ``[-r, r]^m``.
 

@@ -1,7 +1,7 @@
 """saddle: batched solvers for minimax problems, saddle-point problems and variational inequalities."""
 
 from . import merit, plot, sets, stepsize, terms
-from .compare import ComparisonRow, compare, format_table
+from .comparison import ComparisonRow, compare, format_table
 from .operator import LinearOperator, Operator, SaddleOperator
 from .problem import BilinearProblem, Reference, SaddleProblem, VIProblem
 from .sets import Ball, Box, ConstraintSet, Product, Reals, Simplex
@@ -15,6 +15,7 @@ from .solvers import (
     Extragradient,
     MirrorProx,
     Optimistic,
+    PDHG,
     Reflected,
     Solver,
     get_solver,
@@ -34,7 +35,7 @@ __all__ = [
     "Solution", "SolveError", "Status", "Progress", "solve",
     "Constant", "Backtracking",
     "Solver", "register", "get_solver", "solver_names",
-    "GDA", "AlternatingGDA", "Extragradient", "MirrorProx", "EGPlus", "AnchoredEG", "Optimistic", "Reflected",
+    "GDA", "AlternatingGDA", "Extragradient", "MirrorProx", "EGPlus", "AnchoredEG", "Optimistic", "Reflected", "PDHG",
     "compare", "ComparisonRow", "format_table",
     "merit", "plot", "sets", "stepsize", "terms",
 ]

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 DEFAULT_PROBLEMS = ("matrix_game:n=50", "bilinear:n=50")
-DEFAULT_SOLVERS = ("extragradient", "optimistic", "reflected", "eg_plus", "mirror_prox", "anchored_eg", "gda")
+DEFAULT_SOLVERS = ("pdhg", "extragradient", "optimistic", "gda")
 
 
 def parse_spec(text: str) -> tuple[str, dict]:
@@ -50,7 +50,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="stop an instance when its measure is below this (default: 1e-8)")
     p.add_argument("--measure", choices=("gap", "residual"), default=None,
                    help="stopping measure (default: the duality gap where computable, else the residual)")
-    p.add_argument("--max-iters", type=int, default=20_000, help="iteration limit per instance (default: 20000)")
+    p.add_argument("--max-iters", type=int, default=10_000, help="iteration limit per instance (default: 10000)")
     p.add_argument("--max-operator-calls", type=int, default=None, help="operator-call budget per instance")
     p.add_argument("--check-every", type=int, default=10, help="iterations between checks (default: 10)")
     p.add_argument("--progress", action="store_true", help="show a progress bar per solve")
@@ -109,7 +109,7 @@ def _make_solver(spec: str):
 
 
 def _compare(args) -> int:
-    from .compare import compare, format_table
+    from .comparison import compare, format_table
 
     problem_specs = args.problem or list(DEFAULT_PROBLEMS)
     solver_specs = args.solver or list(DEFAULT_SOLVERS)
@@ -153,7 +153,7 @@ def _plot(results, output: str) -> Path:
 
 
 def _solve(args) -> int:
-    from .compare import reference_errors
+    from .comparison import reference_errors
     from .solve import solve
 
     problem = _make_problem(args.problem, args)

@@ -78,7 +78,8 @@ def trace(problem, solver="extragradient", iterations: int = 100, **settings) ->
 
     Runs ``saddle.solve`` for ``iterations`` steps with ``tol=0`` and records
     the reported point (``Solution.z``'s definition: averaged for averaging
-    solvers) after every iteration. Diverging instances stop moving.
+    solvers) after every iteration. Diverging instances stop moving; if every
+    instance has stopped before ``iterations``, the last point is repeated.
     """
     points: list[Tensor] = []
 
@@ -86,6 +87,7 @@ def trace(problem, solver="extragradient", iterations: int = 100, **settings) ->
         points.append(torch.cat([b.detach() for b in progress.z], dim=-1).clone())
 
     solve(problem, solver, max_iters=iterations, tol=0.0, check_every=1, callback=record, history=False, **settings)
+    points += [points[-1]] * (iterations + 1 - len(points))
     return torch.stack(points)
 
 

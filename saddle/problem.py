@@ -173,10 +173,16 @@ class SaddleProblem(VIProblem):
 
     Args:
         f: ``f(x, y) -> (B,)`` with x of shape ``(B, n)`` and y of shape ``(B, m)``.
-        x0, y0: starting points, ``(B, n)`` and ``(B, m)``.
-        X, Y: the players' sets (default: unconstrained).
+        x0: the minimizing player's start, ``(B, n)``.
+        y0: the maximizing player's start, ``(B, m)``.
+        X: the minimizing player's set (default: unconstrained).
+        Y: the maximizing player's set (default: unconstrained).
+        solution: a known saddle point ``(x*, y*)``, if any.
         value: the known saddle value per instance, if any.
-        Other keywords as in `VIProblem`.
+        operator: an `Operator` to use instead of autograd's ``(grad_x f, -grad_y f)``
+            (e.g. one written out by hand for speed); it must be that gradient field.
+        **kwargs: ``reference``, ``lipschitz``, ``strong_monotonicity`` and
+            ``name``, as in `VIProblem`.
     """
 
     def __init__(self, f, x0: Tensor, y0: Tensor, X: ConstraintSet | None = None, Y: ConstraintSet | None = None,
@@ -252,9 +258,14 @@ class BilinearProblem(SaddleProblem):
 
     Args:
         K: the coupling, ``(B, m, n)`` (``(1, m, n)`` is shared), x in R^n, y in R^m.
-        x0, y0: starting points ``(B, n)`` and ``(B, m)``.
-        g, h_conj: `saddle.terms` terms (default `Zero`): linear or convex quadratic.
-        X, Y: the players' sets.
+        x0: the minimizing player's start, ``(B, n)``.
+        y0: the maximizing player's start, ``(B, m)``.
+        g: the minimizing player's term, a `saddle.terms` term (default `Zero`).
+        h_conj: the maximizing player's term h*, a `saddle.terms` term (default `Zero`).
+        X: the minimizing player's set (default: unconstrained).
+        Y: the maximizing player's set (default: unconstrained).
+        **kwargs: ``solution``, ``value``, ``reference``, ``lipschitz``,
+            ``strong_monotonicity`` and ``name``, as in `SaddleProblem`.
 
     The operator is ``F(x, y) = (grad g(x) + K^T y, h*'(y) - K x)``. The exact
     duality gap ``max_{y in Y} f(x, y) - min_{x in X} f(x, y)`` is available

@@ -159,8 +159,10 @@ class Box(ConstraintSet):
     """The box ``{u : lo <= u <= hi}``; bounds may be infinite (then the box is unbounded).
 
     Args:
-        lo, hi: floats, ``(B,)`` tensors (per instance) or ``(B, n)`` / ``(1, n)``
-            tensors (per coordinate). ``lo <= hi`` everywhere, else the box is empty.
+        lo: the lower bounds: a float, a ``(B,)`` tensor (per instance) or a
+            ``(B, n)`` / ``(1, n)`` tensor (per coordinate); may be ``-inf``.
+        hi: the upper bounds, shaped like ``lo``; ``lo <= hi`` everywhere, else
+            the box is empty.
     """
 
     def __init__(self, lo=-1.0, hi=1.0):

@@ -52,7 +52,11 @@ class Solution:
             (measure evaluations at checks are not counted).
         residual: ``(B,)`` natural residual ``|z - P_Z(z - F(z))|`` at ``z``.
         gap: ``(B,)`` exact duality gap at ``z``, or None if not computable.
-        distance: ``(B,)`` distance to the reference solution, or None.
+        distance: ``(B,)`` distance to the reference solution, or None. It is
+            tracked when the problem's reference is unique and already at hand
+            (read ``problem.reference`` before solving to compute a lazy one,
+            such as the HiGHS solutions of matrix games), or with
+            ``measure="distance"``.
         history: dict of tensors recorded at every check: ``"iteration"`` (T,),
             ``"time"`` (T,), and (T, B) rows of ``"operator_calls"``,
             ``"residual"`` and, when available, ``"gap"`` and ``"distance"``.
@@ -110,8 +114,9 @@ class Solution:
         def rng(t: Tensor | None) -> str:
             if t is None:
                 return "n/a"
-            t = t.double()
-            return f"{t.min().item():.3g}" if t.numel() == 1 else f"[{t.min().item():.3g}, {t.max().item():.3g}]"
+            fmt = "d" if not t.is_floating_point() else ".3g"
+            lo, hi = t.min().item(), t.max().item()
+            return f"{lo:{fmt}}" if lo == hi else f"[{lo:{fmt}}, {hi:{fmt}}]"
 
         solver = type(self.solver).__name__ if self.solver is not None else "?"
         return (

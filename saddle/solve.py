@@ -94,14 +94,19 @@ def solve(
     gap_available = problem.duality_gap(problem.z0) is not None
     if measure == "gap" and not gap_available:
         raise ValueError(f"measure='gap' is not computable for {problem.name}; use measure='residual'")
-    if measure == "distance" and problem.solution is None:
-        raise ValueError(f"measure='distance' needs a reference solution, and {problem.name} has none")
+    if measure == "distance" and (problem.solution is None or not problem.reference.unique):
+        raise ValueError(f"measure='distance' needs a unique reference solution, and {problem.name} has none")
+
+    # Distances need a unique reference that is already at hand (references that
+    # cost a solve, such as HiGHS for matrix games, are computed only when asked for).
+    track_distance = measure == "distance" or (problem.has_reference and problem.reference is not None
+                                               and problem.reference.unique)
 
     def evaluate(z: Point, state) -> tuple[Point, dict]:
         out = solver.output(problem, z, state)
         Fz = problem.F(out)
         _check_operator_output(Fz, out)
-        dist = merit.distance(problem, out) if problem.has_reference else None
+        dist = merit.distance(problem, out) if track_distance else None
         return out, {
             "residual": merit.residual(problem, out, Fz),
             "gap": problem.duality_gap(out) if gap_available else None,
@@ -177,7 +182,7 @@ def solve(
         operator_calls=state.operator_calls.clone(),
         residual=measures["residual"],
         gap=measures["gap"],
-        distance=merit.distance(problem, out) if problem.has_reference else None,
+        distance=measures["distance"],
         history=_stack(rows) if history else {},
         state=state,
         solver=solver,

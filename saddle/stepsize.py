@@ -1,8 +1,8 @@
 """Step-size rules: constant (float or per-instance ``(B,)`` tensor) and per-instance backtracking.
 
 Every solver states its step condition as ``eta <= c / L`` for a constant c
-from its convergence theorem (``c = 1`` for extragradient, ``1/2`` for Popov's
-method, ...). With ``step_size=None`` a solver uses ``c / L`` when the problem
+from its convergence theorem (``c = 0.9`` for extragradient, just inside its
+``eta < 1/L``; ``1/2`` for Popov's method; ...). With ``step_size=None`` a solver uses ``c / L`` when the problem
 knows its Lipschitz constant L, and `Backtracking` otherwise.
 
 `Backtracking` estimates the local Lipschitz constant instead: a trial step

@@ -1,10 +1,11 @@
 """Simple convex terms g(x) for structured problems ``min_x max_y g(x) + <Kx, y> - h*(y)``.
 
-A term acts on one ``(B, n)`` block and knows its value, gradient and the
+A term acts on one ``(B, n)`` block and knows its value, gradient, the
 conjugate-type maximum over a set,
 
     ``conj(v, C) = sup_{u in C} <v, u> - g(u)``,   shape ``(B,)``,
 
+and the prox step over a set, ``prox(v, t, C) = argmin_{u in C} g(u) + |u - v|^2 / (2t)``,
 in closed form where one exists. Duality gaps of bilinear and quadratic games
 are built from it. Terms: `Zero`, `Linear` (``c^T x``) and `Quadratic`
 (``1/2 x^T P x + c^T x``, with P dense ``(B, n, n)`` or diagonal ``(B, n)``).
@@ -18,6 +19,11 @@ from torch import Tensor
 from .sets import Box, ConstraintSet, Reals
 
 __all__ = ["Term", "Zero", "Linear", "Quadratic"]
+
+
+def _column(step):
+    """A float or ``(B,)`` step, shaped to broadcast against ``(B, n)``."""
+    return step.unsqueeze(-1) if isinstance(step, Tensor) and step.dim() == 1 else step
 
 
 class Term:
@@ -35,6 +41,14 @@ class Term:
         Raises ``NotImplementedError`` where no closed form is implemented.
         """
         raise NotImplementedError(f"no closed-form conjugate of {type(self).__name__} over {domain!r}")
+
+    def prox(self, v: Tensor, step, domain: ConstraintSet) -> Tensor:
+        """``argmin_{u in domain} term(u) + |u - v|^2 / (2 step)``, shape ``(B, n)``.
+
+        ``step`` is a float or a ``(B,)`` tensor. Raises ``NotImplementedError``
+        where no closed form is implemented.
+        """
+        raise NotImplementedError(f"no closed-form prox of {type(self).__name__} over {domain!r}")
 
     def lipschitz(self) -> Tensor | float:
         """A Lipschitz constant of the gradient: a float or ``(B,)`` tensor."""
@@ -57,6 +71,9 @@ class Zero(Term):
     def conj(self, v: Tensor, domain: ConstraintSet) -> Tensor:
         return domain.support(v)
 
+    def prox(self, v: Tensor, step, domain: ConstraintSet) -> Tensor:
+        return domain.project(v)
+
 
 class Linear(Term):
     """g(x) = <c, x>; ``c`` has shape ``(B, n)`` or ``(1, n)``."""
@@ -74,6 +91,9 @@ class Linear(Term):
 
     def conj(self, v: Tensor, domain: ConstraintSet) -> Tensor:
         return domain.support(v - self.c)
+
+    def prox(self, v: Tensor, step, domain: ConstraintSet) -> Tensor:
+        return domain.project(v - _column(step) * self.c)
 
 
 class Quadratic(Term):
@@ -121,6 +141,18 @@ class Quadratic(Term):
             w = torch.cholesky_solve(q.unsqueeze(-1), self._cholesky).squeeze(-1)
             return 0.5 * (q * w).sum(-1)
         return super().conj(v, domain)
+
+    def prox(self, v: Tensor, step, domain: ConstraintSet) -> Tensor:
+        t = _column(step)
+        w = v if self.c is None else v - t * self.c
+        if self.diagonal and isinstance(domain, (Reals, Box)):
+            # Separable: the box projection of the unconstrained minimizer is exact.
+            return domain.project(w / (1 + t * self.P))
+        if not self.diagonal and type(domain) is Reals:
+            eye = torch.eye(v.shape[-1], dtype=v.dtype, device=v.device)
+            t3 = t.unsqueeze(-1) if isinstance(t, Tensor) else t
+            return torch.linalg.solve(eye + t3 * self.P, w.unsqueeze(-1)).squeeze(-1)
+        return super().prox(v, step, domain)
 
     def strongly_convex(self) -> bool:
         if self.diagonal:

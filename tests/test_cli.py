@@ -26,6 +26,7 @@ def test_help_lists_problems_and_solvers():
         assert word in out
 
 
+@pytest.mark.slow
 def test_compare_prints_a_table_with_exact_errors_and_writes_a_plot(tmp_path, capsys):
     out_png = tmp_path / "plot.png"
     code = main(["compare", "--problem", "matrix_game:n=6", "--problem", "bilinear:n=5", "-B", "4",

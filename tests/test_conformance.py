@@ -40,13 +40,25 @@ MONOTONE = ["extragradient", "mirror_prox", "optimistic", "reflected", "eg_plus"
 STRONGLY_MONOTONE = ["gda", "alternating_gda"]
 # O(1/k) residual methods: tested against their rate in test_rates.py, not to 1e-6 here.
 SUBLINEAR = ["anchored_eg"]
+# Need a BilinearProblem whose terms have closed-form prox steps.
+PRIMAL_DUAL = ["pdhg"]
+NO_PROX = {"quadratic_box"}  # a dense quadratic term on a box
 
 CONVERGENT = [(s, p) for s in MONOTONE for p in PROBLEMS] + \
-             [(s, p) for s in STRONGLY_MONOTONE for p in ("quadratic", "quadratic_box")]
+             [(s, p) for s in STRONGLY_MONOTONE for p in ("quadratic", "quadratic_box")] + \
+             [(s, p) for s in PRIMAL_DUAL for p in PROBLEMS if p not in NO_PROX]
 
 
 def test_every_registered_solver_is_covered():
-    assert set(saddle.solver_names()) == set(MONOTONE) | set(STRONGLY_MONOTONE) | set(SUBLINEAR)
+    assert set(saddle.solver_names()) == set(MONOTONE) | set(STRONGLY_MONOTONE) | set(SUBLINEAR) | set(PRIMAL_DUAL)
+
+
+@pytest.mark.parametrize("name", sorted(NO_PROX))
+def test_pdhg_explains_where_it_does_not_apply(name):
+    with pytest.raises(ValueError, match="pdhg needs a closed-form prox of g"):
+        saddle.solve(PROBLEMS[name](), "pdhg")
+    with pytest.raises(ValueError, match="pdhg needs a BilinearProblem"):
+        saddle.solve(problems.get("comonotone_linear"), "pdhg")
 
 
 @pytest.mark.parametrize("solver,name", CONVERGENT)
@@ -88,11 +100,17 @@ def _ids(case):
     return s + ("-backtracking" if kw else "")
 
 
+def _applies(solver, name):
+    if solver in STRONGLY_MONOTONE and name not in ("quadratic", "quadratic_box"):
+        return False  # GDA has no default step without strong monotonicity
+    return not (solver in PRIMAL_DUAL and name in NO_PROX)
+
+
 @pytest.mark.parametrize("solver,settings", SETTINGS, ids=[_ids(c) for c in SETTINGS])
-@pytest.mark.parametrize("name", ["quadratic_box", "matrix_game_entropic", "bilinear"])
+@pytest.mark.parametrize("name", ["quadratic_box", "matrix_game_entropic", "bilinear", "quadratic"])
 def test_batched_solve_equals_loop_of_single_solves(solver, settings, name):
-    if solver in STRONGLY_MONOTONE and name != "quadratic_box":
-        pytest.skip("GDA has no default step without strong monotonicity")
+    if not _applies(solver, name):
+        pytest.skip("does not apply")
     problem = PROBLEMS[name]()
     batched = saddle.solve(problem, solver, tol=0.0, max_iters=150, **settings)
     for i in range(problem.batch_size):
@@ -105,7 +123,7 @@ def test_batched_solve_equals_loop_of_single_solves(solver, settings, name):
 
 @pytest.mark.parametrize("solver", saddle.solver_names())
 def test_per_instance_step_sizes(solver):
-    problem = PROBLEMS["quadratic_box"]()
+    problem = problems.get("quadratic", n=6, m=4, batch_size=3, seed=3, box=None if solver in PRIMAL_DUAL else 0.3)
     L = problem.lipschitz()
     mu = problem.strong_monotonicity()
     base = mu / L**2 if solver in STRONGLY_MONOTONE else 0.1 / L
@@ -117,7 +135,7 @@ def test_per_instance_step_sizes(solver):
             torch.testing.assert_close(a[i:i + 1], b, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("solver", MONOTONE + SUBLINEAR + STRONGLY_MONOTONE)
+@pytest.mark.parametrize("solver", MONOTONE + SUBLINEAR + STRONGLY_MONOTONE + PRIMAL_DUAL)
 def test_stopped_instances_stay_bitwise_unchanged(solver):
     problem = PROBLEMS["quadratic"]()
     # Very different tolerances: the instances stop at different checks.
@@ -146,7 +164,7 @@ def test_stopped_instances_stay_bitwise_unchanged(solver):
 
 def _calls_per_iteration(solver):
     return {"extragradient": 2, "mirror_prox": 2, "eg_plus": 2, "anchored_eg": 2, "optimistic": 1, "reflected": 1,
-            "gda": 1, "alternating_gda": 2}[solver]
+            "gda": 1, "alternating_gda": 2, "pdhg": 1}[solver]
 
 
 def _calls_at_init(solver):
@@ -155,6 +173,8 @@ def _calls_at_init(solver):
 
 @pytest.mark.parametrize("solver", saddle.solver_names())
 def test_operator_call_counts_are_exact(solver):
+    if solver in PRIMAL_DUAL:
+        pytest.skip("PDHG uses K directly: see test_pdhg_counts_products_with_K")
     problem, op = counting(PROBLEMS["quadratic_box"]())
     s = saddle.get_solver(solver)
     state = s.init(problem, problem.z0)
@@ -164,6 +184,32 @@ def test_operator_call_counts_are_exact(solver):
         z, state = s.step(problem, z, state)
         assert op.calls == _calls_at_init(solver) + k * _calls_per_iteration(solver)
         assert (state.operator_calls == op.calls).all()
+
+
+def test_pdhg_counts_products_with_K(monkeypatch):
+    # One operator call = one product with K and one with K^T; restart checks reuse cached products.
+    from saddle.solvers import primal_dual
+
+    products = {"K": 0, "Kt": 0}
+    matvec, rmatvec = primal_dual._matvec, primal_dual._rmatvec
+
+    def counted(kind, fn):
+        def wrapped(K, v):
+            products[kind] += 1
+            return fn(K, v)
+        return wrapped
+
+    monkeypatch.setattr(primal_dual, "_matvec", counted("K", matvec))
+    monkeypatch.setattr(primal_dual, "_rmatvec", counted("Kt", rmatvec))
+    problem = PROBLEMS["matrix_game"]()
+    s = saddle.get_solver("pdhg", restart_every=4)
+    state = s.init(problem, problem.z0)
+    z = problem.z0
+    for _ in range(20):
+        z, state = s.step(problem, z, state)
+    assert products == {"K": 21, "Kt": 21}
+    assert (state.operator_calls == 21).all()
+    assert (state.restarts >= 1).all()
 
 
 @pytest.mark.parametrize("solver", MONOTONE + SUBLINEAR)
@@ -188,7 +234,7 @@ def test_backtracking_counts_trials_and_accepted_steps(solver):
 
 @pytest.mark.parametrize("solver", saddle.solver_names())
 def test_solve_does_not_mutate_inputs(solver):
-    problem = PROBLEMS["quadratic_box"]()
+    problem = PROBLEMS["quadratic" if solver in PRIMAL_DUAL else "quadratic_box"]()
     z0 = tuple(b.clone() for b in problem.z0)
     saddle.solve(problem, solver, max_iters=20)
     for a, b in zip(problem.z0, z0):
@@ -198,10 +244,10 @@ def test_solve_does_not_mutate_inputs(solver):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("solver", saddle.solver_names())
-@pytest.mark.parametrize("name", ["quadratic_box", "matrix_game_entropic"])
+@pytest.mark.parametrize("name", ["quadratic_box", "matrix_game_entropic", "quadratic"])
 def test_cpu_and_gpu_agree(solver, name):
-    if solver in STRONGLY_MONOTONE and name != "quadratic_box":
-        pytest.skip("GDA has no default step without strong monotonicity")
+    if not _applies(solver, name):
+        pytest.skip("does not apply")
     cpu = saddle.solve(PROBLEMS[name](), solver, tol=0.0, max_iters=300)
     gpu = saddle.solve(PROBLEMS[name](device="cuda"), solver, tol=0.0, max_iters=300)
     for a, b in zip(cpu.z, gpu.z):

@@ -223,6 +223,7 @@ def test_gda_and_extragradient_end_on_the_limit_cycle_of_forsaken():
         assert dist.max() < 5.0, solver  # and bounded: a cycle, not divergence
 
 
+@pytest.mark.slow
 def test_global_forsaken_small_steps_cycle_and_adaptive_steps_escape():
     # Pethick et al. (2022): on GlobalForsaken (z* = 0; on the box L = 6.31 and the
     # weak-MVI parameter rho = -0.12, outside every constant-step guarantee) an

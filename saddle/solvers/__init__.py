@@ -4,10 +4,12 @@ from .base import Solver, get_solver, register, solver_names
 from .extragradient import AnchoredEG, EGPlus, Extragradient, ExtragradientState, MirrorProx
 from .gda import GDA, AlternatingGDA, GDAState
 from .optimistic import Optimistic, Reflected, SingleCallState
+from .primal_dual import PDHG, PDHGState
 
 __all__ = [
     "Solver", "get_solver", "register", "solver_names",
     "GDA", "AlternatingGDA", "GDAState",
     "Extragradient", "MirrorProx", "EGPlus", "AnchoredEG", "ExtragradientState",
     "Optimistic", "Reflected", "SingleCallState",
+    "PDHG", "PDHGState",
 ]

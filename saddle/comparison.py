@@ -72,7 +72,9 @@ def compare(problem, solvers: Sequence[str] | Mapping[str, object], *, tol: floa
         tol: tolerance on the measure.
         measure: ``"gap"`` or ``"residual"`` (default: the gap where the
             problem can compute it, else the residual).
-        max_iters, check_every, max_operator_calls: as in `saddle.solve`.
+        max_iters: iteration limit per instance, as in `saddle.solve`.
+        check_every: iterations between checks, as in `saddle.solve`.
+        max_operator_calls: per-instance operator-call budget, as in `saddle.solve`.
         warmup: run each solver for two iterations first, so that one-time
             costs (kernel loading, caches) do not count in its wall time.
         progress: show a progress bar per solver.
