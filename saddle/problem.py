@@ -271,7 +271,8 @@ class BilinearProblem(SaddleProblem):
     duality gap ``max_{y in Y} f(x, y) - min_{x in X} f(x, y)`` is available
     whenever each inner problem has a closed form: linear terms on bounded sets
     (through the sets' support functions), strongly convex quadratic terms on
-    R^n, diagonal ones on boxes. Where an inner problem is linear on an
+    R^n, quadratic terms on boxes (diagonal: in closed form; dense: by an exact
+    box-constrained QP solve, `saddle.terms.box_concave_qp`). Where an inner problem is linear on an
     unbounded set (unconstrained bilinear games) the gap is ``+inf`` at every
     non-solution, carries no information, and is reported as unavailable
     (``duality_gap`` returns None; use the residual or the distance).
