@@ -63,6 +63,7 @@ def where(mask: Tensor, new: Any, old: Any) -> Any:
 
     Works on tensors whose first dimension is the batch, on (named) tuples of
     them and on ``None``; this is how the driver freezes finished instances.
+    Numbers and strings are shared by the whole batch: ``new``'s are returned.
     """
     if new is None:
         return None

@@ -122,10 +122,11 @@ def solve(
     rows: list[dict] = []
     bar = _progress_bar(max_iters, solver) if progress else None
     floor: Tensor | None = None
+    n_active = B
 
     def check(k: int) -> bool:
         """Stop converged or diverged instances; record; return True to stop the loop."""
-        nonlocal status, active, floor
+        nonlocal status, active, floor, n_active
         out, measures = evaluate(z, state)
         res = measures["residual"]
         if floor is None:
@@ -155,21 +156,41 @@ def solve(
     done = check(0)
     k = 0
     while not done and k < max_iters:
-        z_new, state_new = solver.step(problem, z, state)
-        finite = all_finite(z_new)
-        status = torch.where(active & ~finite, int(Status.DIVERGED), status)
-        moving = active & finite
-        z = where(moving, z_new, z)
-        state = where(moving, state_new, state)
-        iterations = iterations + moving
-        active = moving
-        if max_operator_calls is not None:
-            spent = active & (state.operator_calls >= max_operator_calls)
-            status = torch.where(spent, int(Status.BUDGET_EXHAUSTED), status)
-            active = active & ~spent
-        k += 1
-        if k % check_every == 0 or k == max_iters:
-            done = check(k)
+        # While every instance runs and no budget applies, nothing needs freezing
+        # between checks: the batch steps as a whole, and an instance that turns
+        # non-finite is sent back to its point at the last check (held by
+        # reference: solvers never modify their inputs) and marked DIVERGED.
+        fast = n_active == B and max_operator_calls is None
+        last = (z, state, iterations)
+        finite_throughout = active
+        while True:
+            z_new, state_new = solver.step(problem, z, state)
+            finite = all_finite(z_new)
+            if fast:
+                z, state = z_new, state_new
+                finite_throughout = finite_throughout & finite
+                iterations = iterations + 1
+            else:
+                status = torch.where(active & ~finite, int(Status.DIVERGED), status)
+                moving = active & finite
+                z = where(moving, z_new, z)
+                state = where(moving, state_new, state)
+                iterations = iterations + moving
+                active = moving
+                if max_operator_calls is not None:
+                    spent = active & (state.operator_calls >= max_operator_calls)
+                    status = torch.where(spent, int(Status.BUDGET_EXHAUSTED), status)
+                    active = active & ~spent
+            k += 1
+            if k % check_every == 0 or k == max_iters:
+                break
+        if fast:
+            failed = ~finite_throughout
+            # (non-tensor state fields are shared by the batch: `where` keeps its first argument's)
+            z, state, iterations = where(~failed, (z, state, iterations), last)
+            status = torch.where(failed, int(Status.DIVERGED), status)
+            active = active & ~failed
+        done = check(k)
     if bar is not None:
         bar.close()
 

@@ -117,6 +117,10 @@ def test_nan_from_the_operator_marks_only_that_instance_diverged():
     sol = saddle.solve(problem, "extragradient", tol=1e-8)
     assert sol.status[0] == Status.DIVERGED
     assert (sol.status[1:] == Status.CONVERGED).all()
+    # The diverged instance keeps a finite point: its last one before the NaN (here the start).
+    for a, b in zip(sol.z, problem.z0):
+        assert torch.equal(a[0], b[0])
+    assert sol.iterations[0] == 0
 
 
 # -- bad input -----------------------------------------------------------------------------------------
