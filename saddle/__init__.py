@@ -1,9 +1,9 @@
 """saddle: batched solvers for minimax problems, saddle-point problems and variational inequalities."""
 
-from . import merit, plot, sets, stepsize, terms
+from . import coupling, merit, plot, sets, stepsize, terms
 from .comparison import ComparisonRow, compare, format_table
 from .operator import LinearOperator, Operator, SaddleOperator
-from .problem import BilinearProblem, Reference, SaddleProblem, VIProblem
+from .problem import BilinearProblem, CompositeSaddleProblem, Reference, SaddleProblem, VIProblem
 from .sets import Ball, Box, ConstraintSet, Product, Reals, Simplex
 from .solution import Solution, SolveError, Status
 from .solve import Progress, solve
@@ -23,19 +23,21 @@ from .solvers import (
     solver_names,
 )
 from .stepsize import Backtracking, Constant
-from .terms import Linear, Quadratic, Zero
+from .coupling import Bilinear, SemiLinear, SmoothCoupling
+from .terms import L1, Indicator, Linear, Quadratic, Smooth, Sum, Zero
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Operator", "SaddleOperator", "LinearOperator",
     "ConstraintSet", "Reals", "Box", "Ball", "Simplex", "Product",
-    "VIProblem", "SaddleProblem", "BilinearProblem", "Reference",
-    "Zero", "Linear", "Quadratic",
+    "VIProblem", "SaddleProblem", "CompositeSaddleProblem", "BilinearProblem", "Reference",
+    "Zero", "Linear", "Quadratic", "L1", "Indicator", "Smooth", "Sum",
+    "Bilinear", "SemiLinear", "SmoothCoupling",
     "Solution", "SolveError", "Status", "Progress", "solve",
     "Constant", "Backtracking",
     "Solver", "register", "get_solver", "solver_names",
     "GDA", "AlternatingGDA", "Extragradient", "MirrorProx", "EGPlus", "AnchoredEG", "Optimistic", "Reflected", "PDHG",
     "compare", "ComparisonRow", "format_table",
-    "merit", "plot", "sets", "stepsize", "terms",
+    "coupling", "merit", "plot", "sets", "stepsize", "terms",
 ]

@@ -17,11 +17,14 @@ __all__ = ["residual", "gap", "distance"]
 
 
 def residual(problem, z: Point, Fz: Point | None = None) -> Tensor:
-    """The natural residual ``|z - P_Z(z - F(z))|`` over all blocks, shape ``(B,)``."""
+    """The natural residual ``|z - P_Z(z - F(z))|`` over all blocks, shape ``(B,)``.
+
+    With non-smooth terms (`saddle.CompositeSaddleProblem`) the projection is
+    the problem's forward-backward step `prox`, and this is the prox-gradient residual.
+    """
     if Fz is None:
         Fz = problem.F(z)
-    projected = problem.domain.project(tuple(zi - gi for zi, gi in zip(z, Fz)))
-    return norm(sub(z, projected))
+    return norm(sub(z, problem.prox(z, Fz, 1.0)))
 
 
 def gap(problem, z: Point) -> Tensor | None:

@@ -18,12 +18,13 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 from torch import Tensor
 
+from .coupling import Bilinear, Coupling, SmoothCoupling
 from .operator import Operator, SaddleOperator, spectral_norm
 from .point import Point, as_point
 from .sets import ConstraintSet, Product, Reals
-from .terms import Linear, Quadratic, Term, Zero
+from .terms import Linear, Quadratic, Term, Zero, _column
 
-__all__ = ["Reference", "VIProblem", "SaddleProblem", "BilinearProblem"]
+__all__ = ["Reference", "VIProblem", "SaddleProblem", "CompositeSaddleProblem", "BilinearProblem"]
 
 
 class Reference(NamedTuple):
@@ -130,6 +131,22 @@ class VIProblem:
         """The operator at ``z``: a tuple of ``(B, n_i)`` tensors."""
         return self.operator(z)
 
+    def block_prox(self, i: int, u: Tensor, grad: Tensor, step) -> Tensor:
+        """The forward-backward step of block i: ``argmin_{v in Z_i} <grad, v> + r_i(v) + |v - u|^2 / (2 step)``.
+
+        ``r_i`` is the block's non-smooth term (none here: the step is the
+        projection ``P_{Z_i}(u - step * grad)``); ``step`` is a float or ``(B,)``.
+        """
+        return self.domain[i].project(u - _column(step) * grad)
+
+    def prox(self, z: Point, grad: Point, step) -> Point:
+        """`block_prox` on every block: the step every Euclidean solver takes."""
+        return tuple(self.block_prox(i, u, g, step) for i, (u, g) in enumerate(zip(z, grad)))
+
+    def bregman_prox(self, z: Point, grad: Point, step) -> Point:
+        """``argmin_{u in Z} step <grad, u> + D(u, z)`` with the sets' Bregman divergences (mirror-prox)."""
+        return self.domain.prox_step(z, grad, step)
+
     def lipschitz(self) -> Tensor | None:
         """L per instance, shape ``(B,)`` (float64, on the CPU), or None if unknown."""
         if self._lipschitz is None:
@@ -215,28 +232,52 @@ def _as_term(term, name: str) -> Term:
         return Zero()
     if isinstance(term, Term):
         return term
-    raise TypeError(f"{name} must be None or a saddle.terms.Term (Zero, Linear, Quadratic), got {type(term).__name__}")
+    raise TypeError(f"{name} must be None or a saddle.terms.Term (Zero, Linear, Quadratic, L1, Indicator, Smooth, "
+                    f"Sum), got {type(term).__name__}")
 
 
-class _BilinearOperator(Operator):
-    """``F(x, y) = (grad g(x) + K^T y, -K x + grad h*(y))``."""
+def _as_coupling(coupling) -> Coupling:
+    if isinstance(coupling, Coupling):
+        return coupling
+    if isinstance(coupling, Tensor):
+        return Bilinear(coupling)
+    if callable(coupling):
+        return SmoothCoupling(coupling)
+    raise TypeError(f"coupling must be a saddle.coupling.Coupling, a tensor K (bilinear <Kx, y>) or a function "
+                    f"phi(x, y) -> (B,), got {type(coupling).__name__}")
 
-    def __init__(self, K: Tensor, g: Term, h_conj: Term):
+
+class _CompositeOperator(Operator):
+    """``F(x, y) = (grad g_s(x) + grad_x phi(x, y), grad h_s(y) - grad_y phi(x, y))`` (smooth parts only)."""
+
+    def __init__(self, coupling: Coupling, g_smooth: Term, h_smooth: Term):
         super().__init__()
-        self.K, self.g, self.h_conj = K, g, h_conj
+        self.coupling, self.g_smooth, self.h_smooth = coupling, g_smooth, h_smooth
 
     def __call__(self, z: Point) -> Point:
         x, y = z
-        Kt_y = torch.matmul(self.K.mT, y.unsqueeze(-1)).squeeze(-1)
-        Kx = torch.matmul(self.K, x.unsqueeze(-1)).squeeze(-1)
-        return self.g.grad(x) + Kt_y, self.h_conj.grad(y) - Kx
+        if isinstance(self.coupling, SmoothCoupling):
+            gx, gy = self.coupling.grads(x, y)
+        else:
+            gx, gy = self.coupling.grad_x(x, y), self.coupling.grad_y(x, y)
+        return self.g_smooth.grad(x) + gx, self.h_smooth.grad(y) - gy
 
-    def lipschitz(self) -> Tensor:
-        if isinstance(self.g, (Zero, Linear)) and isinstance(self.h_conj, (Zero, Linear)):
-            return spectral_norm(self.K)
-        n, m, B = self.K.shape[-1], self.K.shape[-2], self.K.shape[0]
-        M = torch.cat([torch.cat([_dense(self.g, n, self.K), self.K.mT.expand(B, -1, -1)], -1),
-                       torch.cat([-self.K.expand(B, -1, -1), _dense(self.h_conj, m, self.K)], -1)], -2)
+    def lipschitz(self) -> Tensor | None:
+        if not isinstance(self.coupling, Bilinear):
+            return None
+        c, g, h = self.coupling, self.g_smooth, self.h_smooth
+        if isinstance(g, (Zero, Linear)) and isinstance(h, (Zero, Linear)):
+            return c.norm()
+        if c.sparse or not all(isinstance(t, (Zero, Linear, Quadratic)) for t in (g, h)):
+            # |[[P, K^T], [-K, Q]]| <= max(|P|, |Q|) + |K|
+            try:
+                return c.norm() + torch.maximum(torch.as_tensor(g.lipschitz()), torch.as_tensor(h.lipschitz()))
+            except ValueError:
+                return None
+        K = c.K
+        n, m, B = K.shape[-1], K.shape[-2], K.shape[0]
+        M = torch.cat([torch.cat([_dense(g, n, K), K.mT.expand(B, -1, -1)], -1),
+                       torch.cat([-K.expand(B, -1, -1), _dense(h, m, K)], -1)], -2)
         return spectral_norm(M)
 
 
@@ -248,16 +289,66 @@ def _dense(term: Term, n: int, like: Tensor) -> Tensor:
     return like.new_zeros(B, n, n)
 
 
+class CompositeSaddleProblem(SaddleProblem):
+    """A batch of ``min_{x in X} max_{y in Y} g(x) + phi(x, y) - h(y)``.
+
+    Args:
+        coupling: phi: a `saddle.coupling.Coupling` (`Bilinear`, `SemiLinear`,
+            `SmoothCoupling`), a tensor K for ``<K x, y>``, or a function
+            ``phi(x, y) -> (B,)``.
+        x0: the minimizing player's start, ``(B, n)``.
+        y0: the maximizing player's start, ``(B, m)``.
+        g: the minimizing player's convex term (a `saddle.terms.Term`; default 0).
+        h: the maximizing player's convex term, subtracted (default 0).
+        X: the minimizing player's set (default: unconstrained).
+        Y: the maximizing player's set (default: unconstrained).
+        **kwargs: ``solution``, ``value``, ``reference``, ``lipschitz``,
+            ``strong_monotonicity`` and ``name``, as in `SaddleProblem`.
+
+    g and h may mix smooth parts (used through their gradients, in the
+    operator ``F = (grad g_s + grad_x phi, grad h_s - grad_y phi)``) and one
+    prox-friendly part each (`L1`, `Indicator`, ...; see `saddle.terms.Term.split`),
+    which enters every Euclidean solver's step through `prox`. Primal-dual
+    methods use the pieces separately.
+    """
+
+    def __init__(self, coupling, x0: Tensor, y0: Tensor, *, g: Term | None = None, h: Term | None = None,
+                 X: ConstraintSet | None = None, Y: ConstraintSet | None = None, **kwargs):
+        self.coupling = _as_coupling(coupling)
+        self.g = _as_term(g, "g")
+        self.h = _as_term(h, "h")
+        self._g_split, self._h_split = self.g.split(), self.h.split()
+        operator = kwargs.pop("operator", None) or _CompositeOperator(self.coupling, self._g_split[0],
+                                                                      self._h_split[0])
+        super().__init__(self._f, x0, y0, X, Y, operator=operator, **kwargs)
+
+    def _f(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.g.value(x) + self.coupling.value(x, y) - self.h.value(y)
+
+    def block_prox(self, i: int, u: Tensor, grad: Tensor, step) -> Tensor:
+        rough = (self._g_split if i == 0 else self._h_split)[1]
+        return rough.prox(u - _column(step) * grad, step, self.domain[i])
+
+    def bregman_prox(self, z: Point, grad: Point, step) -> Point:
+        if any(not isinstance(split[1], Zero) for split in (self._g_split, self._h_split)):
+            if any(s.geometry != "euclidean" for s in self.domain):
+                raise ValueError(f"{self.name}: Bregman prox steps with non-smooth terms are not supported; "
+                                 "use Euclidean sets")
+            return self.prox(z, grad, step)
+        return super().bregman_prox(z, grad, step)
+
+
 def _inner_bounded(term: Term, domain: ConstraintSet) -> bool:
     """Whether ``sup_{u in domain} <v, u> - term(u)`` is finite for every v."""
     return domain.bounded or term.strongly_convex()
 
 
-class BilinearProblem(SaddleProblem):
+class BilinearProblem(CompositeSaddleProblem):
     """A batch of ``min_{x in X} max_{y in Y} g(x) + <Kx, y> - h*(y)``.
 
     Args:
-        K: the coupling, ``(B, m, n)`` (``(1, m, n)`` is shared), x in R^n, y in R^m.
+        K: the coupling, ``(B, m, n)`` (``(1, m, n)`` is shared), x in R^n, y in R^m;
+            or a 2-D ``torch.sparse`` ``(m, n)`` matrix shared by the batch.
         x0: the minimizing player's start, ``(B, n)``.
         y0: the maximizing player's start, ``(B, m)``.
         g: the minimizing player's term, a `saddle.terms` term (default `Zero`).
@@ -272,30 +363,28 @@ class BilinearProblem(SaddleProblem):
     whenever each inner problem has a closed form: linear terms on bounded sets
     (through the sets' support functions), strongly convex quadratic terms on
     R^n, quadratic terms on boxes (diagonal: in closed form; dense: by an exact
-    box-constrained QP solve, `saddle.terms.box_concave_qp`). Where an inner problem is linear on an
-    unbounded set (unconstrained bilinear games) the gap is ``+inf`` at every
-    non-solution, carries no information, and is reported as unavailable
-    (``duality_gap`` returns None; use the residual or the distance).
+    box-constrained QP solve, `saddle.terms.box_concave_qp`), L1 terms on boxes.
+    Where an inner problem is linear on an unbounded set (unconstrained
+    bilinear games) the gap is ``+inf`` at every non-solution, carries no
+    information, and is reported as unavailable (``duality_gap`` returns None;
+    use the residual or the distance).
     """
 
     def __init__(self, K: Tensor, x0: Tensor, y0: Tensor, *, g: Term | None = None, h_conj: Term | None = None,
                  X: ConstraintSet | None = None, Y: ConstraintSet | None = None, **kwargs):
-        if not isinstance(K, Tensor) or K.dim() != 3:
+        if not isinstance(K, Tensor) or (K.layout == torch.strided and K.dim() != 3):
             raise ValueError(f"K must be a (B, m, n) tensor, got {getattr(K, 'shape', type(K).__name__)}")
-        if not torch.isfinite(K).all():
-            raise ValueError("K contains NaN or inf")
+        coupling = Bilinear(K)
         x0, y0 = as_point((x0, y0), "(x0, y0)")
         B, n, m = x0.shape[0], x0.shape[1], y0.shape[1]
-        if K.shape[0] not in (1, B) or K.shape[1:] != (m, n):
+        if coupling.shape[0] not in (1, B) or coupling.shape[1:] != (m, n):
             raise ValueError(f"K must have shape (B, m, n) = ({B}, {m}, {n}) to match x0 {tuple(x0.shape)} "
                              f"and y0 {tuple(y0.shape)}; got {tuple(K.shape)}")
         if K.dtype != x0.dtype or K.device != x0.device:
             raise ValueError(f"K is {K.dtype} on {K.device} but x0 is {x0.dtype} on {x0.device}")
         self.K = K
-        self.g = _as_term(g, "g")
-        self.h_conj = _as_term(h_conj, "h_conj")
-        operator = _BilinearOperator(K, self.g, self.h_conj)
-        super().__init__(self._f, x0, y0, X, Y, operator=operator, **kwargs)
+        super().__init__(coupling, x0, y0, g=g, h=h_conj, X=X, Y=Y, **kwargs)
+        self.h_conj = self.h
         # The gap is +inf off the solution set when an inner problem is an
         # unbounded linear one (e.g. x^T A y on R^n x R^m): then report none.
         X, Y = self.domain
@@ -306,18 +395,13 @@ class BilinearProblem(SaddleProblem):
             except NotImplementedError:
                 self._gap_available = False
 
-    def _f(self, x: Tensor, y: Tensor) -> Tensor:
-        Kx = torch.matmul(self.K, x.unsqueeze(-1)).squeeze(-1)
-        return self.g.value(x) + (Kx * y).sum(-1) - self.h_conj.value(y)
-
     def duality_gap(self, z: Point) -> Tensor | None:
         """``max_{y' in Y} f(x, y') - min_{x' in X} f(x', y)`` per instance, shape ``(B,)``."""
         if getattr(self, "_gap_available", True) is False:
             return None
         x, y = z
         X, Y = self.domain
-        Kx = torch.matmul(self.K, x.unsqueeze(-1)).squeeze(-1)
-        Kt_y = torch.matmul(self.K.mT, y.unsqueeze(-1)).squeeze(-1)
+        Kx, Kt_y = self.coupling.mv(x), self.coupling.rmv(y)
         primal = self.g.value(x) + self.h_conj.conj(Kx, Y)
         dual = -self.h_conj.value(y) - self.g.conj(-Kt_y, X)
         return primal - dual

@@ -90,6 +90,17 @@ class Solution:
         return self.z[1]
 
     @property
+    def counts(self) -> dict[str, Tensor]:
+        """Every per-instance count the solver keeps, ``{name: (B,) int64}``.
+
+        The state fields whose names end in ``_calls`` (``operator_calls``,
+        and e.g. ``primal_gradient_calls`` or ``coupling_gradient_calls`` for
+        solvers that count oracles separately).
+        """
+        fields = getattr(self.state, "_fields", ())
+        return {f: getattr(self.state, f) for f in fields if f.endswith("_calls")}
+
+    @property
     def success(self) -> Tensor:
         """``(B,)`` bool: which instances converged."""
         return self.status == Status.CONVERGED

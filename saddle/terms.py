@@ -1,14 +1,20 @@
-"""Simple convex terms g(x) for structured problems ``min_x max_y g(x) + <Kx, y> - h*(y)``.
+"""Convex terms g(x) of structured problems ``min_x max_y g(x) + phi(x, y) - h(y)``.
 
-A term acts on one ``(B, n)`` block and knows its value, gradient, the
-conjugate-type maximum over a set,
+A term acts on one ``(B, n)`` block and knows, where it has them, its value,
+its gradient (smooth terms), the conjugate-type maximum over a set,
 
     ``conj(v, C) = sup_{u in C} <v, u> - g(u)``,   shape ``(B,)``,
 
 and the prox step over a set, ``prox(v, t, C) = argmin_{u in C} g(u) + |u - v|^2 / (2t)``,
 in closed form where one exists. Duality gaps of bilinear and quadratic games
-are built from it. Terms: `Zero`, `Linear` (``c^T x``) and `Quadratic`
-(``1/2 x^T P x + c^T x``, with P dense ``(B, n, n)`` or diagonal ``(B, n)``).
+are built from ``conj``; primal-dual and proximal-gradient steps from ``prox``
+and ``grad``.
+
+Terms: `Zero`, `Linear` (``c^T x``), `Quadratic` (``1/2 x^T P x + c^T x``,
+P dense ``(B, n, n)`` or diagonal ``(B, n)``), `L1` (``sum_i w_i |x_i|``),
+`Indicator` (0 on a set, +inf outside), `Smooth` (any differentiable
+function, gradients by autograd) and `Sum` of terms. `Term.split` separates
+the smooth part (used through its gradient) from the prox-friendly part.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from torch import Tensor
 
 from .sets import Box, ConstraintSet, Reals
 
-__all__ = ["Term", "Zero", "Linear", "Quadratic"]
+__all__ = ["Term", "Zero", "Linear", "Quadratic", "L1", "Indicator", "Smooth", "Sum", "box_concave_qp"]
 
 
 def _column(step):
@@ -29,11 +35,26 @@ def _column(step):
 class Term:
     """A convex function of one ``(B, n)`` block."""
 
+    #: Whether the term is differentiable with a Lipschitz gradient (`grad` exists).
+    smooth: bool = True
+
     def value(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
     def grad(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} is not differentiable")
+
+    def split(self) -> tuple["Term", "Term"]:
+        """``(smooth part, prox-friendly part)``: the term is their sum.
+
+        Methods that linearize smooth parts and take prox steps on the rest
+        (LPD, ALPD) use this; smooth terms return ``(self, Zero())``.
+        """
+        return (self, Zero()) if self.smooth else (Zero(), self)
+
+    def strong_convexity(self) -> Tensor | float:
+        """A strong-convexity modulus: a float or ``(B,)`` tensor (0 if none)."""
+        return 0.0
 
     def conj(self, v: Tensor, domain: ConstraintSet) -> Tensor:
         """``sup_{u in domain} <v, u> - self(u)``, shape ``(B,)``.
@@ -56,7 +77,8 @@ class Term:
 
     def strongly_convex(self) -> bool:
         """Whether the term is strongly convex in every instance."""
-        return False
+        mu = self.strong_convexity()
+        return bool((torch.as_tensor(mu) > 0).all())
 
 
 class Zero(Term):
@@ -160,15 +182,172 @@ class Quadratic(Term):
             return torch.linalg.solve(eye + t3 * self.P, w.unsqueeze(-1)).squeeze(-1)
         return super().prox(v, step, domain)
 
-    def strongly_convex(self) -> bool:
+    def strong_convexity(self) -> Tensor:
+        """The smallest eigenvalue of P per instance, ``(B,)``."""
         if self.diagonal:
-            return bool((self.P > 0).all())
-        return bool((torch.linalg.eigvalsh(self.P)[..., 0] > 0).all())
+            return self.P.amin(-1)
+        return torch.linalg.eigvalsh(self.P)[..., 0]
 
     def lipschitz(self) -> Tensor:
         if self.diagonal:
             return self.P.abs().amax(-1)
         return torch.linalg.eigvalsh(self.P)[..., -1]
+
+
+class L1(Term):
+    """g(x) = sum_i w_i |x_i| with weights ``w >= 0``: a float, ``(B,)`` or ``(B, n)``.
+
+    Not smooth; its prox on a box is soft-thresholding followed by clipping
+    (exact, the problem being separable).
+    """
+
+    smooth = False
+
+    def __init__(self, weight=1.0):
+        if isinstance(weight, bool) or not isinstance(weight, (int, float, Tensor)):
+            raise TypeError(f"L1: weight must be a float or a tensor, got {type(weight).__name__}")
+        w = torch.as_tensor(weight)
+        if w.dim() > 2 or not torch.isfinite(w).all() or (w < 0).any():
+            raise ValueError(f"L1: weight must be finite and >= 0, a float, (B,) or (B, n) tensor; got {weight!r}")
+        self.weight = weight
+
+    def _w(self, like: Tensor):
+        if isinstance(self.weight, Tensor):
+            w = self.weight.to(device=like.device, dtype=like.dtype)
+            return w.unsqueeze(-1) if w.dim() == 1 else w
+        return float(self.weight)
+
+    def value(self, x: Tensor) -> Tensor:
+        return (self._w(x) * x.abs()).sum(-1)
+
+    def prox(self, v: Tensor, step, domain: ConstraintSet) -> Tensor:
+        if not isinstance(domain, (Reals, Box)):
+            return super().prox(v, step, domain)
+        t = _column(step) * self._w(v)
+        return domain.project(torch.sign(v) * (v.abs() - t).clamp_min(0))
+
+    def conj(self, v: Tensor, domain: ConstraintSet) -> Tensor:
+        if not isinstance(domain, (Reals, Box)):
+            return super().conj(v, domain)
+        w = self._w(v)
+        w = torch.as_tensor(w, dtype=v.dtype, device=v.device).expand_as(v)
+        lo = domain.project(torch.full_like(v, -torch.inf))
+        hi = domain.project(torch.full_like(v, torch.inf))
+        # Each coordinate maximizes v u - w |u| (concave, piecewise linear) over [lo, hi]:
+        # the maximum is at 0 (clipped into the interval) or at an end point.
+        def f(u):
+            return torch.where(torch.isinf(u), torch.where((v - w * u.sign()) * u > 0,
+                                                           torch.full_like(u, torch.inf), torch.full_like(u, -torch.inf)),
+                               v * u - w * u.abs())
+
+        zero = torch.zeros_like(v).clamp(lo, hi)
+        return torch.maximum(torch.maximum(f(lo), f(hi)), f(zero)).sum(-1)
+
+
+class Indicator(Term):
+    """The indicator of a set: 0 on ``C``, +inf outside (use it to add a constraint to a term).
+
+    Its prox on an unconstrained block is the projection onto ``C``; on a
+    constrained block, use the block's set instead.
+    """
+
+    smooth = False
+
+    def __init__(self, set: ConstraintSet):
+        if not isinstance(set, ConstraintSet):
+            raise TypeError(f"Indicator: set must be a ConstraintSet, got {type(set).__name__}")
+        self.set = set
+
+    def value(self, x: Tensor) -> Tensor:
+        inside = self.set.contains(x, atol=1e-9)
+        return torch.where(inside, torch.zeros_like(x[..., 0]), torch.full_like(x[..., 0], torch.inf))
+
+    def prox(self, v: Tensor, step, domain: ConstraintSet) -> Tensor:
+        if type(domain) is not Reals:
+            return super().prox(v, step, domain)
+        return self.set.project(v)
+
+    def conj(self, v: Tensor, domain: ConstraintSet) -> Tensor:
+        if type(domain) is not Reals:
+            return super().conj(v, domain)
+        return self.set.support(v)
+
+
+class Smooth(Term):
+    """A differentiable convex function ``fn(x) -> (B,)``, its gradient by autograd.
+
+    Args:
+        fn: the function of a ``(B, n)`` block, one value per instance
+            (instances must not interact: the gradient is that of ``fn(x).sum()``).
+        lipschitz: a Lipschitz constant of the gradient (float or ``(B,)``), if known.
+        strong_convexity: a strong-convexity modulus (float or ``(B,)``), if known.
+    """
+
+    def __init__(self, fn, *, lipschitz=None, strong_convexity=0.0):
+        if not callable(fn):
+            raise TypeError(f"Smooth: fn must be callable, got {type(fn).__name__}")
+        for name, val in (("lipschitz", lipschitz), ("strong_convexity", strong_convexity)):
+            if val is not None and (not torch.isfinite(torch.as_tensor(val)).all() or (torch.as_tensor(val) < 0).any()):
+                raise ValueError(f"Smooth: {name} must be finite and >= 0, got {val!r}")
+        self.fn = fn
+        self._lipschitz = lipschitz
+        self._mu = strong_convexity
+        self._grad = torch.func.grad(lambda x: self.fn(x).sum())
+
+    def value(self, x: Tensor) -> Tensor:
+        return self.fn(x)
+
+    def grad(self, x: Tensor) -> Tensor:
+        return self._grad(x)
+
+    def lipschitz(self):
+        if self._lipschitz is None:
+            raise ValueError("Smooth: this term's gradient Lipschitz constant is unknown; pass lipschitz=...")
+        return self._lipschitz
+
+    def strong_convexity(self):
+        return self._mu
+
+
+class Sum(Term):
+    """The sum of terms; smooth if every part is. `split` gathers the smooth and the prox-friendly parts.
+
+    A sum has at most one part that is not smooth (its prox is then the
+    part's prox after a gradient step on the rest, in methods that linearize).
+    """
+
+    def __init__(self, *terms: Term):
+        if not terms or not all(isinstance(t, Term) for t in terms):
+            raise TypeError("Sum: every argument must be a saddle.terms.Term")
+        if sum(not t.smooth for t in terms) > 1:
+            raise ValueError("Sum: at most one non-smooth term (its prox is used as is)")
+        self.terms = tuple(terms)
+        self.smooth = all(t.smooth for t in terms)
+
+    def value(self, x: Tensor) -> Tensor:
+        return sum(t.value(x) for t in self.terms)
+
+    def grad(self, x: Tensor) -> Tensor:
+        if not self.smooth:
+            raise NotImplementedError("Sum: a non-smooth part has no gradient; use split()")
+        return sum(t.grad(x) for t in self.terms)
+
+    def split(self) -> tuple[Term, Term]:
+        smooth = [t for t in self.terms if t.smooth]
+        rough = [t for t in self.terms if not t.smooth]
+        smooth_part = Zero() if not smooth else smooth[0] if len(smooth) == 1 else Sum(*smooth)
+        return smooth_part, rough[0] if rough else Zero()
+
+    def prox(self, v: Tensor, step, domain: ConstraintSet) -> Tensor:
+        if len(self.terms) == 1:
+            return self.terms[0].prox(v, step, domain)
+        return super().prox(v, step, domain)
+
+    def lipschitz(self):
+        return sum(t.lipschitz() for t in self.terms if t.smooth)
+
+    def strong_convexity(self):
+        return sum(t.strong_convexity() for t in self.terms)
 
 
 def box_concave_qp(P: Tensor, q: Tensor, box: Box, largest_eigenvalue: Tensor, *, max_iters: int = 20_000,

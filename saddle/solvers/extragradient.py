@@ -79,13 +79,13 @@ def _step(solver, problem, z: Point, state: ExtragradientState, *, c: float, alp
     else:
         base = z
     if bregman:
-        w = domain.prox_step(base, state.Fz, eta)
+        w = problem.bregman_prox(base, state.Fz, eta)
         Fw = problem.F(w)
-        z_next = domain.prox_step(base, Fw, alpha * eta)
+        z_next = problem.bregman_prox(base, Fw, alpha * eta)
     else:
-        w = domain.project(axpy(-eta, state.Fz, base))
+        w = problem.prox(base, state.Fz, eta)
         Fw = problem.F(w)
-        z_next = domain.project(axpy(-alpha * eta, Fw, base))
+        z_next = problem.prox(base, Fw, alpha * eta)
 
     if rule is None:
         accept = torch.ones_like(state.steps, dtype=torch.bool)

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..point import Point, axpy
+from ..point import Point
 from ..stepsize import Backtracking, Constant, initial_step_size
 from .base import Solver, register
 
@@ -65,7 +65,7 @@ class GDA(Solver):
                         torch.ones(B, dtype=torch.int64, device=problem.device))
 
     def step(self, problem, z, state):
-        z_next = problem.domain.project(axpy(-state.step_size, state.Fz, z))
+        z_next = problem.prox(z, state.Fz, state.step_size)
         return z_next, GDAState(problem.F(z_next), state.step_size, state.operator_calls + 1)
 
 
@@ -94,8 +94,7 @@ class AlternatingGDA(Solver):
 
     def step(self, problem, z, state):
         z = list(z)
-        eta = state.step_size.unsqueeze(-1)
-        for i, domain in enumerate(problem.domain):
+        for i in range(len(z)):
             Fi = problem.F(tuple(z))[i]
-            z[i] = domain.project(z[i] - eta * Fi)
+            z[i] = problem.block_prox(i, z[i], Fi, state.step_size)
         return tuple(z), GDAState(None, state.step_size, state.operator_calls + len(z))

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..point import Point, axpy, lerp, where
+from ..point import Point, lerp, where
 from ..stepsize import adapt, initial_step_size, local_lipschitz_test, step_rule
 from .base import Solver, register
 
@@ -68,9 +68,9 @@ class Optimistic(Solver):
 
     def step(self, problem, z, state):
         eta, rule = state.step_size, step_rule(self.step_size, problem)
-        w = problem.domain.project(axpy(-eta, state.Fw_prev, z))
+        w = problem.prox(z, state.Fw_prev, eta)
         Fw = problem.F(w)
-        z_next = problem.domain.project(axpy(-eta, Fw, z))
+        z_next = problem.prox(z, Fw, eta)
         if rule is None:
             accept = torch.ones_like(state.steps, dtype=torch.bool)
         else:
@@ -115,7 +115,7 @@ class Reflected(Solver):
         eta, rule = state.step_size, step_rule(self.step_size, problem)
         w = lerp(state.z_prev, z, 2.0)
         Fw = problem.F(w)
-        z_next = problem.domain.project(axpy(-eta, Fw, z))
+        z_next = problem.prox(z, Fw, eta)
         if rule is None:
             accept = torch.ones_like(state.steps, dtype=torch.bool)
         else:

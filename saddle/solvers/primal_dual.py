@@ -41,7 +41,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..operator import spectral_norm
 from ..stepsize import _as_batch
 from .base import Solver, register
 
@@ -86,12 +85,21 @@ class PDHGState(NamedTuple):
     operator_calls: Tensor
 
 
-def _matvec(K: Tensor, x: Tensor) -> Tensor:
-    return torch.matmul(K, x.unsqueeze(-1)).squeeze(-1)
+def _matvec(K, x: Tensor) -> Tensor:
+    """``K x`` for a `saddle.coupling.Bilinear` coupling (a module function so tests can count products)."""
+    return K.mv(x)
 
 
-def _rmatvec(K: Tensor, y: Tensor) -> Tensor:
-    return torch.matmul(K.mT, y.unsqueeze(-1)).squeeze(-1)
+def _rmatvec(K, y: Tensor) -> Tensor:
+    """``K^T y``."""
+    return K.rmv(y)
+
+
+def _abs_max(K) -> Tensor:
+    """``max_ij |K_ij|`` per instance, ``(B,)`` (``(1,)`` for a shared or sparse K)."""
+    if K.sparse:
+        return K.K.values().abs().amax().reshape(1)
+    return K.K.abs().amax(dim=(-2, -1))
 
 
 @register("pdhg")
@@ -149,21 +157,21 @@ class PDHG(Solver):
     # -- the saddle problem's pieces -------------------------------------------------------------
     @staticmethod
     def _residual(problem, x, y, Kx, Kty) -> Tensor:
-        """The natural residual ``|z - P_Z(z - F(z))|`` from cached products, shape ``(B,)``."""
-        X, Y = problem.domain
-        rx = x - X.project(x - (problem.g.grad(x) + Kty))
-        ry = y - Y.project(y - (problem.h_conj.grad(y) - Kx))
+        """The natural residual ``|z - prox(z - F(z))|`` from cached products, shape ``(B,)``."""
+        g_smooth, h_smooth = problem.g.split()[0], problem.h_conj.split()[0]
+        rx = x - problem.block_prox(0, x, g_smooth.grad(x) + Kty, 1.0)
+        ry = y - problem.block_prox(1, y, h_smooth.grad(y) - Kx, 1.0)
         return torch.sqrt(rx.square().sum(-1) + ry.square().sum(-1))
 
     def init(self, problem, z0):
         x, y = z0
-        K = problem.K
+        K = problem.coupling
         B, dev, dt = problem.batch_size, problem.device, problem.dtype
         if self.step_size is None:
             if self.adaptive_step:
-                eta = 1.0 / K.abs().amax(dim=(-2, -1))
+                eta = 1.0 / _abs_max(K)
             else:
-                eta = 0.9 / spectral_norm(K)
+                eta = 0.9 / K.norm()
             eta = eta.to(dt).expand(B).clone()
         else:
             eta = _as_batch(self.step_size, B, problem, "step_size")
@@ -185,7 +193,7 @@ class PDHG(Solver):
     def step(self, problem, z, state):
         x, y = z
         X, Y = problem.domain
-        K = problem.K
+        K = problem.coupling
         eta, omega = state.step_size, state.primal_weight
         tau, sigma = (eta / omega).unsqueeze(-1), (eta * omega).unsqueeze(-1)
 

@@ -1,0 +1,224 @@
+"""Couplings phi(x, y) of ``min_x max_y g(x) + phi(x, y) - h(y)``: bilinear, semi-linear, general.
+
+A coupling gives, batched over B instances (x: ``(B, n)``, y: ``(B, m)``),
+its value ``(B,)``, its partial gradients ``grad_x`` ``(B, n)`` and ``grad_y``
+``(B, m)``, and Lipschitz constants of those gradients:
+
+- ``L_xx``: of ``grad_x phi(., y)`` in x,
+- ``L_xy``: of ``grad_x phi(x, .)`` in y and of ``grad_y phi(., y)`` in x,
+- ``L_yy``: of ``grad_y phi(x, .)`` in y,
+
+as ``(B,)`` tensors (or None when unknown).
+
+- `Bilinear`: ``<K x, y>`` with K ``(B, m, n)``, dense or ``torch.sparse``
+  (COO or CSR; batched sparse as a list of matrices is not supported: one
+  matrix shared by the batch, or dense).
+- `SemiLinear`: ``<G(x), y>`` with a smooth map ``G: (B, n) -> (B, m)``,
+  linear in y (the coupling of constrained problems written with multipliers).
+- `SmoothCoupling`: any differentiable ``phi(x, y) -> (B,)``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .operator import spectral_norm
+
+__all__ = ["Coupling", "Bilinear", "SemiLinear", "SmoothCoupling"]
+
+
+def _per_instance(value, name: str):
+    if value is None:
+        return None
+    t = torch.as_tensor(value, dtype=torch.float64).detach().cpu()
+    if t.dim() > 1 or not torch.isfinite(t).all() or (t < 0).any():
+        raise ValueError(f"{name} must be a finite float >= 0 or a (B,) tensor, got {value!r}")
+    return t
+
+
+class Coupling:
+    """Base class of couplings (see the module docstring)."""
+
+    #: Whether phi is linear in y (then grad_x phi(x, y) = J_G(x)^T y for some G).
+    linear_in_y: bool = False
+
+    def value(self, x: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def grad_x(self, x: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def grad_y(self, x: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def lipschitz(self) -> dict[str, Tensor | None]:
+        """``{"xx": L_xx, "xy": L_xy, "yy": L_yy}``, each ``(B,)`` (float64, CPU) or None."""
+        return {"xx": None, "xy": None, "yy": None}
+
+
+class Bilinear(Coupling):
+    """``phi(x, y) = <K x, y>``, K of shape ``(B, m, n)`` or ``(1, m, n)``, dense or sparse.
+
+    A sparse K (``torch.sparse_coo`` or ``torch.sparse_csr``) is given as a 2-D
+    ``(m, n)`` matrix shared by every instance. Products are ``mv`` (``K x``)
+    and ``rmv`` (``K^T y``); ``K^T`` is formed once for sparse matrices.
+    """
+
+    linear_in_y = True
+
+    def __init__(self, K: Tensor):
+        if not isinstance(K, Tensor):
+            raise TypeError(f"K must be a tensor, got {type(K).__name__}")
+        self.sparse = K.layout != torch.strided
+        if self.sparse:
+            if K.dim() != 2:
+                raise ValueError(f"a sparse K must be a 2-D (m, n) matrix shared by the batch, got shape "
+                                 f"{tuple(K.shape)}")
+            K = K.to_sparse_csr() if K.layout != torch.sparse_csr else K
+            values = K.values()
+            if not torch.isfinite(values).all():
+                raise ValueError("K contains NaN or inf")
+            self._Kt = K.to_sparse_coo().t().coalesce().to_sparse_csr()
+            self.shape = (1, K.shape[0], K.shape[1])
+        else:
+            if K.dim() != 3:
+                raise ValueError(f"K must be a (B, m, n) tensor, got shape {tuple(K.shape)}")
+            if not torch.isfinite(K).all():
+                raise ValueError("K contains NaN or inf")
+            self.shape = tuple(K.shape)
+        self.K = K
+        self._norm: Tensor | None = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.K.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.K.device
+
+    def mv(self, x: Tensor) -> Tensor:
+        """``K x`` for x of shape ``(B, n)``: ``(B, m)``."""
+        if self.sparse:
+            return (self.K @ x.mT).mT
+        return torch.matmul(self.K, x.unsqueeze(-1)).squeeze(-1)
+
+    def rmv(self, y: Tensor) -> Tensor:
+        """``K^T y`` for y of shape ``(B, m)``: ``(B, n)``."""
+        if self.sparse:
+            return (self._Kt @ y.mT).mT
+        return torch.matmul(self.K.mT, y.unsqueeze(-1)).squeeze(-1)
+
+    def dense(self) -> Tensor:
+        """K as a dense ``(B or 1, m, n)`` tensor."""
+        return self.K.to_dense().unsqueeze(0) if self.sparse else self.K
+
+    def value(self, x: Tensor, y: Tensor) -> Tensor:
+        return (self.mv(x) * y).sum(-1)
+
+    def grad_x(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.rmv(y)
+
+    def grad_y(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.mv(x)
+
+    def norm(self) -> Tensor:
+        """``|K|_2`` per instance, ``(B,)`` (or ``(1,)`` when shared); computed once."""
+        if self._norm is None:
+            if self.sparse:
+                self._norm = _sparse_norm(self)
+            else:
+                self._norm = spectral_norm(self.K)
+        return self._norm
+
+    def lipschitz(self):
+        L = self.norm().detach().to("cpu", torch.float64)
+        return {"xx": torch.zeros_like(L), "xy": L, "yy": torch.zeros_like(L)}
+
+
+def _sparse_norm(coupling: Bilinear, iters: int = 300) -> Tensor:
+    """Power iteration on ``K^T K`` for a sparse K, with a 1% upward margin: ``(1,)``."""
+    g = torch.Generator(device=coupling.device).manual_seed(0)
+    v = torch.randn(1, coupling.shape[2], generator=g, device=coupling.device, dtype=coupling.dtype)
+    for _ in range(iters):
+        v = coupling.rmv(coupling.mv(v))
+        v = v / v.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
+    return coupling.mv(v).norm(dim=-1) * 1.01
+
+
+class SemiLinear(Coupling):
+    """``phi(x, y) = <G(x), y>``: linear in y, with a smooth map ``G: (B, n) -> (B, m)``.
+
+    Args:
+        G: the map (instances must not interact).
+        lipschitz_xx: a Lipschitz constant of ``grad_x phi(., y)`` (it grows with |y|;
+            give the constant valid on the y-set), float or ``(B,)``.
+        lipschitz_xy: a bound on the Jacobian norm of G (float or ``(B,)``).
+
+    ``grad_x`` is the vector-Jacobian product ``J_G(x)^T y``, ``grad_y`` is ``G(x)``.
+    """
+
+    linear_in_y = True
+
+    def __init__(self, G: Callable[[Tensor], Tensor], *, lipschitz_xx=None, lipschitz_xy=None):
+        if not callable(G):
+            raise TypeError(f"G must be callable, got {type(G).__name__}")
+        self.G = G
+        self._L = {"xx": _per_instance(lipschitz_xx, "lipschitz_xx"), "xy": _per_instance(lipschitz_xy, "lipschitz_xy"),
+                   "yy": None}
+
+    def value(self, x: Tensor, y: Tensor) -> Tensor:
+        return (self.G(x) * y).sum(-1)
+
+    def grad_x(self, x: Tensor, y: Tensor) -> Tensor:
+        _, pullback = torch.func.vjp(self.G, x)
+        return pullback(y)[0]
+
+    def grad_y(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.G(x)
+
+    def lipschitz(self):
+        L = dict(self._L)
+        if L["xy"] is not None:
+            L["yy"] = torch.zeros_like(L["xy"])
+        return L
+
+
+class SmoothCoupling(Coupling):
+    """A general differentiable coupling ``phi(x, y) -> (B,)``; gradients by autograd.
+
+    Args:
+        phi: the coupling (instances must not interact).
+        lipschitz_xx, lipschitz_xy, lipschitz_yy: Lipschitz constants of its
+            partial gradients (floats or ``(B,)``), where known.
+    """
+
+    def __init__(self, phi: Callable[[Tensor, Tensor], Tensor], *, lipschitz_xx=None, lipschitz_xy=None,
+                 lipschitz_yy=None):
+        if not callable(phi):
+            raise TypeError(f"phi must be callable, got {type(phi).__name__}")
+        self.phi = phi
+        self._grad = torch.func.grad(lambda x, y: self.phi(x, y).sum(), argnums=(0, 1))
+        self._gx = torch.func.grad(lambda x, y: self.phi(x, y).sum(), argnums=0)
+        self._gy = torch.func.grad(lambda x, y: self.phi(x, y).sum(), argnums=1)
+        self._L = {"xx": _per_instance(lipschitz_xx, "lipschitz_xx"), "xy": _per_instance(lipschitz_xy, "lipschitz_xy"),
+                   "yy": _per_instance(lipschitz_yy, "lipschitz_yy")}
+
+    def value(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.phi(x, y)
+
+    def grad_x(self, x: Tensor, y: Tensor) -> Tensor:
+        return self._gx(x, y)
+
+    def grad_y(self, x: Tensor, y: Tensor) -> Tensor:
+        return self._gy(x, y)
+
+    def grads(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Both partial gradients in one backward pass."""
+        return self._grad(x, y)
+
+    def lipschitz(self):
+        return dict(self._L)
