@@ -2,6 +2,7 @@
 
 from . import coupling, merit, plot, sets, stepsize, terms
 from .comparison import ComparisonRow, compare, format_table
+from .lp import LinearProgram, LinprogResult, linprog
 from .operator import LinearOperator, Operator, SaddleOperator
 from .problem import BilinearProblem, CompositeSaddleProblem, Reference, SaddleProblem, VIProblem
 from .sets import Ball, Box, ConstraintSet, Product, Reals, Simplex
@@ -39,5 +40,6 @@ __all__ = [
     "Solver", "register", "get_solver", "solver_names",
     "GDA", "AlternatingGDA", "Extragradient", "MirrorProx", "EGPlus", "AnchoredEG", "Optimistic", "Reflected", "PDHG",
     "compare", "ComparisonRow", "format_table",
+    "linprog", "LinearProgram", "LinprogResult",
     "coupling", "merit", "plot", "sets", "stepsize", "terms",
 ]

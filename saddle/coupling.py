@@ -20,6 +20,7 @@ as ``(B,)`` tensors (or None when unknown).
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
@@ -77,11 +78,12 @@ class Bilinear(Coupling):
             if K.dim() != 2:
                 raise ValueError(f"a sparse K must be a 2-D (m, n) matrix shared by the batch, got shape "
                                  f"{tuple(K.shape)}")
-            K = K.to_sparse_csr() if K.layout != torch.sparse_csr else K
-            values = K.values()
-            if not torch.isfinite(values).all():
+            with warnings.catch_warnings():  # "sparse CSR support is in beta": we only multiply
+                warnings.simplefilter("ignore", UserWarning)
+                K = K.to_sparse_csr() if K.layout != torch.sparse_csr else K
+                self._Kt = K.to_sparse_coo().t().coalesce().to_sparse_csr()
+            if not torch.isfinite(K.values()).all():
                 raise ValueError("K contains NaN or inf")
-            self._Kt = K.to_sparse_coo().t().coalesce().to_sparse_csr()
             self.shape = (1, K.shape[0], K.shape[1])
         else:
             if K.dim() != 3:
@@ -118,6 +120,33 @@ class Bilinear(Coupling):
 
     def value(self, x: Tensor, y: Tensor) -> Tensor:
         return (self.mv(x) * y).sum(-1)
+
+    def abs_reduce(self, row_scale: Tensor, col_scale: Tensor, op: str) -> tuple[Tensor, Tensor]:
+        """Row and column reductions of ``|diag(row_scale) K diag(col_scale)|``.
+
+        Args:
+            row_scale: ``(Bk, m)`` (Bk = K's batch dimension, 1 for shared or sparse K).
+            col_scale: ``(Bk, n)``.
+            op: ``"max"`` or ``"sum"``.
+
+        Returns:
+            ``(rows (Bk, m), cols (Bk, n))``: the reduction of every row and every column.
+            Used by diagonal preconditioners (Ruiz, Pock-Chambolle).
+        """
+        if self.sparse:
+            coo = self.K.to_sparse_coo().coalesce()
+            i, j = coo.indices()
+            v = coo.values().abs() * row_scale[0, i] * col_scale[0, j]
+            reduce = "amax" if op == "max" else "sum"
+            rows = torch.zeros(self.shape[1], dtype=v.dtype, device=v.device).scatter_reduce(
+                0, i, v, reduce, include_self=True)
+            cols = torch.zeros(self.shape[2], dtype=v.dtype, device=v.device).scatter_reduce(
+                0, j, v, reduce, include_self=True)
+            return rows.unsqueeze(0), cols.unsqueeze(0)
+        A = self.K.abs() * row_scale.unsqueeze(-1) * col_scale.unsqueeze(-2)
+        if op == "max":
+            return A.amax(-1), A.amax(-2)
+        return A.sum(-1), A.sum(-2)
 
     def grad_x(self, x: Tensor, y: Tensor) -> Tensor:
         return self.rmv(y)

@@ -67,6 +67,8 @@ def where(mask: Tensor, new: Any, old: Any) -> Any:
     """
     if new is None:
         return None
+    if new is old:  # unchanged (e.g. constant state fields): nothing to select
+        return new
     if isinstance(new, Tensor):
         m = mask.reshape((-1,) + (1,) * (new.dim() - 1))
         return torch.where(m, new, old)

@@ -163,6 +163,14 @@ class VIProblem:
         """The exact duality gap at ``z``, shape ``(B,)``, or None where it is not computable."""
         return None
 
+    def extra_measures(self) -> tuple[str, ...]:
+        """Names of convergence measures of the problem's own, usable as ``solve(..., measure=name)``."""
+        return ()
+
+    def measure(self, name: str, z: Point, Fz: Point) -> Tensor:
+        """The measure ``name`` (one of `extra_measures`) at ``z``, shape ``(B,)``; ``Fz`` is F at z."""
+        raise ValueError(f"{self.name} has no measure {name!r}")
+
     # -- the exact reference --------------------------------------------------------------
     @property
     def reference(self) -> Reference | None:

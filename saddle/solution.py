@@ -23,6 +23,8 @@ class Status(IntEnum):
     BUDGET_EXHAUSTED = 2
     DIVERGED = 3
     STOPPED = 4
+    INFEASIBLE = 5
+    UNBOUNDED = 6
 
     @property
     def message(self) -> str:
@@ -36,6 +38,8 @@ _MESSAGES = {
     Status.BUDGET_EXHAUSTED: "the operator-call budget was used up before the tolerance",
     Status.DIVERGED: "the iterates became non-finite or the residual grew without bound",
     Status.STOPPED: "the callback asked to stop",
+    Status.INFEASIBLE: "a certificate of (primal) infeasibility was found",
+    Status.UNBOUNDED: "a certificate of unboundedness (dual infeasibility) was found",
 }
 
 

@@ -62,8 +62,10 @@ def solve(
         max_iters: iteration limit per instance.
         tol: tolerance on the measure, a float or a ``(B,)`` tensor.
         measure: ``"residual"`` (natural residual, always available), ``"gap"``
-            (exact duality gap, where the problem can compute it) or
-            ``"distance"`` (to the problem's reference solution).
+            (exact duality gap, where the problem can compute it),
+            ``"distance"`` (to the problem's reference solution), or a measure
+            of the problem's own (``problem.extra_measures()``, e.g. ``"kkt"``,
+            the relative KKT error of a `saddle.LinearProgram`).
         check_every: the measure is evaluated (and instances are stopped) every
             this many iterations; between checks the loop never synchronizes
             with the host.
@@ -87,7 +89,8 @@ def solve(
     """
     start = time.perf_counter()
     solver = get_solver(solver, **settings)
-    _check_options(max_iters, check_every, measure, max_operator_calls, divergence_factor)
+    extra = tuple(problem.extra_measures())
+    _check_options(max_iters, check_every, measure, max_operator_calls, divergence_factor, extra)
     solver.check(problem)
     B, device = problem.batch_size, problem.device
     tol_t = _tolerance(tol, B, problem)
@@ -111,6 +114,7 @@ def solve(
             "residual": merit.residual(problem, out, Fz),
             "gap": problem.duality_gap(out) if gap_available else None,
             "distance": dist,
+            **{name: problem.measure(name, out, Fz) for name in extra},
         }
 
     z = problem.domain.project(problem.z0)
@@ -137,6 +141,12 @@ def solve(
         status = torch.where(converged, int(Status.CONVERGED), status)
         status = torch.where(diverged, int(Status.DIVERGED), status)
         active = active & ~converged & ~diverged
+        # Solvers that detect other outcomes (certificates of infeasibility) report them here.
+        detected = solver.terminal_status(problem, z, state)
+        if detected is not None:
+            found = active & (detected != int(Status.RUNNING))
+            status = torch.where(found, detected, status)
+            active = active & ~found
         if history:
             rows.append({"iteration": k, "time": time.perf_counter() - start,
                          "operator_calls": state.operator_calls.clone(), **measures})
@@ -214,13 +224,13 @@ def solve(
     return solution
 
 
-def _check_options(max_iters, check_every, measure, max_operator_calls, divergence_factor) -> None:
+def _check_options(max_iters, check_every, measure, max_operator_calls, divergence_factor, extra=()) -> None:
     if isinstance(max_iters, bool) or not isinstance(max_iters, Integral) or max_iters < 0:
         raise ValueError(f"max_iters must be a non-negative integer, got {max_iters!r}")
     if isinstance(check_every, bool) or not isinstance(check_every, Integral) or check_every < 1:
         raise ValueError(f"check_every must be a positive integer, got {check_every!r}")
-    if measure not in MEASURES:
-        raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
+    if measure not in MEASURES + tuple(extra):
+        raise ValueError(f"measure must be one of {MEASURES + tuple(extra)}, got {measure!r}")
     if max_operator_calls is not None and (
         isinstance(max_operator_calls, bool) or not isinstance(max_operator_calls, Integral) or max_operator_calls < 1
     ):
@@ -271,7 +281,8 @@ def _stack(rows: list[dict]) -> dict[str, Tensor]:
         "iteration": torch.tensor([r["iteration"] for r in rows]),
         "time": torch.tensor([r["time"] for r in rows], dtype=torch.float64),
     }
-    for key in ("operator_calls", "residual", "gap", "distance"):
+    keys = [k for k in rows[0] if k not in ("iteration", "time")] if rows else []
+    for key in keys:
         values = [r[key] for r in rows]
         if all(v is not None for v in values):
             out[key] = torch.stack([v.detach() for v in values])

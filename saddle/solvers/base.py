@@ -49,6 +49,15 @@ class Solver:
     def check(self, problem) -> None:
         """Raise ``ValueError`` if the solver cannot be applied to ``problem``."""
 
+    def terminal_status(self, problem, z: Point, state: Any) -> Tensor | None:
+        """Outcomes the solver detects itself, as ``(B,)`` `Status` codes (``RUNNING`` where none).
+
+        Called by the driver at every check (it may synchronize with the host);
+        e.g. `PDHG` reports ``INFEASIBLE`` / ``UNBOUNDED`` from certificates.
+        None (the default) means nothing to report.
+        """
+        return None
+
 
 def register(name: str) -> Callable[[type], type]:
     """Class decorator: make a solver available as ``solve(problem, solver=name)``."""

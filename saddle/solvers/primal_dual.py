@@ -2,46 +2,69 @@
 
 For ``min_{x in X} max_{y in Y} g(x) + <K x, y> - h*(y)`` (a `BilinearProblem`)::
 
-    x+ = argmin_{u in X} g(u) + <K^T y, u> + |u - x|^2 / (2 tau)
-    y+ = argmin_{v in Y} h*(v) - <K (2 x+ - x), v> + |v - y|^2 / (2 sigma)
+    x+ = argmin_{u in X} g(u) + <K^T y, u> + |u - x|^2_{T^-1} / 2
+    y+ = argmin_{v in Y} h*(v) - <K (2 x+ - x), v> + |v - y|^2_{S^-1} / 2
 
-with ``tau = eta / omega`` and ``sigma = eta * omega`` (omega: the primal weight;
-``tau sigma |K|^2 < 1`` for a constant step). On top of the plain iteration,
-three pieces from PDLP (Applegate et al. 2021, arXiv 2106.04756 and
-2105.12715), each of which can be switched off:
+with diagonal steps ``T = (eta / omega) D_c^2`` and ``S = (eta omega) D_r^2``
+(eta: the step size, omega: the primal weight, D_c and D_r: the diagonal
+preconditioner, 1 without one). It converges when ``eta |D_r K D_c| < 1``.
+The practical machinery of PDLP (Applegate et al. 2021, "Practical
+large-scale linear programming using primal-dual hybrid gradient", arXiv
+2106.04756, and "Faster first-order primal-dual methods for linear
+programming using restarts and sharpness", arXiv 2105.12715) is built in, and
+each piece can be switched off:
 
-- **adaptive steps**: a trial step eta is accepted when
-  ``eta <= |z+ - z|_omega^2 / (2 |(y+ - y)^T K (x+ - x)|)`` with
-  ``|z|_omega^2 = omega |x|^2 + |y|^2 / omega``; the next trial is
-  ``min((1 - (k+1)^-0.3) eta_bar, (1 + (k+1)^-0.6) eta)``.
-- **adaptive restarts**: every ``restart_every`` iterations the current point
-  and the step-weighted average since the last restart are compared by their
-  natural residual ``|z - P_Z(z - F(z))|`` (the KKT error of the saddle
-  problem, as cuPDLP restarts on the KKT error); the better one becomes the
-  restart candidate, and the method restarts from it on sufficient decay
-  (``<= 0.2 x`` the residual at the last restart), on necessary decay
-  (``<= 0.8 x``) without progress since the previous check, or when the
-  current restart period is longer than 0.36 of all iterations.
-- **primal weight**: at each restart
+- **diagonal preconditioning** (`precondition`): 10 Ruiz equilibration
+  passes on ``D_r K D_c`` (rows and columns scaled by the square roots of
+  their largest entries), then one Pock-Chambolle pass (alpha = 1: by the
+  square roots of the row and column sums). It needs separable sets and terms
+  (boxes and R^n; zero, linear, diagonal quadratic and L1 terms), where the
+  scaled projections are the projections.
+- **adaptive steps** (`adaptive_step`): a trial step eta is accepted when
+  ``eta <= |z+ - z|_omega^2 / (2 |(y+ - y)^T K (x+ - x)|)`` (norms in the
+  preconditioned variables, ``|z|_omega^2 = omega |x|^2 + |y|^2 / omega``); the
+  next trial is ``min((1 - (k+1)^-0.3) eta_bar, (1 + (k+1)^-0.6) eta)``.
+- **adaptive restarts** (`restarts`): every ``restart_every`` iterations the
+  current point and the step-weighted average since the last restart are
+  compared by the restart measure, the better one is the candidate, and the
+  method restarts from it on sufficient decay (``<= 0.2 x`` the measure at the
+  last restart), on necessary decay (``<= 0.8 x``) without progress since the
+  previous check, or when the restart period exceeds 0.36 of all iterations.
+  The measure (`restart_measure`) is PDLP's **normalized duality gap**
+  ``max {<F(z), z - u> : u in Z, |u - z|_W <= r} / r`` with r the distance to
+  the last restart point (for bilinear Lagrangians: zero and linear terms),
+  computed by bisection on the trust-region multiplier, or the **KKT error**
+  (the natural residual, as cuPDLP).
+- **primal weight** (`update_primal_weight`): at each restart
   ``log omega = 0.5 log(|dy| / |dx|) + 0.5 log omega`` with dx, dy the moves
-  since the previous restart.
+  since the previous restart (in the preconditioned variables).
+- **infeasibility detection**: for linear programs (zero or linear terms on
+  boxes), the difference of consecutive iterates converges to a certificate
+  of primal or dual infeasibility when one exists (Applegate et al. 2021,
+  "Infeasibility detection with primal-dual hybrid gradient"); at every
+  check the driver is told `INFEASIBLE` or `UNBOUNDED` where the certificate's
+  violation is below ``infeasibility_tol`` times its objective.
 
 Each iteration costs one product with K and one with K^T: one operator
 evaluation. The averages of ``K x`` and ``K^T y`` are kept alongside the
 averages of x and y (K is linear), so restart checks cost no products. The
 reported point (`PDHG.output`) is the current point or the average since the
-last restart, whichever has the smaller residual, as PDLP reports.
+last restart, whichever has the smaller natural residual, as PDLP reports.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from ..sets import Box, Reals
+from ..solution import Status
 from ..stepsize import _as_batch
+from ..terms import L1, Linear, Quadratic, Zero
 from .base import Solver, register
 
 __all__ = ["PDHG", "PDHGState"]
@@ -58,10 +81,13 @@ class PDHGState(NamedTuple):
         sum_x, sum_y, sum_Kx, sum_Kty: step-weighted sums since the last restart.
         weight: ``(B,)`` the sum of the steps since the last restart.
         restart_x, restart_y: the point of the last restart.
-        restart_residual: ``(B,)`` the residual at the last restart.
-        previous_candidate: ``(B,)`` the candidate's residual at the previous check (inf after a restart).
+        restart_measure: ``(B,)`` the restart measure at the last restart.
+        previous_candidate: ``(B,)`` the candidate's measure at the previous check (inf after a restart).
         inner: ``(B,)`` iterations since the last restart.
         restarts: ``(B,)`` restarts so far.
+        x_prev, y_prev: the previous iterate (for infeasibility certificates).
+        col_scale, row_scale: the diagonal preconditioner ``D_c`` ``(Bk, n)``, ``D_r``
+            ``(Bk, m)``, or None.
         iteration: iterations so far (the same for every running instance).
         operator_calls: ``(B,)`` operator evaluations (one K and one K^T product each).
     """
@@ -77,10 +103,14 @@ class PDHGState(NamedTuple):
     weight: Tensor
     restart_x: Tensor
     restart_y: Tensor
-    restart_residual: Tensor
+    restart_measure: Tensor
     previous_candidate: Tensor
     inner: Tensor
     restarts: Tensor
+    x_prev: Tensor
+    y_prev: Tensor
+    col_scale: Tensor | None
+    row_scale: Tensor | None
     iteration: int
     operator_calls: Tensor
 
@@ -95,45 +125,86 @@ def _rmatvec(K, y: Tensor) -> Tensor:
     return K.rmv(y)
 
 
-def _abs_max(K) -> Tensor:
-    """``max_ij |K_ij|`` per instance, ``(B,)`` (``(1,)`` for a shared or sparse K)."""
-    if K.sparse:
-        return K.K.values().abs().amax().reshape(1)
-    return K.K.abs().amax(dim=(-2, -1))
+def _separable(problem) -> bool:
+    """Whether diagonal preconditioning keeps the prox steps exact: boxes and separable terms."""
+    sets_ok = all(type(s) in (Box, Reals) for s in problem.domain)
+
+    def term_ok(t):
+        return isinstance(t, (Zero, Linear, L1)) or (isinstance(t, Quadratic) and t.diagonal)
+
+    return sets_ok and term_ok(problem.g) and term_ok(problem.h_conj)
+
+
+def _bilinear_lagrangian(problem) -> bool:
+    """Whether f is bilinear plus linear terms: then f(x, v) - f(u, y) = <F(z), z - w> exactly."""
+    return isinstance(problem.g, (Zero, Linear)) and isinstance(problem.h_conj, (Zero, Linear))
+
+
+def _linear_program(problem) -> bool:
+    return _bilinear_lagrangian(problem) and all(type(s) in (Box, Reals) for s in problem.domain)
+
+
+def _vector(term, like: Tensor) -> Tensor:
+    """The vector c of a linear term ``<c, u>`` (zeros for `Zero`), broadcast to ``like``."""
+    if isinstance(term, Linear):
+        return term.c.expand_as(like)
+    return torch.zeros_like(like)
+
+
+def _bounds(S, like: Tensor) -> tuple[Tensor, Tensor]:
+    """The lower and upper bounds of a box (or R^n) as tensors shaped like ``like``."""
+    return S.project(torch.full_like(like, -math.inf)), S.project(torch.full_like(like, math.inf))
 
 
 @register("pdhg")
 @dataclass(frozen=True)
 class PDHG(Solver):
-    """Primal-dual hybrid gradient with adaptive steps, restarts and primal weights (see the module docstring).
+    """Primal-dual hybrid gradient with PDLP's machinery (see the module docstring).
 
     Args:
-        step_size: None (adaptive steps from ``1 / max |K_ij|``, or
-            ``0.9 / |K|_2`` when ``adaptive_step=False``), a float or a ``(B,)``
-            tensor (the initial step when adaptive, else the constant step eta,
-            which needs ``eta < 1 / |K|_2``).
+        step_size: None (adaptive steps from ``1 / max |D_r K D_c|``, or
+            ``0.9 / |D_r K D_c|_2`` when ``adaptive_step=False``), a float or a
+            ``(B,)`` tensor (the initial step when adaptive, else the constant
+            step eta, which needs ``eta < 1 / |D_r K D_c|_2``).
         adaptive_step: PDLP's adaptive step rule.
         restarts: adaptive restarts to the current or the average point.
-        primal_weight: the initial omega (float or ``(B,)``; default 1).
+        restart_measure: ``"gap"`` (normalized duality gap; bilinear
+            Lagrangians only), ``"kkt"`` (natural residual) or None (``"gap"``
+            where it applies, else ``"kkt"``).
+        precondition: Ruiz + Pock-Chambolle diagonal preconditioning: True,
+            False, or None (on where it applies: boxes and separable terms).
+        primal_weight: the initial omega (float or ``(B,)``); None: PDLP's
+            ``|c| / |d|`` for linear terms ``<c, x>`` and ``<d, y>`` with both
+            nonzero (in the preconditioned variables), else 1.
         update_primal_weight: PDLP's primal-weight update at restarts.
         restart_every: iterations between restart checks.
-        sufficient, necessary, artificial: the restart thresholds (cuPDLP's 0.2, 0.8, 0.36).
+        sufficient: the sufficient-decay restart threshold (0.2).
+        necessary: the necessary-decay restart threshold (0.8).
+        artificial: restart when the period exceeds this fraction of all iterations (0.36).
+        infeasibility_tol: certificate tolerance for infeasibility detection (linear programs).
+        ruiz_iterations: Ruiz equilibration passes of the preconditioner.
 
     Applies to `BilinearProblem`s whose terms have closed-form prox steps on
     their sets (zero and linear terms on every set; quadratic terms on boxes,
-    diagonal, or on R^n). Projections are Euclidean whatever the sets' geometry.
+    diagonal, or on R^n; L1 terms on boxes). Without preconditioning the
+    projections are Euclidean whatever the sets' geometry.
     """
 
     step_size: object = None
     adaptive_step: bool = True
     restarts: bool = True
-    primal_weight: object = 1.0
+    restart_measure: str | None = None
+    precondition: bool | None = None
+    primal_weight: object = None
     update_primal_weight: bool = True
     restart_every: int = 64
     sufficient: float = 0.2
     necessary: float = 0.8
     artificial: float = 0.36
+    infeasibility_tol: float = 1e-8
+    ruiz_iterations: int = 10
 
+    # -- settings ----------------------------------------------------------------------------
     def check(self, problem):
         from ..problem import BilinearProblem
 
@@ -141,9 +212,9 @@ class PDHG(Solver):
             raise ValueError(f"pdhg needs a BilinearProblem (min_x max_y g(x) + <Kx, y> - h*(y)), got "
                              f"{type(problem).__name__}; use extragradient for general problems")
         X, Y = problem.domain
-        for term, S, name in ((problem.g, X, "g"), (problem.h_conj, Y, "h_conj")):
+        for term, S, name, block in ((problem.g, X, "g", 0), (problem.h_conj, Y, "h_conj", 1)):
             try:
-                term.prox(problem.z0[0 if name == "g" else 1], 1.0, S)
+                term.prox(problem.z0[block], 1.0, S)
             except NotImplementedError as err:
                 raise ValueError(f"pdhg needs a closed-form prox of {name}: {err}") from err
         if not (isinstance(self.restart_every, int) and self.restart_every >= 1):
@@ -153,8 +224,43 @@ class PDHG(Solver):
                              f"sufficient={self.sufficient!r}, necessary={self.necessary!r}")
         if not 0 < self.artificial < 1:
             raise ValueError(f"pdhg: artificial must be in (0, 1), got {self.artificial!r}")
+        if self.restart_measure not in (None, "gap", "kkt"):
+            raise ValueError(f"pdhg: restart_measure must be 'gap', 'kkt' or None, got {self.restart_measure!r}")
+        if self.restart_measure == "gap" and not _bilinear_lagrangian(problem):
+            raise ValueError("pdhg: restart_measure='gap' needs zero or linear terms g and h_conj "
+                             "(a bilinear Lagrangian); use 'kkt'")
+        if self.precondition and not _separable(problem):
+            raise ValueError("pdhg: precondition=True needs boxes or R^n and separable terms (zero, linear, "
+                             "diagonal quadratic, L1); the scaled projections onto other sets are not projections")
+        if not (isinstance(self.ruiz_iterations, int) and self.ruiz_iterations >= 0):
+            raise ValueError(f"pdhg: ruiz_iterations must be a non-negative integer, got {self.ruiz_iterations!r}")
+        if not (isinstance(self.infeasibility_tol, (int, float)) and self.infeasibility_tol > 0):
+            raise ValueError(f"pdhg: infeasibility_tol must be positive, got {self.infeasibility_tol!r}")
 
-    # -- the saddle problem's pieces -------------------------------------------------------------
+    def _measure_kind(self, problem) -> str:
+        if self.restart_measure is not None:
+            return self.restart_measure
+        return "gap" if _bilinear_lagrangian(problem) else "kkt"
+
+    def _preconditioner(self, problem) -> tuple[Tensor | None, Tensor | None]:
+        """``(D_c, D_r)``: Ruiz equilibration then a Pock-Chambolle pass (None, None when off)."""
+        if self.precondition is False or (self.precondition is None and not _separable(problem)):
+            return None, None
+        K = problem.coupling
+        Bk, m, n = K.shape
+        dr = torch.ones(Bk, m, dtype=K.dtype, device=K.device)
+        dc = torch.ones(Bk, n, dtype=K.dtype, device=K.device)
+
+        def safe_rsqrt(v):
+            return torch.where(v > 0, v.rsqrt(), torch.ones_like(v))
+
+        for _ in range(self.ruiz_iterations):
+            rows, cols = K.abs_reduce(dr, dc, "max")
+            dr, dc = dr * safe_rsqrt(rows), dc * safe_rsqrt(cols)
+        rows, cols = K.abs_reduce(dr, dc, "sum")
+        return dc * safe_rsqrt(cols), dr * safe_rsqrt(rows)
+
+    # -- pieces ------------------------------------------------------------------------------
     @staticmethod
     def _residual(problem, x, y, Kx, Kty) -> Tensor:
         """The natural residual ``|z - prox(z - F(z))|`` from cached products, shape ``(B,)``."""
@@ -163,32 +269,99 @@ class PDHG(Solver):
         ry = y - problem.block_prox(1, y, h_smooth.grad(y) - Kx, 1.0)
         return torch.sqrt(rx.square().sum(-1) + ry.square().sum(-1))
 
+    @staticmethod
+    def _norm_w(dx, dy, omega, state) -> Tensor:
+        """``|(dx, dy)|_W`` with ``|z|_W^2 = omega |x / D_c|^2 + |y / D_r|^2 / omega``, shape ``(B,)``."""
+        if state.col_scale is not None:
+            dx, dy = dx / state.col_scale, dy / state.row_scale
+        return torch.sqrt(omega * dx.square().sum(-1) + dy.square().sum(-1) / omega)
+
+    def _normalized_gap(self, problem, x, y, Kx, Kty, radius, state, bisections: int = 25) -> Tensor:
+        """PDLP's normalized duality gap ``max {<F(z), z - u> : u in Z, |u - z|_W <= r} / r``, ``(B,)``.
+
+        The maximizer over the ball is ``u(lam) = P_Z(z - W^-1 F(z) / lam)`` with the
+        multiplier lam of the ball constraint; ``|u(lam) - z|_W`` decreases in lam, and
+        lam is found by bisection in log scale. Where r = 0 the gap is inf.
+        """
+        X, Y = problem.domain
+        omega = state.primal_weight.unsqueeze(-1)
+        Fx = _vector(problem.g, x) + Kty
+        Fy = _vector(problem.h_conj, y) - Kx
+        wx, wy = Fx / omega, Fy * omega  # W^-1 F
+        if state.col_scale is not None:
+            wx, wy = wx * state.col_scale.square(), wy * state.row_scale.square()
+        dual_norm = torch.sqrt((Fx * wx).sum(-1) + (Fy * wy).sum(-1))  # |F|_{W^-1}
+        r = radius.clamp_min(torch.finfo(radius.dtype).tiny)
+        hi = (dual_norm / r).clamp_min(torch.finfo(r.dtype).tiny)  # here |u - z|_W <= r
+        lo = hi * 1e-12
+
+        def distance(lam):
+            t = lam.unsqueeze(-1)
+            ux, uy = X.project(x - wx / t), Y.project(y - wy / t)
+            return self._norm_w(ux - x, uy - y, state.primal_weight, state), ux, uy
+
+        for _ in range(bisections):
+            mid = torch.sqrt(lo * hi)
+            inside = distance(mid)[0] <= r
+            hi = torch.where(inside, mid, hi)
+            lo = torch.where(inside, lo, mid)
+        _, ux, uy = distance(hi)
+        value = (Fx * (x - ux)).sum(-1) + (Fy * (y - uy)).sum(-1)
+        gap = value.clamp_min(0) / r
+        return torch.where(radius > 0, gap, torch.full_like(gap, math.inf))
+
+    # -- the method --------------------------------------------------------------------------
     def init(self, problem, z0):
         x, y = z0
         K = problem.coupling
         B, dev, dt = problem.batch_size, problem.device, problem.dtype
+        dc, dr = self._preconditioner(problem)
         if self.step_size is None:
             if self.adaptive_step:
-                eta = 1.0 / _abs_max(K)
+                rows = torch.ones(K.shape[0], K.shape[1], dtype=dt, device=dev) if dr is None else dr
+                cols = torch.ones(K.shape[0], K.shape[2], dtype=dt, device=dev) if dc is None else dc
+                largest = K.abs_reduce(rows, cols, "max")[0].amax(-1)
+                eta = 1.0 / largest.clamp_min(torch.finfo(dt).tiny)
             else:
-                eta = 0.9 / K.norm()
+                eta = 0.9 / self._scaled_norm(K, dc, dr)
             eta = eta.to(dt).expand(B).clone()
         else:
             eta = _as_batch(self.step_size, B, problem, "step_size")
-        omega = _as_batch(self.primal_weight, B, problem, "primal_weight")
+        if self.primal_weight is None:
+            c, d = _vector(problem.g, x), _vector(problem.h_conj, y)
+            if dc is not None:
+                c, d = c * dc, d * dr
+            cn, dn = c.norm(dim=-1), d.norm(dim=-1)
+            ok = (cn > 1e-10) & (dn > 1e-10)
+            omega = torch.where(ok, cn / dn.clamp_min(1e-300), torch.ones_like(cn))
+        else:
+            omega = _as_batch(self.primal_weight, B, problem, "primal_weight")
         Kx, Kty = _matvec(K, x), _rmatvec(K, y)
         zeros = torch.zeros(B, dtype=dt, device=dev)
         return PDHGState(
             Kx=Kx, Kty=Kty, step_size=eta, primal_weight=omega,
             sum_x=torch.zeros_like(x), sum_y=torch.zeros_like(y), sum_Kx=torch.zeros_like(Kx),
             sum_Kty=torch.zeros_like(Kty), weight=zeros,
-            restart_x=x, restart_y=y, restart_residual=self._residual(problem, x, y, Kx, Kty),
-            previous_candidate=torch.full((B,), torch.inf, dtype=dt, device=dev),
+            restart_x=x, restart_y=y, restart_measure=torch.full((B,), math.inf, dtype=dt, device=dev),
+            previous_candidate=torch.full((B,), math.inf, dtype=dt, device=dev),
             inner=torch.zeros(B, dtype=torch.int64, device=dev),
             restarts=torch.zeros(B, dtype=torch.int64, device=dev),
+            x_prev=x, y_prev=y, col_scale=dc, row_scale=dr,
             iteration=0,
             operator_calls=torch.ones(B, dtype=torch.int64, device=dev),
         )
+
+    @staticmethod
+    def _scaled_norm(K, dc, dr) -> Tensor:
+        """``|D_r K D_c|_2`` per instance by power iteration (with a 1% margin), or ``|K|_2``."""
+        if dc is None:
+            return K.norm()
+        g = torch.Generator(device=K.device).manual_seed(0)
+        v = torch.randn(dc.shape, generator=g, dtype=dc.dtype, device=dc.device)
+        for _ in range(200):
+            v = dc * K.rmv(dr * dr * K.mv(dc * v))
+            v = v / v.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
+        return (dr * K.mv(dc * v)).norm(dim=-1) * 1.01
 
     def step(self, problem, z, state):
         x, y = z
@@ -196,18 +369,19 @@ class PDHG(Solver):
         K = problem.coupling
         eta, omega = state.step_size, state.primal_weight
         tau, sigma = (eta / omega).unsqueeze(-1), (eta * omega).unsqueeze(-1)
+        if state.col_scale is not None:
+            tau, sigma = tau * state.col_scale.square(), sigma * state.row_scale.square()
 
-        x_new = problem.g.prox(x - tau * state.Kty, tau.squeeze(-1), X)
+        x_new = problem.g.prox(x - tau * state.Kty, tau, X)
         Kx_new = _matvec(K, x_new)
-        y_new = problem.h_conj.prox(y + sigma * (2 * Kx_new - state.Kx), sigma.squeeze(-1), Y)
+        y_new = problem.h_conj.prox(y + sigma * (2 * Kx_new - state.Kx), sigma, Y)
         Kty_new = _rmatvec(K, y_new)
 
         k = state.iteration + 1
         if self.adaptive_step:
-            dx, dy = x_new - x, y_new - y
-            moved = omega * dx.square().sum(-1) + dy.square().sum(-1) / omega
-            interaction = 2 * (dy * (Kx_new - state.Kx)).sum(-1).abs()
-            limit = torch.where(interaction > 0, moved / interaction, torch.full_like(moved, torch.inf))
+            moved = self._norm_w(x_new - x, y_new - y, omega, state).square()
+            interaction = 2 * ((y_new - y) * (Kx_new - state.Kx)).sum(-1).abs()
+            limit = torch.where(interaction > 0, moved / interaction, torch.full_like(moved, math.inf))
             accept = eta <= limit
             next_eta = torch.minimum((1 - (k + 1) ** -0.3) * limit, (1 + (k + 1) ** -0.6) * eta)
         else:
@@ -217,47 +391,58 @@ class PDHG(Solver):
         def keep(new, old):
             return torch.where(accept.reshape((-1,) + (1,) * (new.dim() - 1)), new, old)
 
-        x, y = keep(x_new, x), keep(y_new, y)
+        x_next, y_next = keep(x_new, x), keep(y_new, y)
         Kx, Kty = keep(Kx_new, state.Kx), keep(Kty_new, state.Kty)
         w = torch.where(accept, eta, torch.zeros_like(eta))
         col = w.unsqueeze(-1)
         state = state._replace(
             Kx=Kx, Kty=Kty, step_size=next_eta,
-            sum_x=state.sum_x + col * x, sum_y=state.sum_y + col * y,
+            sum_x=state.sum_x + col * x_next, sum_y=state.sum_y + col * y_next,
             sum_Kx=state.sum_Kx + col * Kx, sum_Kty=state.sum_Kty + col * Kty,
             weight=state.weight + w, inner=state.inner + accept.long(),
+            x_prev=keep(x, state.x_prev), y_prev=keep(y, state.y_prev),
             iteration=k, operator_calls=state.operator_calls + 1,
         )
         if self.restarts and k % self.restart_every == 0:
-            (x, y), state = self._restart(problem, x, y, state)
-        return (x, y), state
+            (x_next, y_next), state = self._restart(problem, x_next, y_next, state)
+        return (x_next, y_next), state
 
     def output(self, problem, z, state):
         """The current point or the average since the last restart, whichever has the smaller residual."""
         x, y = z
-        (ax, ay, aKx, aKty), use_avg, _ = self._candidate(problem, x, y, state)
-        u = use_avg.unsqueeze(-1)
+        (ax, ay, aKx, aKty) = self._average(x, y, state)
+        r_cur = self._residual(problem, x, y, state.Kx, state.Kty)
+        r_avg = self._residual(problem, ax, ay, aKx, aKty)
+        u = (r_avg < r_cur).unsqueeze(-1)
         return torch.where(u, ax, x), torch.where(u, ay, y)
 
-    def _candidate(self, problem, x, y, state: PDHGState):
-        """The average point (with its products), whether it beats the current one, and the better residual."""
+    @staticmethod
+    def _average(x, y, state):
+        """The step-weighted average since the last restart, with its products (the current point if none)."""
         has_avg = (state.weight > 0).unsqueeze(-1)
         denom = state.weight.clamp_min(torch.finfo(state.weight.dtype).tiny).unsqueeze(-1)
 
         def avg(s, current):
             return torch.where(has_avg, s / denom, current)
 
-        average = (avg(state.sum_x, x), avg(state.sum_y, y), avg(state.sum_Kx, state.Kx), avg(state.sum_Kty, state.Kty))
-        r_cur = self._residual(problem, x, y, state.Kx, state.Kty)
-        r_avg = self._residual(problem, *average)
-        return average, r_avg < r_cur, torch.minimum(r_avg, r_cur)
+        return avg(state.sum_x, x), avg(state.sum_y, y), avg(state.sum_Kx, state.Kx), avg(state.sum_Kty, state.Kty)
+
+    def _measure(self, problem, x, y, Kx, Kty, state) -> Tensor:
+        if self._measure_kind(problem) == "kkt":
+            return self._residual(problem, x, y, Kx, Kty)
+        radius = self._norm_w(x - state.restart_x, y - state.restart_y, state.primal_weight, state)
+        return self._normalized_gap(problem, x, y, Kx, Kty, radius, state)
 
     def _restart(self, problem, x, y, state: PDHGState):
         """Restart to the current or the average point where the criteria hold (per instance)."""
-        (ax, ay, aKx, aKty), use_avg, r_cand = self._candidate(problem, x, y, state)
+        ax, ay, aKx, aKty = self._average(x, y, state)
+        m_cur = self._measure(problem, x, y, state.Kx, state.Kty, state)
+        m_avg = self._measure(problem, ax, ay, aKx, aKty, state)
+        use_avg = m_avg < m_cur
+        m_cand = torch.minimum(m_avg, m_cur)
         total = torch.as_tensor(state.iteration, dtype=state.weight.dtype, device=state.weight.device)
-        restart = (r_cand <= self.sufficient * state.restart_residual) \
-            | ((r_cand <= self.necessary * state.restart_residual) & (r_cand > state.previous_candidate)) \
+        restart = (m_cand <= self.sufficient * state.restart_measure) \
+            | ((m_cand <= self.necessary * state.restart_measure) & (m_cand > state.previous_candidate)) \
             | (state.inner.to(state.weight.dtype) >= self.artificial * total)
 
         u = use_avg.unsqueeze(-1)
@@ -265,25 +450,74 @@ class PDHG(Solver):
         cKx, cKty = torch.where(u, aKx, state.Kx), torch.where(u, aKty, state.Kty)
         omega = state.primal_weight
         if self.update_primal_weight:
-            dx = (cx - state.restart_x).norm(dim=-1)
-            dy = (cy - state.restart_y).norm(dim=-1)
+            dx, dy = cx - state.restart_x, cy - state.restart_y
+            if state.col_scale is not None:
+                dx, dy = dx / state.col_scale, dy / state.row_scale
+            dx, dy = dx.norm(dim=-1), dy.norm(dim=-1)
             tiny = torch.finfo(dx.dtype).eps
             ok = (dx > tiny) & (dy > tiny)
             smoothed = torch.exp(0.5 * torch.log(dy.clamp_min(tiny) / dx.clamp_min(tiny)) + 0.5 * torch.log(omega))
             omega = torch.where(restart & ok, smoothed, omega)
 
         r = restart.unsqueeze(-1)
-        zero = torch.zeros_like(state.weight)
         new_state = state._replace(
             Kx=torch.where(r, cKx, state.Kx), Kty=torch.where(r, cKty, state.Kty), primal_weight=omega,
             sum_x=torch.where(r, torch.zeros_like(x), state.sum_x), sum_y=torch.where(r, torch.zeros_like(y), state.sum_y),
             sum_Kx=torch.where(r, torch.zeros_like(cKx), state.sum_Kx),
             sum_Kty=torch.where(r, torch.zeros_like(cKty), state.sum_Kty),
-            weight=torch.where(restart, zero, state.weight),
+            weight=torch.where(restart, torch.zeros_like(state.weight), state.weight),
             restart_x=torch.where(r, cx, state.restart_x), restart_y=torch.where(r, cy, state.restart_y),
-            restart_residual=torch.where(restart, r_cand, state.restart_residual),
-            previous_candidate=torch.where(restart, torch.full_like(r_cand, torch.inf), r_cand),
+            restart_measure=torch.where(restart, m_cand, state.restart_measure),
+            previous_candidate=torch.where(restart, torch.full_like(m_cand, math.inf), m_cand),
             inner=torch.where(restart, torch.zeros_like(state.inner), state.inner),
             restarts=state.restarts + restart.long(),
         )
         return (torch.where(r, cx, x), torch.where(r, cy, y)), new_state
+
+    # -- infeasibility certificates ----------------------------------------------------------------
+    def terminal_status(self, problem, z, state):
+        """``INFEASIBLE`` / ``UNBOUNDED`` where the last iterate difference is a certificate (LPs only)."""
+        if not _linear_program(problem):
+            return None
+        x, y = z
+        X, Y = problem.domain
+        K = problem.coupling
+        c, d = _vector(problem.g, x), _vector(problem.h_conj, y)
+        lx, ux = _bounds(X, x)
+        ly, uy = _bounds(Y, y)
+        eps = self.infeasibility_tol
+        tiny = torch.finfo(x.dtype).tiny
+
+        # Primal infeasibility: a ray r of Y along which the dual function
+        # D(y) = min_{x in X} <c + K^T y, x> - <d, y> grows: -support_X(-K^T r) - <d, r> > 0.
+        r = _recession(y - state.y_prev, ly, uy)
+        r = r / r.norm(dim=-1, keepdim=True).clamp_min(tiny)
+        lam = -_rmatvec(K, r)
+        violation = torch.where(torch.isinf(ux), lam.clamp_min(0), 0) + torch.where(torch.isinf(lx), (-lam).clamp_min(0), 0)
+        lam_ok = lam - torch.where(torch.isinf(ux), lam.clamp_min(0), 0) + torch.where(torch.isinf(lx), (-lam).clamp_min(0), 0)
+        support = torch.where(lam_ok > 0, lam_ok * torch.nan_to_num(ux, posinf=0.0, neginf=0.0),
+                              lam_ok * torch.nan_to_num(lx, posinf=0.0, neginf=0.0)).sum(-1)
+        dual_ray_objective = -support - (d * r).sum(-1)
+        infeasible = (dual_ray_objective > 0) & (violation.norm(dim=-1) <= eps * dual_ray_objective)
+
+        # Dual infeasibility (primal unbounded): a ray s of X with K s in the polar of
+        # Y's recession cone and <c, s> < 0.
+        s = _recession(x - state.x_prev, lx, ux)
+        s = s / s.norm(dim=-1, keepdim=True).clamp_min(tiny)
+        Ks = _matvec(K, s)
+        violation = torch.where(torch.isinf(uy), Ks.clamp_min(0), 0) + torch.where(torch.isinf(ly), (-Ks).clamp_min(0), 0)
+        both_finite = torch.isfinite(ly) & torch.isfinite(uy)
+        violation = torch.where(both_finite, 0, violation)
+        primal_ray_objective = -(c * s).sum(-1)
+        unbounded = (primal_ray_objective > 0) & (violation.norm(dim=-1) <= eps * primal_ray_objective)
+
+        out = torch.full_like(state.inner, int(Status.RUNNING))
+        out = torch.where(unbounded, int(Status.UNBOUNDED), out)
+        return torch.where(infeasible, int(Status.INFEASIBLE), out)
+
+
+def _recession(v: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """Project a direction onto the recession cone of the box ``[lo, hi]``."""
+    v = torch.where(torch.isfinite(lo), v.clamp_min(0), v)
+    v = torch.where(torch.isfinite(hi), v.clamp_max(0), v)
+    return torch.where(torch.isfinite(lo) & torch.isfinite(hi), torch.zeros_like(v), v)
