@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from saddle import Ball, BilinearProblem, Box, Operator, Product, SaddleProblem, VIProblem
+from saddle import Ball, BilinearProblem, Box, LinearProgram, Operator, Product, SaddleProblem, VIProblem
 from saddle.terms import Linear, Quadratic, Zero
 
 
@@ -42,6 +42,9 @@ def instance(problem, i: int):
     if ref is not None and ref.solution is not None:
         kw["solution"] = tuple(b[i:i + 1] for b in ref.solution)
     z0 = tuple(b[i:i + 1] for b in problem.z0)
+    if isinstance(problem, LinearProgram):
+        return LinearProgram(_rows(problem.c, i), _rows(problem.K, i), _rows(problem.d, i), problem.n_eq,
+                             _rows(problem.lo, i), _rows(problem.hi, i), x0=z0[0], y0=z0[1], **kw)
     if isinstance(problem, BilinearProblem):
         X, Y = problem.domain
         return BilinearProblem(_rows(problem.K, i), *z0, g=_term(problem.g, i), h_conj=_term(problem.h_conj, i),

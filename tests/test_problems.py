@@ -20,7 +20,7 @@ import problems
 from saddle import BilinearProblem, Box, Linear, Reals, SaddleProblem, Simplex, VIProblem
 
 EXPECTED_NAMES = {"bilinear", "xy", "matrix_game", "rock_paper_scissors", "matching_pennies", "quadratic",
-                  "comonotone_linear", "forsaken", "global_forsaken"}
+                  "comonotone_linear", "forsaken", "global_forsaken", "linear_program"}
 
 # name -> (registry name, small keyword arguments, expected block sizes)
 FAMILIES = {
@@ -34,6 +34,7 @@ FAMILIES = {
     "comonotone_linear": ("comonotone_linear", dict(n=2), (2, 2)),
     "forsaken": ("forsaken", {}, (1, 1)),
     "global_forsaken": ("global_forsaken", {}, (1, 1)),
+    "linear_program": ("linear_program", dict(n=5, m_ub=3, m_eq=1), (5, 4)),
 }
 # Families whose data do not depend on the seed by definition: fixed game, fixed documented start.
 DETERMINISTIC = {"xy", "forsaken"}
@@ -155,7 +156,9 @@ def test_start_and_reference_lie_in_the_domain(key):
             if isinstance(S, Simplex):
                 assert (b >= 0).all() and (np.abs(b.sum(-1) - 1) <= 1e-12).all()
             elif isinstance(S, Box):
-                assert (np.abs(b) <= S.hi + 1e-12).all() and S.lo == -S.hi
+                lo = np64(S.project(torch.full(b.shape, -math.inf, dtype=torch.float64)))
+                hi = np64(S.project(torch.full(b.shape, math.inf, dtype=torch.float64)))
+                assert (b >= lo - 1e-12).all() and (b <= hi + 1e-12).all()
             else:
                 assert isinstance(S, Reals) and np.isfinite(b).all()
 
@@ -718,3 +721,18 @@ def test_good_problem_inputs_are_accepted():
     Kx = (x @ K[0].T).numpy()
     expected = (x.sum(-1).numpy() + np.clip(Kx, 0, None).sum(-1)) - (-np.abs(1 + (y @ K[0]).numpy()).sum(-1))
     np.testing.assert_allclose(np64(p.duality_gap((x, y))), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_linear_program_reference_against_cvxpy_and_its_kkt_conditions():
+    p = problems.get("linear_program", n=12, m_ub=8, m_eq=3, batch_size=3, seed=9)
+    ref = p.reference
+    # HiGHS's primal-dual pair satisfies the KKT conditions of the saddle form.
+    k = p.kkt(ref.solution)
+    assert k["primal_residual"].max() <= 1e-9 and k["dual_residual"].max() <= 1e-9 and k["gap"].max() <= 1e-9
+    c, K, d = np64(p.c), np64(p.K), np64(p.d)
+    for i in range(3):
+        x = cp.Variable(12)
+        cons = [K[i, :3] @ x == d[i, :3], K[i, 3:] @ x <= d[i, 3:], x >= 0, x <= 2]
+        prob = cp.Problem(cp.Minimize(c[i] @ x), cons)
+        prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-11, tol_gap_rel=1e-11, tol_feas=1e-11)
+        assert abs(prob.value - ref.value[i].item()) <= 1e-7 * (1 + abs(prob.value))

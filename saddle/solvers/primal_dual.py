@@ -39,17 +39,19 @@ each piece can be switched off:
   ``log omega = 0.5 log(|dy| / |dx|) + 0.5 log omega`` with dx, dy the moves
   since the previous restart (in the preconditioned variables).
 - **infeasibility detection**: for linear programs (zero or linear terms on
-  boxes), the difference of consecutive iterates converges to a certificate
-  of primal or dual infeasibility when one exists (Applegate et al. 2021,
-  "Infeasibility detection with primal-dual hybrid gradient"); at every
-  check the driver is told `INFEASIBLE` or `UNBOUNDED` where the certificate's
+  boxes), the iterates drift along a certificate of primal or dual
+  infeasibility when one exists (Applegate et al. 2021, "Infeasibility
+  detection with primal-dual hybrid gradient"); the difference of the
+  iterates at the last two restart checks is tested, and at every check the
+  driver is told `INFEASIBLE` or `UNBOUNDED` where the certificate's
   violation is below ``infeasibility_tol`` times its objective.
 
 Each iteration costs one product with K and one with K^T: one operator
-evaluation. The averages of ``K x`` and ``K^T y`` are kept alongside the
-averages of x and y (K is linear), so restart checks cost no products. The
-reported point (`PDHG.output`) is the current point or the average since the
-last restart, whichever has the smaller natural residual, as PDLP reports.
+evaluation. Restart checks and the driver's checks evaluate the average
+point, which costs one more product with each (counted: one operator call
+per restart check). The reported point (`PDHG.output`) is the current point
+or the average since the last restart, whichever has the smaller natural
+residual, as PDLP reports.
 """
 
 from __future__ import annotations
@@ -78,14 +80,16 @@ class PDHGState(NamedTuple):
         Kty: ``K^T y`` at the current y, ``(B, n)``.
         step_size: ``(B,)`` the (trial) step eta.
         primal_weight: ``(B,)`` omega.
-        sum_x, sum_y, sum_Kx, sum_Kty: step-weighted sums since the last restart.
+        sum_x, sum_y: step-weighted sums of the iterates since the last restart.
         weight: ``(B,)`` the sum of the steps since the last restart.
         restart_x, restart_y: the point of the last restart.
         restart_measure: ``(B,)`` the restart measure at the last restart.
         previous_candidate: ``(B,)`` the candidate's measure at the previous check (inf after a restart).
         inner: ``(B,)`` iterations since the last restart.
         restarts: ``(B,)`` restarts so far.
-        x_prev, y_prev: the previous iterate (for infeasibility certificates).
+        check_x, check_y: the iterate at the last restart check.
+        ray_x, ray_y: the difference of the iterates at the last two restart checks: for an
+            infeasible LP, the direction of a certificate (Applegate et al.'s infimal displacement).
         col_scale, row_scale: the diagonal preconditioner ``D_c`` ``(Bk, n)``, ``D_r``
             ``(Bk, m)``, or None.
         iteration: iterations so far (the same for every running instance).
@@ -98,8 +102,6 @@ class PDHGState(NamedTuple):
     primal_weight: Tensor
     sum_x: Tensor
     sum_y: Tensor
-    sum_Kx: Tensor
-    sum_Kty: Tensor
     weight: Tensor
     restart_x: Tensor
     restart_y: Tensor
@@ -107,8 +109,10 @@ class PDHGState(NamedTuple):
     previous_candidate: Tensor
     inner: Tensor
     restarts: Tensor
-    x_prev: Tensor
-    y_prev: Tensor
+    check_x: Tensor
+    check_y: Tensor
+    ray_x: Tensor
+    ray_y: Tensor
     col_scale: Tensor | None
     row_scale: Tensor | None
     iteration: int
@@ -340,13 +344,13 @@ class PDHG(Solver):
         zeros = torch.zeros(B, dtype=dt, device=dev)
         return PDHGState(
             Kx=Kx, Kty=Kty, step_size=eta, primal_weight=omega,
-            sum_x=torch.zeros_like(x), sum_y=torch.zeros_like(y), sum_Kx=torch.zeros_like(Kx),
-            sum_Kty=torch.zeros_like(Kty), weight=zeros,
+            sum_x=torch.zeros_like(x), sum_y=torch.zeros_like(y), weight=zeros,
             restart_x=x, restart_y=y, restart_measure=torch.full((B,), math.inf, dtype=dt, device=dev),
             previous_candidate=torch.full((B,), math.inf, dtype=dt, device=dev),
             inner=torch.zeros(B, dtype=torch.int64, device=dev),
             restarts=torch.zeros(B, dtype=torch.int64, device=dev),
-            x_prev=x, y_prev=y, col_scale=dc, row_scale=dr,
+            check_x=x, check_y=y, ray_x=torch.zeros_like(x), ray_y=torch.zeros_like(y),
+            col_scale=dc, row_scale=dr,
             iteration=0,
             operator_calls=torch.ones(B, dtype=torch.int64, device=dev),
         )
@@ -398,34 +402,33 @@ class PDHG(Solver):
         state = state._replace(
             Kx=Kx, Kty=Kty, step_size=next_eta,
             sum_x=state.sum_x + col * x_next, sum_y=state.sum_y + col * y_next,
-            sum_Kx=state.sum_Kx + col * Kx, sum_Kty=state.sum_Kty + col * Kty,
             weight=state.weight + w, inner=state.inner + accept.long(),
-            x_prev=keep(x, state.x_prev), y_prev=keep(y, state.y_prev),
             iteration=k, operator_calls=state.operator_calls + 1,
         )
-        if self.restarts and k % self.restart_every == 0:
-            (x_next, y_next), state = self._restart(problem, x_next, y_next, state)
+        if k % self.restart_every == 0:
+            state = state._replace(ray_x=x_next - state.check_x, ray_y=y_next - state.check_y,
+                                   check_x=x_next, check_y=y_next)
+            if self.restarts:
+                (x_next, y_next), state = self._restart(problem, x_next, y_next, state)
         return (x_next, y_next), state
 
     def output(self, problem, z, state):
         """The current point or the average since the last restart, whichever has the smaller residual."""
         x, y = z
-        (ax, ay, aKx, aKty) = self._average(x, y, state)
+        (ax, ay, aKx, aKty) = self._average(problem, x, y, state)
         r_cur = self._residual(problem, x, y, state.Kx, state.Kty)
         r_avg = self._residual(problem, ax, ay, aKx, aKty)
         u = (r_avg < r_cur).unsqueeze(-1)
         return torch.where(u, ax, x), torch.where(u, ay, y)
 
     @staticmethod
-    def _average(x, y, state):
+    def _average(problem, x, y, state):
         """The step-weighted average since the last restart, with its products (the current point if none)."""
         has_avg = (state.weight > 0).unsqueeze(-1)
         denom = state.weight.clamp_min(torch.finfo(state.weight.dtype).tiny).unsqueeze(-1)
-
-        def avg(s, current):
-            return torch.where(has_avg, s / denom, current)
-
-        return avg(state.sum_x, x), avg(state.sum_y, y), avg(state.sum_Kx, state.Kx), avg(state.sum_Kty, state.Kty)
+        ax = torch.where(has_avg, state.sum_x / denom, x)
+        ay = torch.where(has_avg, state.sum_y / denom, y)
+        return ax, ay, _matvec(problem.coupling, ax), _rmatvec(problem.coupling, ay)
 
     def _measure(self, problem, x, y, Kx, Kty, state) -> Tensor:
         if self._measure_kind(problem) == "kkt":
@@ -435,7 +438,7 @@ class PDHG(Solver):
 
     def _restart(self, problem, x, y, state: PDHGState):
         """Restart to the current or the average point where the criteria hold (per instance)."""
-        ax, ay, aKx, aKty = self._average(x, y, state)
+        ax, ay, aKx, aKty = self._average(problem, x, y, state)
         m_cur = self._measure(problem, x, y, state.Kx, state.Kty, state)
         m_avg = self._measure(problem, ax, ay, aKx, aKty, state)
         use_avg = m_avg < m_cur
@@ -463,14 +466,13 @@ class PDHG(Solver):
         new_state = state._replace(
             Kx=torch.where(r, cKx, state.Kx), Kty=torch.where(r, cKty, state.Kty), primal_weight=omega,
             sum_x=torch.where(r, torch.zeros_like(x), state.sum_x), sum_y=torch.where(r, torch.zeros_like(y), state.sum_y),
-            sum_Kx=torch.where(r, torch.zeros_like(cKx), state.sum_Kx),
-            sum_Kty=torch.where(r, torch.zeros_like(cKty), state.sum_Kty),
             weight=torch.where(restart, torch.zeros_like(state.weight), state.weight),
             restart_x=torch.where(r, cx, state.restart_x), restart_y=torch.where(r, cy, state.restart_y),
             restart_measure=torch.where(restart, m_cand, state.restart_measure),
             previous_candidate=torch.where(restart, torch.full_like(m_cand, math.inf), m_cand),
             inner=torch.where(restart, torch.zeros_like(state.inner), state.inner),
             restarts=state.restarts + restart.long(),
+            operator_calls=state.operator_calls + 1,  # the average's products
         )
         return (torch.where(r, cx, x), torch.where(r, cy, y)), new_state
 
@@ -490,7 +492,7 @@ class PDHG(Solver):
 
         # Primal infeasibility: a ray r of Y along which the dual function
         # D(y) = min_{x in X} <c + K^T y, x> - <d, y> grows: -support_X(-K^T r) - <d, r> > 0.
-        r = _recession(y - state.y_prev, ly, uy)
+        r = _recession(state.ray_y, ly, uy)
         r = r / r.norm(dim=-1, keepdim=True).clamp_min(tiny)
         lam = -_rmatvec(K, r)
         violation = torch.where(torch.isinf(ux), lam.clamp_min(0), 0) + torch.where(torch.isinf(lx), (-lam).clamp_min(0), 0)
@@ -502,7 +504,7 @@ class PDHG(Solver):
 
         # Dual infeasibility (primal unbounded): a ray s of X with K s in the polar of
         # Y's recession cone and <c, s> < 0.
-        s = _recession(x - state.x_prev, lx, ux)
+        s = _recession(state.ray_x, lx, ux)
         s = s / s.norm(dim=-1, keepdim=True).clamp_min(tiny)
         Ks = _matvec(K, s)
         violation = torch.where(torch.isinf(uy), Ks.clamp_min(0), 0) + torch.where(torch.isinf(ly), (-Ks).clamp_min(0), 0)
