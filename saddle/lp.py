@@ -117,6 +117,12 @@ class LinprogResult:
         gap: relative duality gap.
         eqlin: marginals of the equality constraints (d fun / d b_eq), like scipy's ``res.eqlin.marginals``.
         ineqlin: marginals of the inequality constraints (``<= 0``).
+        dual_ray: where ``status == 2``, a unit Farkas ray ``(y_eq, y_ub)`` proving
+            infeasibility (``y_ub >= 0``, ``A^T y`` absorbed by the bounds,
+            ``b^T y`` smaller than the bounds allow; see `saddle.PDHG.certificates`);
+            zeros elsewhere.
+        primal_ray: where ``status == 3``, a unit ray s of the feasible set's
+            recession cone with ``c^T s < 0``, proving unboundedness; zeros elsewhere.
         solution: the underlying `saddle.Solution`.
     """
 
@@ -132,6 +138,8 @@ class LinprogResult:
     gap: Tensor
     eqlin: Tensor
     ineqlin: Tensor
+    dual_ray: Tensor
+    primal_ray: Tensor
     solution: Solution
 
 
@@ -330,17 +338,20 @@ def linprog(c, A_ub=None, b_ub=None, A_eq=None, b_eq=None, bounds=(0, None), *, 
     fun = torch.where((status == 2) | (status == 3), torch.full_like(kkt["primal_objective"], torch.nan),
                       kkt["primal_objective"])
     marginals = -y  # d fun / d b = -y at an optimum
+    cert = solver.certificates(problem, sol.state)
+    dual_ray = torch.where((status == 2).unsqueeze(-1), cert["dual_ray"], torch.zeros_like(cert["dual_ray"]))
+    primal_ray = torch.where((status == 3).unsqueeze(-1), cert["primal_ray"], torch.zeros_like(cert["primal_ray"]))
     out = LinprogResult(
         x=x, fun=fun, status=status, success=status == 0,
         message=[_MESSAGES[int(s)] for s in status.tolist()],
         nit=sol.iterations, matvecs=2 * sol.operator_calls,
         primal_residual=kkt["primal_residual"], dual_residual=kkt["dual_residual"], gap=kkt["gap"],
         eqlin=marginals[:, :n_eq], ineqlin=marginals[:, n_eq:] if A_ub is not None else marginals[:, :0],
-        solution=sol,
+        dual_ray=dual_ray, primal_ray=primal_ray, solution=sol,
     )
     if single:
         for name in ("x", "fun", "status", "success", "nit", "matvecs", "primal_residual", "dual_residual", "gap",
-                     "eqlin", "ineqlin"):
+                     "eqlin", "ineqlin", "dual_ray", "primal_ray"):
             setattr(out, name, getattr(out, name)[0])
         out.message = out.message[0]
     return out

@@ -193,12 +193,18 @@ def test_preconditioning_is_exact_and_helps_on_badly_scaled_lps():
 
 def test_infeasible_and_unbounded_lps_report_their_status():
     # x1 + x2 <= 1 and x1 + x2 >= 2: infeasible.
-    res = saddle.linprog([1.0, 1.0], A_ub=[[1.0, 1.0], [-1.0, -1.0]], b_ub=[1.0, -2.0])
+    A, b = np.array([[1.0, 1.0], [-1.0, -1.0]]), np.array([1.0, -2.0])
+    res = saddle.linprog([1.0, 1.0], A_ub=A, b_ub=b)
     assert res.status == 2 and not res.success and torch.isnan(res.fun)
-    assert scipy.optimize.linprog([1.0, 1.0], A_ub=[[1.0, 1.0], [-1.0, -1.0]], b_ub=[1.0, -2.0]).status == 2
+    assert scipy.optimize.linprog([1.0, 1.0], A_ub=A, b_ub=b).status == 2
+    # The Farkas ray, checked by hand: y >= 0, A^T y >= 0 (absorbed by x >= 0), b^T y < 0.
+    y = res.dual_ray.numpy()
+    assert (y >= 0).all() and (A.T @ y >= -1e-9).all() and b @ y < -0.1
     # max x1 + x2 s.t. x1 - x2 <= 1, x >= 0: unbounded.
     res = saddle.linprog([-1.0, -1.0], A_ub=[[1.0, -1.0]], b_ub=[1.0])
     assert res.status == 3 and torch.isnan(res.fun)
+    s = res.primal_ray.numpy()  # s >= 0, s1 - s2 <= 0, c^T s < 0
+    assert (s >= 0).all() and s[0] - s[1] <= 1e-9 and -s.sum() < -0.1
     # Infeasible equality system with free variables.
     res = saddle.linprog([0.0, 1.0], A_eq=[[1.0, 1.0], [1.0, 1.0]], b_eq=[0.0, 1.0], bounds=(None, None))
     assert res.status == 2

@@ -297,7 +297,11 @@ class PDHG(Solver):
         dual_norm = torch.sqrt((Fx * wx).sum(-1) + (Fy * wy).sum(-1))  # |F|_{W^-1}
         r = radius.clamp_min(torch.finfo(radius.dtype).tiny)
         hi = (dual_norm / r).clamp_min(torch.finfo(r.dtype).tiny)  # here |u - z|_W <= r
-        lo = hi * 1e-12
+        bounded = X.bounded and Y.bounded
+        # Tiny multipliers mean huge steps, whose projections onto simplices lose
+        # digits; on bounded sets the unconstrained maximizer (a vertex, from the
+        # LMO) is tested directly instead.
+        lo = hi * (1e-6 if bounded else 1e-12)
 
         def distance(lam):
             t = lam.unsqueeze(-1)
@@ -310,6 +314,10 @@ class PDHG(Solver):
             hi = torch.where(inside, mid, hi)
             lo = torch.where(inside, lo, mid)
         _, ux, uy = distance(hi)
+        if bounded:
+            vx, vy = X.lmo(Fx), Y.lmo(Fy)
+            reach = (self._norm_w(vx - x, vy - y, state.primal_weight, state) <= r).unsqueeze(-1)
+            ux, uy = torch.where(reach, vx, ux), torch.where(reach, vy, uy)
         value = (Fx * (x - ux)).sum(-1) + (Fy * (y - uy)).sum(-1)
         gap = value.clamp_min(0) / r
         return torch.where(radius > 0, gap, torch.full_like(gap, math.inf))
@@ -478,44 +486,55 @@ class PDHG(Solver):
 
     # -- infeasibility certificates ----------------------------------------------------------------
     def terminal_status(self, problem, z, state):
-        """``INFEASIBLE`` / ``UNBOUNDED`` where the last iterate difference is a certificate (LPs only)."""
+        """``INFEASIBLE`` / ``UNBOUNDED`` where the drift of the iterates is a certificate (LPs only)."""
         if not _linear_program(problem):
             return None
-        x, y = z
+        cert = self.certificates(problem, state)
+        out = torch.full_like(state.inner, int(Status.RUNNING))
+        out = torch.where(cert["unbounded"], int(Status.UNBOUNDED), out)
+        return torch.where(cert["infeasible"], int(Status.INFEASIBLE), out)
+
+    def certificates(self, problem, state) -> dict[str, Tensor]:
+        """Candidate certificates of infeasibility from the drift of the iterates (LPs).
+
+        Returns a dict of ``(B, ...)`` tensors:
+
+        - ``dual_ray`` ``(B, m)``: a unit ray r of Y's recession cone; it proves the
+          primal infeasible when ``-support_X(-K^T r) - <d, r> > 0`` (the dual
+          function grows along it), with the part of ``K^T r`` that the bounds
+          cannot absorb below ``infeasibility_tol`` times that objective;
+        - ``primal_ray`` ``(B, n)``: a unit ray s of X's recession cone; it proves
+          the problem unbounded when ``<c, s> < 0`` and ``K s`` lies in the polar
+          of Y's recession cone, up to the same relative tolerance;
+        - ``infeasible``, ``unbounded``: ``(B,)`` whether each certificate holds.
+        """
         X, Y = problem.domain
         K = problem.coupling
+        x, y = state.check_x, state.check_y
         c, d = _vector(problem.g, x), _vector(problem.h_conj, y)
         lx, ux = _bounds(X, x)
         ly, uy = _bounds(Y, y)
         eps = self.infeasibility_tol
         tiny = torch.finfo(x.dtype).tiny
 
-        # Primal infeasibility: a ray r of Y along which the dual function
-        # D(y) = min_{x in X} <c + K^T y, x> - <d, y> grows: -support_X(-K^T r) - <d, r> > 0.
         r = _recession(state.ray_y, ly, uy)
         r = r / r.norm(dim=-1, keepdim=True).clamp_min(tiny)
         lam = -_rmatvec(K, r)
-        violation = torch.where(torch.isinf(ux), lam.clamp_min(0), 0) + torch.where(torch.isinf(lx), (-lam).clamp_min(0), 0)
-        lam_ok = lam - torch.where(torch.isinf(ux), lam.clamp_min(0), 0) + torch.where(torch.isinf(lx), (-lam).clamp_min(0), 0)
+        excess = torch.where(torch.isinf(ux), lam.clamp_min(0), 0) - torch.where(torch.isinf(lx), (-lam).clamp_min(0), 0)
+        lam_ok = lam - excess  # the part of -K^T r the bounds absorb
         support = torch.where(lam_ok > 0, lam_ok * torch.nan_to_num(ux, posinf=0.0, neginf=0.0),
                               lam_ok * torch.nan_to_num(lx, posinf=0.0, neginf=0.0)).sum(-1)
         dual_ray_objective = -support - (d * r).sum(-1)
-        infeasible = (dual_ray_objective > 0) & (violation.norm(dim=-1) <= eps * dual_ray_objective)
+        infeasible = (dual_ray_objective > 0) & (excess.norm(dim=-1) <= eps * dual_ray_objective)
 
-        # Dual infeasibility (primal unbounded): a ray s of X with K s in the polar of
-        # Y's recession cone and <c, s> < 0.
         s = _recession(state.ray_x, lx, ux)
         s = s / s.norm(dim=-1, keepdim=True).clamp_min(tiny)
         Ks = _matvec(K, s)
         violation = torch.where(torch.isinf(uy), Ks.clamp_min(0), 0) + torch.where(torch.isinf(ly), (-Ks).clamp_min(0), 0)
-        both_finite = torch.isfinite(ly) & torch.isfinite(uy)
-        violation = torch.where(both_finite, 0, violation)
+        violation = torch.where(torch.isfinite(ly) & torch.isfinite(uy), 0, violation)
         primal_ray_objective = -(c * s).sum(-1)
         unbounded = (primal_ray_objective > 0) & (violation.norm(dim=-1) <= eps * primal_ray_objective)
-
-        out = torch.full_like(state.inner, int(Status.RUNNING))
-        out = torch.where(unbounded, int(Status.UNBOUNDED), out)
-        return torch.where(infeasible, int(Status.INFEASIBLE), out)
+        return {"dual_ray": r, "primal_ray": s, "infeasible": infeasible, "unbounded": unbounded}
 
 
 def _recession(v: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
