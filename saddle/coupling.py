@@ -221,8 +221,9 @@ class SmoothCoupling(Coupling):
 
     Args:
         phi: the coupling (instances must not interact).
-        lipschitz_xx, lipschitz_xy, lipschitz_yy: Lipschitz constants of its
-            partial gradients (floats or ``(B,)``), where known.
+        lipschitz_xx: a Lipschitz constant of ``grad_x phi(., y)`` (float or ``(B,)``), if known.
+        lipschitz_xy: a Lipschitz constant of ``grad_x phi(x, .)`` and ``grad_y phi(., y)``, if known.
+        lipschitz_yy: a Lipschitz constant of ``grad_y phi(x, .)``, if known.
     """
 
     def __init__(self, phi: Callable[[Tensor, Tensor], Tensor], *, lipschitz_xx=None, lipschitz_xy=None,
