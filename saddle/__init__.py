@@ -8,6 +8,7 @@ from .problem import BilinearProblem, CompositeSaddleProblem, Reference, SaddleP
 from .sets import Ball, Box, ConstraintSet, Product, Reals, Simplex
 from .solution import Solution, SolveError, Status
 from .solve import Progress, solve
+from .solvers import ALPD, LPD, InexactALPD
 from .solvers import (
     GDA,
     AlternatingGDA,
@@ -39,6 +40,7 @@ __all__ = [
     "Constant", "Backtracking",
     "Solver", "register", "get_solver", "solver_names",
     "GDA", "AlternatingGDA", "Extragradient", "MirrorProx", "EGPlus", "AnchoredEG", "Optimistic", "Reflected", "PDHG",
+    "LPD", "ALPD", "InexactALPD",
     "compare", "ComparisonRow", "format_table",
     "linprog", "LinearProgram", "LinprogResult",
     "coupling", "merit", "plot", "sets", "stepsize", "terms",

@@ -279,7 +279,8 @@ class _CompositeOperator(Operator):
         if c.sparse or not all(isinstance(t, (Zero, Linear, Quadratic)) for t in (g, h)):
             # |[[P, K^T], [-K, Q]]| <= max(|P|, |Q|) + |K|
             try:
-                return c.norm() + torch.maximum(torch.as_tensor(g.lipschitz()), torch.as_tensor(h.lipschitz()))
+                L_g, L_h = (torch.as_tensor(t.lipschitz(), dtype=torch.float64) for t in (g, h))
+                return c.norm() + torch.maximum(L_g, L_h)
             except ValueError:
                 return None
         K = c.K

@@ -44,6 +44,10 @@ SUBLINEAR = ["anchored_eg"]
 # Need a BilinearProblem whose terms have closed-form prox steps.
 PRIMAL_DUAL = ["pdhg"]
 NO_PROX = {"quadratic_box"}  # a dense quadratic term on a box
+# Need h strongly convex (strongly concave in y); they report a gamma-weighted average, whose
+# distance to the solution falls like 1/k^2 at best: tested to 1e-5, and their rate in test_rates.py.
+LINEARIZED_PD = ["lpd", "alpd", "inexact_alpd"]
+STRONGLY_CONCAVE = ("quadratic", "quadratic_box")
 
 # Extragradient-type methods converge on LPs too, but need ~10^4 iterations there: too slow to test to 1e-9.
 SLOW_FOR_MONOTONE = {"linear_program"}
@@ -54,7 +58,8 @@ CONVERGENT = [(s, p) for s in MONOTONE for p in PROBLEMS if p not in SLOW_FOR_MO
 
 
 def test_every_registered_solver_is_covered():
-    assert set(saddle.solver_names()) == set(MONOTONE) | set(STRONGLY_MONOTONE) | set(SUBLINEAR) | set(PRIMAL_DUAL)
+    assert set(saddle.solver_names()) == set(MONOTONE) | set(STRONGLY_MONOTONE) | set(SUBLINEAR) | \
+        set(PRIMAL_DUAL) | set(LINEARIZED_PD)
 
 
 @pytest.mark.parametrize("name", sorted(NO_PROX))
@@ -63,6 +68,26 @@ def test_pdhg_explains_where_it_does_not_apply(name):
         saddle.solve(PROBLEMS[name](), "pdhg")
     with pytest.raises(ValueError, match="pdhg needs a BilinearProblem"):
         saddle.solve(problems.get("comonotone_linear"), "pdhg")
+
+
+@pytest.mark.parametrize("solver", LINEARIZED_PD)
+@pytest.mark.parametrize("name", sorted(set(PROBLEMS) - set(STRONGLY_CONCAVE)))
+def test_linearized_primal_dual_explains_where_it_does_not_apply(solver, name):
+    with pytest.raises(ValueError, match=f"{solver}: needs h strongly convex"):
+        saddle.solve(PROBLEMS[name](), solver)
+    with pytest.raises(TypeError, match=f"{solver} needs a CompositeSaddleProblem"):
+        saddle.solve(problems.get("comonotone_linear"), solver)
+
+
+@pytest.mark.parametrize("solver", LINEARIZED_PD)
+@pytest.mark.parametrize("name", STRONGLY_CONCAVE)
+def test_linearized_primal_dual_converges_to_the_exact_reference(solver, name):
+    problem = PROBLEMS[name]()
+    sol = saddle.solve(problem, solver, tol=1e-5, measure="distance", max_iters=30_000, check_every=50)
+    assert (sol.status == Status.CONVERGED).all(), sol
+    distance = torch.sqrt(sum((a - b).square().sum(-1) for a, b in zip(sol.z, problem.reference.solution)))
+    assert distance.max() <= 1e-5
+    assert saddle.merit.residual(problem, sol.z).max() <= 1e-5
 
 
 @pytest.mark.parametrize("solver,name", CONVERGENT)
@@ -110,8 +135,8 @@ def _ids(case):
 
 
 def _applies(solver, name):
-    if solver in STRONGLY_MONOTONE and name not in ("quadratic", "quadratic_box"):
-        return False  # GDA has no default step without strong monotonicity
+    if solver in STRONGLY_MONOTONE + LINEARIZED_PD and name not in STRONGLY_CONCAVE:
+        return False  # GDA has no default step without strong monotonicity; LPD needs h strongly convex
     return not (solver in PRIMAL_DUAL and name in NO_PROX)
 
 
@@ -130,8 +155,9 @@ def test_batched_solve_equals_loop_of_single_solves(solver, settings, name):
         assert batched.iterations[i] == single.iterations[0]
 
 
-@pytest.mark.parametrize("solver", saddle.solver_names())
+@pytest.mark.parametrize("solver", sorted(set(saddle.solver_names()) - set(LINEARIZED_PD)))
 def test_per_instance_step_sizes(solver):
+    # (LPD and ALPD take per-instance constants instead: test_linearized_primal_dual.py.)
     problem = problems.get("quadratic", n=6, m=4, batch_size=3, seed=3, box=None if solver in PRIMAL_DUAL else 0.3)
     L = problem.lipschitz()
     mu = problem.strong_monotonicity()
@@ -144,7 +170,7 @@ def test_per_instance_step_sizes(solver):
             torch.testing.assert_close(a[i:i + 1], b, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("solver", MONOTONE + SUBLINEAR + STRONGLY_MONOTONE + PRIMAL_DUAL)
+@pytest.mark.parametrize("solver", MONOTONE + SUBLINEAR + STRONGLY_MONOTONE + PRIMAL_DUAL + LINEARIZED_PD)
 def test_stopped_instances_stay_bitwise_unchanged(solver):
     problem = PROBLEMS["quadratic"]()
     # Very different tolerances: the instances stop at different checks.
@@ -182,8 +208,9 @@ def _calls_at_init(solver):
 
 @pytest.mark.parametrize("solver", saddle.solver_names())
 def test_operator_call_counts_are_exact(solver):
-    if solver in PRIMAL_DUAL:
-        pytest.skip("PDHG uses K directly: see test_pdhg_counts_products_with_K")
+    if solver in PRIMAL_DUAL + LINEARIZED_PD:
+        pytest.skip("uses K or the coupling directly: see test_pdhg_counts_products_with_K and "
+                    "test_linearized_primal_dual_counts_gradients")
     problem, op = counting(PROBLEMS["quadratic_box"]())
     s = saddle.get_solver(solver)
     state = s.init(problem, problem.z0)
@@ -222,6 +249,41 @@ def test_pdhg_counts_products_with_K(monkeypatch):
     assert (state.restarts >= 1).all()
 
 
+@pytest.mark.parametrize("solver", LINEARIZED_PD)
+@pytest.mark.parametrize("name", STRONGLY_CONCAVE)
+def test_linearized_primal_dual_counts_gradients(solver, name):
+    # Per iteration: one gradient of g, one grad_x phi (one inner step: the coupling is bilinear),
+    # one grad_y phi, and one of h's smooth part where it is linearized (on the box); grad_y phi
+    # once more at init. One operator call = one grad_x phi and one grad_y phi.
+    problem = PROBLEMS[name]()
+    calls = {"g": 0, "h": 0, "x": 0, "y": 0}
+
+    def counted(key, fn):
+        def wrapped(*args):
+            calls[key] += 1
+            return fn(*args)
+        return wrapped
+
+    coupling, g_smooth, h_smooth = problem.coupling, problem._g_split[0], problem._h_split[0]
+    coupling.grad_x = counted("x", coupling.grad_x)
+    coupling.grad_y = counted("y", coupling.grad_y)
+    g_smooth.grad = counted("g", g_smooth.grad)
+    h_smooth.grad = counted("h", h_smooth.grad)
+    s = saddle.get_solver(solver)
+    state = s.init(problem, problem.z0)
+    z = problem.z0
+    linearized = int(name == "quadratic_box")
+    assert state.dual_step == ("linearized" if linearized else "prox")
+    assert calls == {"g": 0, "h": 0, "x": 0, "y": 1}
+    for k in range(1, 8):
+        z, state = s.step(problem, z, state)
+        assert calls == {"g": k, "h": linearized * k, "x": k, "y": k + 1}
+        assert (state.primal_gradient_calls == k).all() and (state.coupling_gradient_calls == k).all()
+        assert (state.coupling_y_gradient_calls == k + 1).all()
+        assert (state.dual_gradient_calls == linearized * k).all()
+        assert (state.operator_calls == k + 1).all()
+
+
 @pytest.mark.parametrize("solver", MONOTONE + SUBLINEAR)
 def test_backtracking_counts_trials_and_accepted_steps(solver):
     # With backtracking a rejected trial costs one evaluation (F at the trial
@@ -244,7 +306,7 @@ def test_backtracking_counts_trials_and_accepted_steps(solver):
 
 @pytest.mark.parametrize("solver", saddle.solver_names())
 def test_solve_does_not_mutate_inputs(solver):
-    problem = PROBLEMS["quadratic" if solver in PRIMAL_DUAL else "quadratic_box"]()
+    problem = PROBLEMS["quadratic" if solver in PRIMAL_DUAL + LINEARIZED_PD else "quadratic_box"]()
     z0 = tuple(b.clone() for b in problem.z0)
     saddle.solve(problem, solver, max_iters=20)
     for a, b in zip(problem.z0, z0):

@@ -5,6 +5,7 @@ from .extragradient import AnchoredEG, EGPlus, Extragradient, ExtragradientState
 from .gda import GDA, AlternatingGDA, GDAState
 from .optimistic import Optimistic, Reflected, SingleCallState
 from .primal_dual import PDHG, PDHGState
+from .linearized_primal_dual import ALPD, LPD, InexactALPD, LinearizedPDState
 
 __all__ = [
     "Solver", "get_solver", "register", "solver_names",
@@ -12,4 +13,5 @@ __all__ = [
     "Extragradient", "MirrorProx", "EGPlus", "AnchoredEG", "ExtragradientState",
     "Optimistic", "Reflected", "SingleCallState",
     "PDHG", "PDHGState",
+    "LPD", "ALPD", "InexactALPD", "LinearizedPDState",
 ]
