@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -150,11 +151,22 @@ def test_bad_tol_type():
         saddle.solve(_quadratic(), "extragradient", tol="small")
 
 
+def _has_step_size(solver):
+    return "step_size" in {f.name for f in dataclasses.fields(saddle.get_solver(solver))}
+
+
 @pytest.mark.parametrize("step", [0.0, -1.0, math.nan, math.inf, torch.tensor([0.1, -0.1, 0.1, 0.1])])
-@pytest.mark.parametrize("solver", saddle.solver_names())
+@pytest.mark.parametrize("solver", [s for s in saddle.solver_names() if _has_step_size(s)])
 def test_non_positive_step_sizes_are_rejected(solver, step):
     with pytest.raises(ValueError, match="step_size"):
         saddle.solve(_quadratic(), solver, step_size=step)
+
+
+@pytest.mark.parametrize("solver", [s for s in saddle.solver_names() if not _has_step_size(s)])
+def test_a_step_size_is_refused_by_solvers_without_one(solver):
+    # LPD and ALPD derive their steps from the problem's constants.
+    with pytest.raises(TypeError, match=r"no setting\(s\) \['step_size'\]"):
+        saddle.solve(_quadratic(), solver, step_size=0.1)
 
 
 def test_step_size_of_wrong_batch_size():
