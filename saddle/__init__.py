@@ -1,14 +1,15 @@
 """saddle: batched solvers for minimax problems, saddle-point problems and variational inequalities."""
 
-from . import coupling, merit, plot, sets, stepsize, terms
+from . import coupling, merit, optim, plot, sets, stepsize, terms
 from .comparison import ComparisonRow, compare, format_table
 from .lp import LinearProgram, LinprogResult, linprog
-from .operator import LinearOperator, Operator, SaddleOperator
+from .operator import LinearOperator, MixedProducts, Operator, SaddleOperator
 from .problem import BilinearProblem, CompositeSaddleProblem, Reference, SaddleProblem, VIProblem
 from .sets import Ball, Box, ConstraintSet, Product, Reals, Simplex
 from .solution import Solution, SolveError, Status
 from .solve import Progress, solve
 from .solvers import ALPD, LPD, InexactALPD
+from .solvers import ACGD, CGD, CGO, OCGO
 from .solvers import (
     GDA,
     AlternatingGDA,
@@ -31,7 +32,7 @@ from .terms import L1, Indicator, Linear, Quadratic, Smooth, Sum, Zero
 __version__ = "0.1.0"
 
 __all__ = [
-    "Operator", "SaddleOperator", "LinearOperator",
+    "Operator", "SaddleOperator", "LinearOperator", "MixedProducts",
     "ConstraintSet", "Reals", "Box", "Ball", "Simplex", "Product",
     "VIProblem", "SaddleProblem", "CompositeSaddleProblem", "BilinearProblem", "Reference",
     "Zero", "Linear", "Quadratic", "L1", "Indicator", "Smooth", "Sum",
@@ -41,7 +42,8 @@ __all__ = [
     "Solver", "register", "get_solver", "solver_names",
     "GDA", "AlternatingGDA", "Extragradient", "MirrorProx", "EGPlus", "AnchoredEG", "Optimistic", "Reflected", "PDHG",
     "LPD", "ALPD", "InexactALPD",
+    "CGD", "ACGD", "CGO", "OCGO",
     "compare", "ComparisonRow", "format_table",
     "linprog", "LinearProgram", "LinprogResult",
-    "coupling", "merit", "plot", "sets", "stepsize", "terms",
+    "coupling", "merit", "optim", "plot", "sets", "stepsize", "terms",
 ]

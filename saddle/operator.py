@@ -4,18 +4,23 @@ A point ``z`` is a tuple of ``(B, n_i)`` blocks and ``F(z)`` is a tuple of the
 same shapes. For a minimax problem ``min_x max_y f(x, y)`` the operator is
 ``F(x, y) = (grad_x f, -grad_y f)`` (`SaddleOperator`); for an affine VI it is
 ``F(z) = M z + q`` (`LinearOperator`).
+
+Competitive methods (`saddle.CGD` and its relatives) also need the mixed
+second derivatives of f, as products: `SaddleOperator.mixed_xy`,
+`SaddleOperator.mixed_yx`, and `SaddleOperator.mixed_products`, which returns
+the gradients at a point together with both products there (`MixedProducts`).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 
 from .point import Point
 
-__all__ = ["Operator", "SaddleOperator", "LinearOperator"]
+__all__ = ["Operator", "SaddleOperator", "LinearOperator", "MixedProducts"]
 
 
 class Operator:
@@ -56,6 +61,35 @@ class Operator:
         return None
 
 
+class MixedProducts(NamedTuple):
+    """The gradients of ``f`` at a point ``(x, y)`` and its mixed second derivatives there, as products.
+
+    With ``D_xy = d^2 f / dx dy`` (per instance an ``n x m`` matrix) and
+    ``D_yx = D_xy^T``:
+
+    Attributes:
+        grad_x: ``grad_x f(x, y)``, ``(B, n)``.
+        grad_y: ``grad_y f(x, y)``, ``(B, m)`` (the gradient, not the operator's ``-grad_y f``).
+        xy: ``v -> D_xy v``, ``(B, m) -> (B, n)``, instance by instance.
+        yx: ``u -> D_yx u``, ``(B, n) -> (B, m)``, instance by instance.
+
+    The products may be called any number of times; each call is one mixed
+    Hessian-vector product (no Hessian is ever formed).
+    """
+
+    grad_x: Tensor
+    grad_y: Tensor
+    xy: Callable[[Tensor], Tensor]
+    yx: Callable[[Tensor], Tensor]
+
+
+def _check_vector(v, name: str, like: Tensor, space: str) -> None:
+    if not isinstance(v, Tensor):
+        raise TypeError(f"{name} must be a tensor in {space}-space, got {type(v).__name__}")
+    if v.shape != like.shape:
+        raise ValueError(f"{name} must have the shape of {space}, {tuple(like.shape)}, got {tuple(v.shape)}")
+
+
 class SaddleOperator(Operator):
     """``F(x, y) = (grad_x f(x, y), -grad_y f(x, y))`` for ``min_x max_y f``.
 
@@ -63,6 +97,15 @@ class SaddleOperator(Operator):
         f: ``f(x, y) -> (B,)``, the objective of each instance; ``x`` is
             ``(B, n)``, ``y`` is ``(B, m)``. Instances must not interact: the
             gradients are those of ``f(x, y).sum()``.
+
+    Second-order access, for competitive methods: with the mixed second
+    derivative ``D_xy f = d^2 f / dx dy`` (``n x m`` per instance) and
+    ``D_yx f = (D_xy f)^T``, `mixed_xy` is ``v -> D_xy f v`` and `mixed_yx`
+    is ``u -> D_yx f u``, batched (each instance with its own matrix), by
+    automatic differentiation of the gradient (`torch.func`); no Hessian is
+    formed. `mixed_products` computes the gradients once and returns both
+    products at that point, for methods that need many products at one point
+    (conjugate gradients).
     """
 
     def __init__(self, f: Callable[[Tensor, Tensor], Tensor]):
@@ -76,6 +119,46 @@ class SaddleOperator(Operator):
         x, y = z
         gx, gy = self._grad(x, y)
         return gx, -gy
+
+    def mixed_xy(self, z: Point, v: Tensor) -> Tensor:
+        """``D_xy f(x, y) v``: ``v`` of shape ``(B, m)`` (y-space) to ``(B, n)`` (x-space).
+
+        ``(D_xy f v)_i = sum_j d^2 f / dx_i dy_j v_j``, the derivative of
+        ``grad_x f`` along ``(0, v)`` (forward-over-reverse differentiation).
+        """
+        x, y = z
+        _check_vector(v, "v", y, "y")
+        return torch.func.jvp(lambda y_: self._grad(x, y_)[0], (y,), (v,))[1]
+
+    def mixed_yx(self, z: Point, u: Tensor) -> Tensor:
+        """``D_yx f(x, y) u``: ``u`` of shape ``(B, n)`` (x-space) to ``(B, m)`` (y-space).
+
+        ``(D_yx f u)_j = sum_i d^2 f / dy_j dx_i u_i``, the derivative of
+        ``grad_y f`` along ``(u, 0)``.
+        """
+        x, y = z
+        _check_vector(u, "u", x, "x")
+        return torch.func.jvp(lambda x_: self._grad(x_, y)[1], (x,), (u,))[1]
+
+    def mixed_products(self, z: Point) -> MixedProducts:
+        """The gradients at ``z = (x, y)`` and both mixed products there (`MixedProducts`).
+
+        One evaluation of the gradient, kept with its graph; each product is
+        then one reverse pass through it: ``D_xy v`` is the x-part of the
+        pullback of ``(0, v)`` through ``(x, y) -> (grad_x f, grad_y f)``, and
+        ``D_yx u`` the y-part of the pullback of ``(u, 0)``.
+        """
+        x, y = z
+        (gx, gy), pullback = torch.func.vjp(self._grad, x, y)
+        zero_x, zero_y = torch.zeros_like(gx), torch.zeros_like(gy)
+
+        def xy(v: Tensor) -> Tensor:
+            return pullback((zero_x, v))[0]
+
+        def yx(u: Tensor) -> Tensor:
+            return pullback((u, zero_y))[1]
+
+        return MixedProducts(gx, gy, xy, yx)
 
 
 def _batched_matvec(M: Tensor, v: Tensor) -> Tensor:

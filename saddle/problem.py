@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .coupling import Bilinear, Coupling, SmoothCoupling
-from .operator import Operator, SaddleOperator, spectral_norm
+from .operator import MixedProducts, Operator, SaddleOperator, _check_vector, spectral_norm
 from .point import Point, as_point
 from .sets import ConstraintSet, Product, Reals
 from .terms import Linear, Quadratic, Term, Zero, _column
@@ -147,6 +147,34 @@ class VIProblem:
         """``argmin_{u in Z} step <grad, u> + D(u, z)`` with the sets' Bregman divergences (mirror-prox)."""
         return self.domain.prox_step(z, grad, step)
 
+    # -- second derivatives (competitive methods) -----------------------------------------
+    def mixed_products(self, z: Point) -> MixedProducts:
+        """The gradients of f and its mixed second-derivative products at ``z`` (saddle problems only).
+
+        A VI has no objective f, hence no mixed derivatives ``D_xy f``, unless
+        its operator is the gradient field of one (a `SaddleOperator` on two
+        blocks); otherwise this raises ``TypeError``. See `SaddleProblem.mixed_products`.
+        """
+        return self._saddle_operator("mixed_products").mixed_products(z)
+
+    def mixed_xy(self, z: Point, v: Tensor) -> Tensor:
+        """``D_xy f v`` at ``z`` (saddle problems only; see `SaddleProblem.mixed_xy`)."""
+        return self._saddle_operator("mixed_xy").mixed_xy(z, v)
+
+    def mixed_yx(self, z: Point, u: Tensor) -> Tensor:
+        """``D_yx f u`` at ``z`` (saddle problems only; see `SaddleProblem.mixed_yx`)."""
+        return self._saddle_operator("mixed_yx").mixed_yx(z, u)
+
+    def _saddle_operator(self, method: str) -> Operator:
+        if len(self.z0) == 2 and hasattr(self.operator, method):
+            return self.operator
+        raise TypeError(self._no_saddle_structure())
+
+    def _no_saddle_structure(self) -> str:
+        return (f"{type(self).__name__} {self.name!r} has no saddle structure: mixed second derivatives "
+                "D_xy f need an objective min_x max_y f(x, y); build the problem as a SaddleProblem "
+                "(or CompositeSaddleProblem / BilinearProblem)")
+
     def lipschitz(self) -> Tensor | None:
         """L per instance, shape ``(B,)`` (float64, on the CPU), or None if unknown."""
         if self._lipschitz is None:
@@ -234,6 +262,40 @@ class SaddleProblem(VIProblem):
         """``f(x, y)`` per instance, shape ``(B,)``."""
         return self.f(z[0], z[1])
 
+    # -- second derivatives (competitive methods) -----------------------------------------
+    def mixed_products(self, z: Point) -> MixedProducts:
+        """``grad_x f``, ``grad_y f`` at ``z = (x, y)`` and the products ``v -> D_xy f v``, ``u -> D_yx f u`` there.
+
+        ``D_xy f = d^2 f / dx dy`` is ``n x m`` per instance and ``D_yx f`` its
+        transpose; see `saddle.operator.MixedProducts` for the shapes. The
+        operator's own `mixed_products` is used when it has one (`SaddleOperator`:
+        autograd; bilinear couplings: exact products with K). For an operator
+        without second-order access (one written by hand), the gradients come
+        from the operator (one evaluation) and each product from
+        differentiating f's gradient.
+        """
+        if hasattr(self.operator, "mixed_products"):
+            return self.operator.mixed_products(z)
+        Fx, Fy = self.F(z)
+        second = self._second_order()
+        return MixedProducts(Fx, -Fy, lambda v: second.mixed_xy(z, v), lambda u: second.mixed_yx(z, u))
+
+    def mixed_xy(self, z: Point, v: Tensor) -> Tensor:
+        """``D_xy f(x, y) v``: ``v`` of shape ``(B, m)`` (y-space) to ``(B, n)`` (x-space), per instance."""
+        op = self.operator if hasattr(self.operator, "mixed_xy") else self._second_order()
+        return op.mixed_xy(z, v)
+
+    def mixed_yx(self, z: Point, u: Tensor) -> Tensor:
+        """``D_yx f(x, y) u``: ``u`` of shape ``(B, n)`` (x-space) to ``(B, m)`` (y-space), per instance."""
+        op = self.operator if hasattr(self.operator, "mixed_yx") else self._second_order()
+        return op.mixed_yx(z, u)
+
+    def _second_order(self) -> SaddleOperator:
+        """A `SaddleOperator` of f, for second derivatives when the problem's operator has none."""
+        if getattr(self, "_f_operator", None) is None:
+            self._f_operator = SaddleOperator(self.f)
+        return self._f_operator
+
 
 def _as_term(term, name: str) -> Term:
     if term is None:
@@ -269,6 +331,40 @@ class _CompositeOperator(Operator):
         else:
             gx, gy = self.coupling.grad_x(x, y), self.coupling.grad_y(x, y)
         return self.g_smooth.grad(x) + gx, self.h_smooth.grad(y) - gy
+
+    # Mixed second derivatives: g and h are separable, so D_xy f = D_xy phi.
+    def mixed_products(self, z: Point) -> MixedProducts:
+        """Gradients of ``f = g_s + phi - h_s`` and the mixed products of phi at ``z`` (see `MixedProducts`).
+
+        For a bilinear coupling ``<K x, y>``: ``D_xy f v = K^T v`` and
+        ``D_yx f u = K u``, exactly; otherwise by autograd on phi.
+        """
+        x, y = z
+        if isinstance(self.coupling, Bilinear):
+            Fx, Fy = self(z)
+            return MixedProducts(Fx, -Fy, self.coupling.rmv, self.coupling.mv)
+        inner = self._phi_operator().mixed_products(z)
+        return MixedProducts(self.g_smooth.grad(x) + inner.grad_x, inner.grad_y - self.h_smooth.grad(y),
+                             inner.xy, inner.yx)
+
+    def mixed_xy(self, z: Point, v: Tensor) -> Tensor:
+        """``D_xy f v = D_xy phi v``: ``(B, m) -> (B, n)`` (``K^T v`` for a bilinear coupling)."""
+        if isinstance(self.coupling, Bilinear):
+            _check_vector(v, "v", z[1], "y")
+            return self.coupling.rmv(v)
+        return self._phi_operator().mixed_xy(z, v)
+
+    def mixed_yx(self, z: Point, u: Tensor) -> Tensor:
+        """``D_yx f u = D_yx phi u``: ``(B, n) -> (B, m)`` (``K u`` for a bilinear coupling)."""
+        if isinstance(self.coupling, Bilinear):
+            _check_vector(u, "u", z[0], "x")
+            return self.coupling.mv(u)
+        return self._phi_operator().mixed_yx(z, u)
+
+    def _phi_operator(self) -> SaddleOperator:
+        if getattr(self, "_phi", None) is None:
+            self._phi = SaddleOperator(self.coupling.value)
+        return self._phi
 
     def lipschitz(self) -> Tensor | None:
         if not isinstance(self.coupling, Bilinear):

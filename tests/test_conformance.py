@@ -48,18 +48,41 @@ NO_PROX = {"quadratic_box"}  # a dense quadratic term on a box
 # distance to the solution falls like 1/k^2 at best: tested to 1e-5, and their rate in test_rates.py.
 LINEARIZED_PD = ["lpd", "alpd", "inexact_alpd"]
 STRONGLY_CONCAVE = ("quadratic", "quadratic_box")
+# Competitive methods (CG on mixed Hessian-vector products): unconstrained smooth saddle problems only.
+# CGD, CGO and OCGO converge linearly on bilinear games (for every step) and on the quadratic games
+# with their default steps; ACGD's Adam-like steps converge on bilinear games, where its local game is
+# exact, and hover around the solution (at a distance ~ its learning rate) where f has D_xx or D_yy terms.
+COMPETITIVE = ["cgd", "cgo", "ocgo"]
+ADAPTIVE_COMPETITIVE = ["acgd"]
+UNCONSTRAINED = ("bilinear", "xy", "quadratic")
+BILINEAR = ("bilinear", "xy")
+# ACGD's default learning rate (1e-3, meant for GAN training) is slow on these small problems.
+SOLVER_SETTINGS = {"acgd": {"step_size": 0.05}}
 
 # Extragradient-type methods converge on LPs too, but need ~10^4 iterations there: too slow to test to 1e-9.
 SLOW_FOR_MONOTONE = {"linear_program"}
 
 CONVERGENT = [(s, p) for s in MONOTONE for p in PROBLEMS if p not in SLOW_FOR_MONOTONE] + \
              [(s, p) for s in STRONGLY_MONOTONE for p in ("quadratic", "quadratic_box")] + \
-             [(s, p) for s in PRIMAL_DUAL for p in PROBLEMS if p not in NO_PROX]
+             [(s, p) for s in PRIMAL_DUAL for p in PROBLEMS if p not in NO_PROX] + \
+             [(s, p) for s in COMPETITIVE for p in UNCONSTRAINED] + \
+             [(s, p) for s in ADAPTIVE_COMPETITIVE for p in BILINEAR]
 
 
 def test_every_registered_solver_is_covered():
     assert set(saddle.solver_names()) == set(MONOTONE) | set(STRONGLY_MONOTONE) | set(SUBLINEAR) | \
-        set(PRIMAL_DUAL) | set(LINEARIZED_PD)
+        set(PRIMAL_DUAL) | set(LINEARIZED_PD) | set(COMPETITIVE) | set(ADAPTIVE_COMPETITIVE)
+
+
+@pytest.mark.parametrize("solver", COMPETITIVE + ADAPTIVE_COMPETITIVE)
+@pytest.mark.parametrize("name", sorted(set(PROBLEMS) - set(UNCONSTRAINED)))
+def test_competitive_methods_explain_where_they_do_not_apply(solver, name):
+    with pytest.raises(ValueError, match=f"{solver} needs unconstrained players"):
+        saddle.solve(PROBLEMS[name](), solver)
+    plain_vi = saddle.VIProblem(lambda z: (z[0] + z[1], z[1] - z[0]), [saddle.Reals(), saddle.Reals()],
+                                (torch.ones(1, 2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64)))
+    with pytest.raises(TypeError, match=f"{solver} needs a SaddleProblem.*got VIProblem"):
+        saddle.solve(plain_vi, solver)
 
 
 @pytest.mark.parametrize("name", sorted(NO_PROX))
@@ -94,6 +117,7 @@ def test_linearized_primal_dual_converges_to_the_exact_reference(solver, name):
 def test_converges_to_the_exact_reference(solver, name):
     problem = PROBLEMS[name]()
     ref = problem.reference
+    settings = SOLVER_SETTINGS.get(solver, {})
     if name == "linear_program":
         sol = saddle.solve(problem, solver, tol=1e-9, measure="kkt", max_iters=30_000)
         assert (sol.status == Status.CONVERGED).all(), sol
@@ -110,7 +134,7 @@ def test_converges_to_the_exact_reference(solver, name):
         gap = (A.mT @ sol.x.unsqueeze(-1)).squeeze(-1).amax(-1) - (A @ sol.y.unsqueeze(-1)).squeeze(-1).amin(-1)
         torch.testing.assert_close(gap, sol.gap, rtol=0, atol=1e-12)
     else:
-        sol = saddle.solve(problem, solver, tol=1e-9, max_iters=30_000)
+        sol = saddle.solve(problem, solver, tol=1e-9, max_iters=30_000, **settings)
         assert (sol.status == Status.CONVERGED).all(), sol
         distance = torch.sqrt(sum((a - b).square().sum(-1) for a, b in zip(sol.z, ref.solution)))
         assert distance.max() <= 1e-6
@@ -137,6 +161,8 @@ def _ids(case):
 def _applies(solver, name):
     if solver in STRONGLY_MONOTONE + LINEARIZED_PD and name not in STRONGLY_CONCAVE:
         return False  # GDA has no default step without strong monotonicity; LPD needs h strongly convex
+    if solver in COMPETITIVE + ADAPTIVE_COMPETITIVE and name not in UNCONSTRAINED:
+        return False  # competitive methods need unconstrained players
     return not (solver in PRIMAL_DUAL and name in NO_PROX)
 
 
@@ -158,7 +184,8 @@ def test_batched_solve_equals_loop_of_single_solves(solver, settings, name):
 @pytest.mark.parametrize("solver", sorted(set(saddle.solver_names()) - set(LINEARIZED_PD)))
 def test_per_instance_step_sizes(solver):
     # (LPD and ALPD take per-instance constants instead: test_linearized_primal_dual.py.)
-    problem = problems.get("quadratic", n=6, m=4, batch_size=3, seed=3, box=None if solver in PRIMAL_DUAL else 0.3)
+    unconstrained = solver in PRIMAL_DUAL + COMPETITIVE + ADAPTIVE_COMPETITIVE
+    problem = problems.get("quadratic", n=6, m=4, batch_size=3, seed=3, box=None if unconstrained else 0.3)
     L = problem.lipschitz()
     mu = problem.strong_monotonicity()
     base = mu / L**2 if solver in STRONGLY_MONOTONE else 0.1 / L
@@ -170,14 +197,15 @@ def test_per_instance_step_sizes(solver):
             torch.testing.assert_close(a[i:i + 1], b, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("solver", MONOTONE + SUBLINEAR + STRONGLY_MONOTONE + PRIMAL_DUAL + LINEARIZED_PD)
+@pytest.mark.parametrize("solver", MONOTONE + SUBLINEAR + STRONGLY_MONOTONE + PRIMAL_DUAL + LINEARIZED_PD +
+                         COMPETITIVE + ADAPTIVE_COMPETITIVE)
 def test_stopped_instances_stay_bitwise_unchanged(solver):
     problem = PROBLEMS["quadratic"]()
     # Very different tolerances: the instances stop at different checks.
     r0 = saddle.merit.residual(problem, problem.z0)
     tol = r0 * torch.tensor([0.5, 0.05, 1e-6, 0.0], dtype=torch.float64)
     seen = []
-    sol = saddle.solve(problem, solver, tol=tol, max_iters=400, check_every=5,
+    sol = saddle.solve(problem, solver, tol=tol, max_iters=400, check_every=5, **SOLVER_SETTINGS.get(solver, {}),
                        callback=lambda p: seen.append((p.status.clone(), tuple(b.clone() for b in p.z),
                                                        p.state.operator_calls.clone())))
     stopped_at = {}
@@ -199,11 +227,11 @@ def test_stopped_instances_stay_bitwise_unchanged(solver):
 
 def _calls_per_iteration(solver):
     return {"extragradient": 2, "mirror_prox": 2, "eg_plus": 2, "anchored_eg": 2, "optimistic": 1, "reflected": 1,
-            "gda": 1, "alternating_gda": 2, "pdhg": 1}[solver]
+            "gda": 1, "alternating_gda": 2, "pdhg": 1, "cgd": 1, "acgd": 1, "cgo": 1, "ocgo": 2}[solver]
 
 
 def _calls_at_init(solver):
-    return {"reflected": 0, "alternating_gda": 0}.get(solver, 1)
+    return {"reflected": 0, "alternating_gda": 0, "cgd": 0, "acgd": 0, "cgo": 0, "ocgo": 0}.get(solver, 1)
 
 
 @pytest.mark.parametrize("solver", saddle.solver_names())
@@ -211,7 +239,9 @@ def test_operator_call_counts_are_exact(solver):
     if solver in PRIMAL_DUAL + LINEARIZED_PD:
         pytest.skip("uses K or the coupling directly: see test_pdhg_counts_products_with_K and "
                     "test_linearized_primal_dual_counts_gradients")
-    problem, op = counting(PROBLEMS["quadratic_box"]())
+    # (Competitive methods: their mixed-product counts are tested in test_competitive.py.)
+    competitive = solver in COMPETITIVE + ADAPTIVE_COMPETITIVE
+    problem, op = counting(PROBLEMS["quadratic" if competitive else "quadratic_box"]())
     s = saddle.get_solver(solver)
     state = s.init(problem, problem.z0)
     z = problem.z0
@@ -306,7 +336,8 @@ def test_backtracking_counts_trials_and_accepted_steps(solver):
 
 @pytest.mark.parametrize("solver", saddle.solver_names())
 def test_solve_does_not_mutate_inputs(solver):
-    problem = PROBLEMS["quadratic" if solver in PRIMAL_DUAL + LINEARIZED_PD else "quadratic_box"]()
+    unconstrained = solver in PRIMAL_DUAL + LINEARIZED_PD + COMPETITIVE + ADAPTIVE_COMPETITIVE
+    problem = PROBLEMS["quadratic" if unconstrained else "quadratic_box"]()
     z0 = tuple(b.clone() for b in problem.z0)
     saddle.solve(problem, solver, max_iters=20)
     for a, b in zip(problem.z0, z0):

@@ -26,11 +26,6 @@ from saddle import Status, merit
 
 F64 = torch.float64
 
-# torch's first forward-mode AD call (torch.func.jvp) loads its decompositions with the deprecated
-# torch.jit.script: a warning from inside torch, not from this library.
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
-
-
 def np64(t):
     return t.detach().cpu().double().numpy()
 

@@ -1,6 +1,7 @@
 """Solvers, each a frozen dataclass with ``init`` / ``step``, registered by name."""
 
 from .base import Solver, get_solver, register, solver_names
+from .competitive import ACGD, CGD, CGO, OCGO, CompetitiveState
 from .extragradient import AnchoredEG, EGPlus, Extragradient, ExtragradientState, MirrorProx
 from .gda import GDA, AlternatingGDA, GDAState
 from .optimistic import Optimistic, Reflected, SingleCallState
@@ -14,4 +15,5 @@ __all__ = [
     "Optimistic", "Reflected", "SingleCallState",
     "PDHG", "PDHGState",
     "LPD", "ALPD", "InexactALPD", "LinearizedPDState",
+    "CGD", "ACGD", "CGO", "OCGO", "CompetitiveState",
 ]

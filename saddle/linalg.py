@@ -1,0 +1,131 @@
+"""Batched conjugate gradients for symmetric positive definite systems given by products.
+
+Competitive methods solve ``(I + eta^2 D_xy D_yx) u = b`` per instance from
+Hessian-vector products only; this is the solver they share. Each instance has
+its own tolerance and iteration cap and stops on its own: once it stops, its
+solution is frozen (bitwise) while the rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["CGResult", "conjugate_gradient"]
+
+
+class CGResult(NamedTuple):
+    """The result of `conjugate_gradient`; tensors are ``(B, ...)``.
+
+    Attributes:
+        x: the solutions, ``(B, n)``.
+        iterations: CG iterations per instance (one product each), ``(B,)`` int64. An
+            iteration whose product reveals non-positive curvature (or a non-finite
+            value) counts: its product was taken, though the instance stops without
+            moving.
+        matvecs: products per instance: ``iterations``, plus one for the initial
+            residual when a warm start was given, ``(B,)`` int64.
+        residual: ``|b - A x|`` per instance (the recursively updated residual), ``(B,)``.
+        converged: ``residual <= tol * |b|`` per instance, ``(B,)`` bool.
+    """
+
+    x: Tensor
+    iterations: Tensor
+    matvecs: Tensor
+    residual: Tensor
+    converged: Tensor
+
+
+def _per_instance(value, name: str, B: int, like: Tensor, *, integer: bool = False) -> Tensor:
+    if isinstance(value, bool) or not isinstance(value, (Real, Tensor)):
+        raise TypeError(f"conjugate_gradient: {name} must be a number or a (B,) tensor, got {type(value).__name__}")
+    if integer and (isinstance(value, Real) and not isinstance(value, Integral)
+                    or isinstance(value, Tensor) and (value.is_floating_point() or value.is_complex()
+                                                      or value.dtype == torch.bool)):
+        raise TypeError(f"conjugate_gradient: {name} must be an int or a (B,) integer tensor, got {value!r}")
+    dtype = torch.int64 if integer else like.dtype
+    t = torch.as_tensor(value, dtype=dtype if isinstance(value, Real) else None).to(like.device, dtype)
+    if t.dim() > 1 or (t.dim() == 1 and t.shape[0] not in (1, B)):
+        raise ValueError(f"conjugate_gradient: {name} must be a number or a (B,) = ({B},) tensor, "
+                         f"got shape {tuple(t.shape)}")
+    if (t < 0).any() or (not integer and not torch.isfinite(t).all()):
+        raise ValueError(f"conjugate_gradient: {name} must be finite and >= 0, got {value!r}")
+    return t.expand(B)
+
+
+def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor | None = None, *,
+                       tol: float | Tensor = 1e-10, max_iters: int | Tensor = 100,
+                       check_every: int = 5) -> CGResult:
+    """Solve ``A_i x_i = b_i`` for every instance i by conjugate gradients (Hestenes-Stiefel).
+
+    Args:
+        matvec: ``v -> A v``, ``(B, n) -> (B, n)``, each ``A_i`` symmetric positive
+            definite; instances must not interact.
+        b: right-hand sides, ``(B, n)``.
+        x0: warm start, ``(B, n)`` (default 0; a warm start costs one product for
+            the initial residual ``b - A x0``).
+        tol: relative tolerance, a float or ``(B,)``: instance i stops once
+            ``|r_i| <= tol_i |b_i|``.
+        max_iters: the iteration cap, an int or ``(B,)`` ints.
+        check_every: how often (in iterations) the loop asks the device whether
+            every instance has stopped (the only host synchronization).
+
+    Returns:
+        `CGResult`. With ``x_{k+1} = x_k + alpha_k p_k``, ``r_{k+1} = r_k - alpha_k A p_k``,
+        ``alpha_k = |r_k|^2 / <p_k, A p_k>``, ``p_{k+1} = r_{k+1} + (|r_{k+1}|^2 / |r_k|^2) p_k``.
+        An instance whose curvature ``<p, A p>`` is not positive (A not positive
+        definite, or an exact solve) stops where it is.
+    """
+    if not callable(matvec):
+        raise TypeError(f"conjugate_gradient: matvec must be callable, got {type(matvec).__name__}")
+    if not isinstance(b, Tensor):
+        raise TypeError(f"conjugate_gradient: b must be a (B, n) tensor, got {type(b).__name__}")
+    if b.dim() != 2:
+        raise ValueError(f"conjugate_gradient: b must be a (B, n) tensor, got shape {tuple(b.shape)}")
+    if not b.is_floating_point():
+        raise TypeError(f"conjugate_gradient: b must have a floating dtype, got {b.dtype}")
+    if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
+        raise ValueError(f"conjugate_gradient: check_every must be a positive int, got {check_every!r}")
+    B = b.shape[0]
+    tol = _per_instance(tol, "tol", B, b)
+    cap = _per_instance(max_iters, "max_iters", B, b, integer=True)
+    zeros = torch.zeros(B, dtype=torch.int64, device=b.device)
+    if x0 is None:
+        x, r, matvecs = torch.zeros_like(b), b, zeros
+    else:
+        if not isinstance(x0, Tensor):
+            raise TypeError(f"conjugate_gradient: x0 must be None or a tensor, got {type(x0).__name__}")
+        if x0.shape != b.shape:
+            raise ValueError(f"conjugate_gradient: x0 must have the shape of b {tuple(b.shape)}, got {tuple(x0.shape)}")
+        if x0.dtype != b.dtype or x0.device != b.device:
+            raise ValueError(f"conjugate_gradient: x0 is {x0.dtype} on {x0.device} but b is {b.dtype} on {b.device}")
+        x = x0
+        r = b - matvec(x0)
+        matvecs = zeros + 1
+    threshold = tol * b.norm(dim=-1)
+    rs = (r * r).sum(-1)
+    p = r
+    iterations = zeros
+    active = (rs.sqrt() > threshold) & (cap > 0)
+    for k in range(int(cap.max())):
+        if k % check_every == 0 and not bool(active.any()):
+            break
+        Ap = matvec(p)
+        iterations = iterations + active.long()  # the product is spent whether or not the step is taken
+        curvature = (p * Ap).sum(-1)
+        active = active & (curvature > 0)
+        alpha = torch.where(active, rs / torch.where(active, curvature, torch.ones_like(curvature)), 0.0)
+        a = alpha.unsqueeze(-1)
+        x_new, r_new = x + a * p, r - a * Ap
+        rs_new = (r_new * r_new).sum(-1)
+        beta = rs_new / torch.where(rs > 0, rs, torch.ones_like(rs))
+        p_new = r_new + beta.unsqueeze(-1) * p
+        col = active.unsqueeze(-1)
+        x, r, p = torch.where(col, x_new, x), torch.where(col, r_new, r), torch.where(col, p_new, p)
+        rs = torch.where(active, rs_new, rs)
+        active = active & (rs.sqrt() > threshold) & (iterations < cap)
+    residual = rs.sqrt()
+    return CGResult(x, iterations, matvecs + iterations, residual, residual <= threshold)

@@ -1,0 +1,9 @@
+"""``torch.optim.Optimizer`` adapters of saddle's methods, for training ``nn.Module`` players.
+
+`CGD` and `ACGD` train a min player and a max player on one loss with
+competitive gradient steps (conjugate gradients on Hessian-vector products).
+"""
+
+from .competitive import ACGD, CGD
+
+__all__ = ["CGD", "ACGD"]
