@@ -1,8 +1,9 @@
-"""Competitive gradient methods: saddle.optim.CGD / ACGD against the CGDs package (BCGD / ACGD).
+"""Competitive gradient methods: saddle (saddle.optim.CGD / ACGD, and the batched solvers) against CGDs.
 
-Trains the same two players from the same initial parameters on the same
-data with both implementations at equal settings, in the same run, and prints
-a markdown table: seconds per iteration, gradient evaluations and mixed
+CGDs is the PyPI package of the ACGD authors (its BCGD and ACGD). Single-instance
+part (``--part single``): trains the same two players from the same initial
+parameters on the same data with both implementations at equal settings, in
+the same run, and prints a markdown table: seconds per iteration, gradient evaluations and mixed
 Hessian-vector products (HVPs) per iteration, and the largest parameter
 difference between the two trajectories after the run. Problems:
 
@@ -57,7 +58,33 @@ for the whole run; a call that builds a graph (``create_graph=True``) is a
 gradient evaluation (CGDs takes each player's gradient in its own call, saddle
 both in one), any other call is one mixed HVP.
 
-    python benchmarks/competitive.py              # 200 iterations, hidden width 64, float64 and float32
+Batched part (``--part batched``): B independent instances of each problem
+from the problem registry (``problems.get("dirac_gan", batch_size=B, seed=...)``:
+each instance starts at its own random angle; ``problems.get(
+"gaussian_mixture_gan", mode="ring", width=w, depth=1, latent_dim=2,
+n_samples=N, batch_size=B, seed=...)``: each instance with its own initial
+networks, fixed real samples and latent codes), solved all at once by saddle's
+batched solvers (``saddle.CGD`` / ``saddle.ACGD``, ``solver.init`` and then a
+fixed number of ``solver.step`` calls, no stopping test; CG with
+``cg_tol = sqrt(tol)``, ``cg_max_iters = n`` and ``cg_check_every=1``), against
+looping CGDs over the same instances: instance i becomes its own ``nn.Module``
+pair (the registry's architecture, its parameters set from row i of the batched
+start with ``torch.nn.utils.vector_to_parameters``) trained on the same loss
+with instance i's own real samples and latent codes, one instance after the
+other. A loop of ``saddle.optim`` (default ``solve_for="min"``, the system the
+batched solvers solve) runs too, as a second baseline that works where CGDs's
+BCGD fails. The table gives the time of one step of the whole batch, the
+throughput in instance-steps per second, its ratio to the CGDs loop, HVPs per
+instance-step (the batched solvers count the products each instance used; in
+the batch every CG iteration runs until the slowest instance of the batch has
+converged, the "batch max" column), and the largest parameter difference
+between the batched trajectories and the looped ones after the run (max over
+instances and coordinates). Timings are of the steps alone: building the
+problem, the modules and the optimizers is not charged.
+
+    python benchmarks/competitive.py              # both parts: 200 single-instance iterations (width 64), and
+                                                  # 20 steps of B = 1 and 64 instances; float64 and float32
+    python benchmarks/competitive.py --part batched --dtype float64
     python benchmarks/competitive.py --quick      # smoke run, under a minute on 2 cores
 """
 
@@ -66,6 +93,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import importlib.metadata
 import math
 import platform
 import time
@@ -74,6 +102,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import problems
+import saddle
 import saddle.optim
 
 try:
@@ -210,57 +240,171 @@ def run(problem, impl: str, method: str, s, iters: int) -> dict:
             "state": problem.describe(G, D) if finite else "diverged (non-finite parameters)"}
 
 
+# ------------------------------------------------------------------ batched instances
+def batched_problem(pname: str, B: int, dtype, seed: int, size: tuple[int, int] | None):
+    """B instances from the problem registry; ``size`` = (width, n_samples) of the mixture GAN."""
+    if pname == "dirac":
+        return problems.get("dirac_gan", batch_size=B, seed=seed, dtype=dtype)
+    width, n_samples = size
+    return problems.get("gaussian_mixture_gan", mode="ring", width=width, depth=1, latent_dim=2, n_samples=n_samples,
+                        batch_size=B, seed=seed, dtype=dtype)
+
+
+def _module(flat, vector: torch.Tensor) -> nn.Module:
+    """The registry's architecture ``flat.template`` as an ordinary module with the parameters ``vector``."""
+    module = copy.deepcopy(flat.template).to_empty(device=vector.device).to(vector.dtype)
+    torch.nn.utils.vector_to_parameters(vector.detach().clone(), module.parameters())
+    return module
+
+
+def instance(problem, pname: str, i: int):
+    """Instance i of a batched problem as ``(G, D, loss)``: a module pair and ``loss(G, D)``, at its start."""
+    x, y = problem.z0[0][i], problem.z0[1][i]
+    if pname == "dirac":
+        G, D = nn.Module(), nn.Module()
+        G.theta, D.psi = nn.Parameter(x.detach().clone()), nn.Parameter(y.detach().clone())
+
+        def loss(G, D):  # the registry's own f on the one instance: (1, 1) blocks
+            return problem.f(G.theta.unsqueeze(0), D.psi.unsqueeze(0))[0]
+        return G, D, loss
+    G, D = _module(problem.generator, x), _module(problem.discriminator, y)
+    real, latent = problem.real[i], problem.latent[i]
+
+    def loss(G, D):  # E log sigmoid D(real) + E log(1 - sigmoid D(G(z))), as problems.gan's standard loss
+        return -F.softplus(-D(real).squeeze(-1)).mean() - F.softplus(D(G(latent)).squeeze(-1)).mean()
+    return G, D, loss
+
+
+def _vector(G, D) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in [*G.parameters(), *D.parameters()]])
+
+
+def check_instances(problem, pname: str) -> None:
+    """The looped instances see the batched problem's objective: f_i at the start, to rounding."""
+    value = problem.objective(problem.z0)
+    for i in sorted({0, problem.batch_size - 1}):
+        G, D, loss = instance(problem, pname, i)
+        with torch.no_grad():
+            got = loss(G, D)
+        if not torch.allclose(got, value[i], rtol=1e-5 if problem.dtype == torch.float32 else 1e-12, atol=0):
+            raise AssertionError(f"instance {i} of {problem.name}: loop loss {got.item()} != "
+                                 f"batched f {value[i].item()}")
+
+
+def run_loop(problem, pname: str, impl: str, method: str, s, iters: int) -> dict:
+    """``impl`` ("CGDs" or "saddle") looped over the instances of ``problem``, one after the other."""
+    counter, seconds, vectors = Counter(), 0.0, []
+    for i in range(problem.batch_size):
+        G, D, loss = instance(problem, pname, i)
+        opt = make(impl, method, G, D, s)
+        with counter.wrap(), default_dtype(problem.dtype):
+            start = time.perf_counter()
+            for k in range(iters):
+                try:
+                    opt.step(loss=loss(G, D))
+                except Exception as e:  # noqa: BLE001 - reported in the row
+                    return {"error": f"fails at step {k + 1} (instance {i}): {type(e).__name__}: {e}"}
+            seconds += time.perf_counter() - start
+        vectors.append(_vector(G, D))
+    steps = problem.batch_size * iters
+    return {"seconds": seconds / iters, "hvp": counter.hvp / steps, "grad": counter.grad / steps,
+            "params": torch.stack(vectors), "cg": None}
+
+
+def run_batched(problem, method: str, s, iters: int) -> dict:
+    """saddle's batched solver on all instances at once: ``init``, then ``iters`` steps."""
+    n = problem.z0[0].shape[1]
+    common = dict(step_size=s.lr, cg_tol=math.sqrt(s.tol), cg_max_iters=n, cg_check_every=1)
+    solver = saddle.ACGD(beta=s.beta, eps=s.eps, **common) if method == "ACGD" else saddle.CGD(**common)
+    z = problem.z0
+    state = solver.init(problem, z)
+    iterations = []
+    start = time.perf_counter()
+    for _ in range(iters):
+        z, state = solver.step(problem, z, state)
+        iterations.append(state.cg_iterations)
+    seconds = time.perf_counter() - start
+    cg = torch.stack(iterations).double()  # (iters, B)
+    return {"seconds": seconds / iters, "hvp": state.hvp_calls.double().mean().item() / iters, "grad": 1.0,
+            "params": torch.cat([z[0], z[1]], -1).detach(), "cg": (cg.mean().item(), cg.max(1).values.mean().item())}
+
+
+def batched_rows(pname: str, dtype, method: str, s, B: int, size, args) -> list[dict]:
+    problem = batched_problem(pname, B, dtype, args.seed, size)
+    check_instances(problem, pname)
+    warm = batched_problem(pname, 1, dtype, args.seed + 1, size)  # lazy initializations, not charged
+    for impl in ("CGDs", "saddle"):
+        run_loop(warm, pname, impl, method, s, 2)
+    run_batched(warm, method, s, 2)
+    rows = {"CGDs": None, "saddle.optim": None, "batched": None}
+    for _ in range(args.repeat):  # deterministic runs: keep the fastest time
+        for key, fn in (("CGDs", lambda: run_loop(problem, pname, "CGDs", method, s, args.batched_iters)),
+                        ("saddle.optim", lambda: run_loop(problem, pname, "saddle", method, s, args.batched_iters)),
+                        ("batched", lambda: run_batched(problem, method, s, args.batched_iters))):
+            row = fn()
+            if "error" in row or rows[key] is None or row["seconds"] < rows[key]["seconds"]:
+                rows[key] = row
+    out = []
+    for key, label in (("CGDs", "CGDs loop"), ("saddle.optim", "saddle.optim loop"), ("batched", "saddle batched")):
+        out.append({**rows[key], "impl": label})
+    return out
+
+
+def print_batched(args) -> None:
+    sizes = [tuple(int(v) for v in spec.lower().split("x")) for spec in args.mixture_size]
+    print("\n## Batched: saddle's batched solvers vs looping CGDs over the instances\n")
+    print(f"{args.batched_iters} steps per instance, fastest of {args.repeat} runs, {args.threads} thread(s); "
+          f"mixture GAN: width x samples {', '.join(args.mixture_size)}, latent 2, one hidden layer\n")
+    print("| problem | dtype | method | B | implementation | ms / step (batch) | instance-steps / s "
+          "| vs CGDs loop | HVPs / instance-step | CG iters / step (mean / batch max) "
+          "| max abs param diff vs CGDs loop | vs saddle.optim loop |")
+    print("|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for dtype_name in args.dtypes:
+        dtype = getattr(torch, dtype_name)
+        for pname in args.problems:
+            for size in ([None] if pname == "dirac" else sizes):
+                label = pname if size is None else f"mixture {size[0]}x{size[1]}"
+                for method in args.methods:
+                    s = settings_for(method, args)
+                    for B in sorted({1, args.instances}):
+                        rows = batched_rows(pname, dtype, method, s, B, size, args)
+                        ref, optim = rows[0], rows[1]
+                        for row in rows:
+                            head = f"| {label} | {dtype_name} | {method} (lr {s.lr:g}) | {B} | {row['impl']} "
+                            if "error" in row:
+                                print(head + f"| | | | | | {row['error']} | |")
+                                continue
+                            rate = B / row["seconds"]
+                            speed = f"{ref['seconds'] / row['seconds']:.2f}x" if "error" not in ref else "n/a"
+                            cg = "-" if row["cg"] is None else f"{row['cg'][0]:.1f} / {row['cg'][1]:.1f}"
+
+                            def diff(other):
+                                if "error" in other or other is row:
+                                    return "-" if other is row else "n/a"
+                                d = (row["params"] - other["params"]).abs().max().item()
+                                return f"{d:.1e}" if math.isfinite(d) else "non-finite"
+                            print(head + f"| {1e3 * row['seconds']:.2f} | {rate:,.0f} | {speed} | {row['hvp']:.1f} "
+                                  f"| {cg} | {diff(ref)} | {diff(optim)} |")
+
+
 def settings_for(method: str, args):
     lr = args.lr if args.lr is not None else (0.5 if method == "CGD" else 0.05)
     return argparse.Namespace(lr=lr, beta=args.beta, eps=args.eps, tol=args.tol, atol=1e-20)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--problem", choices=["dirac", "mixture"], action="append", default=None,
-                        help="problem (repeatable; default both)")
-    parser.add_argument("--method", choices=["CGD", "ACGD"], action="append", default=None,
-                        help="method (repeatable; default both; CGD is CGDs's BCGD)")
-    parser.add_argument("--iters", type=int, default=200, help="iterations per run (default 200)")
-    parser.add_argument("--hidden", type=int, default=64, help="MLP width of the mixture GAN (default 64)")
-    parser.add_argument("--batch", type=int, default=128, help="batch of the mixture GAN (default 128)")
-    parser.add_argument("--lr", type=float, default=None,
-                        help="learning rate of both players (default 0.5 for CGD, 0.05 for ACGD)")
-    parser.add_argument("--beta", type=float, default=0.99, help="ACGD's beta (default 0.99)")
-    parser.add_argument("--eps", type=float, default=1e-5, help="ACGD's eps (default 1e-5)")
-    parser.add_argument("--tol", type=float, default=1e-12,
-                        help="CG tolerance in CGDs's convention, on squared residuals (default 1e-12, CGDs's; "
-                             "saddle runs with its square root)")
-    parser.add_argument("--dtype", choices=["float64", "float32"], action="append", default=None,
-                        help="dtype (repeatable; default both)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs per row, the fastest kept (default 3)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="smoke run: 50 iterations, width 32, float64 only")
-    args = parser.parse_args(argv)
-    if CGDs is None:
-        raise SystemExit("this benchmark compares against the CGDs package: pip install CGDs")
-    if args.quick:
-        args.iters, args.hidden, args.batch = 50, 32, 64
-        args.dtype = args.dtype or ["float64"]
-    torch.set_num_threads(args.threads)
-    problems = args.problem or ["dirac", "mixture"]
-    methods = args.method or ["CGD", "ACGD"]
-    dtypes = args.dtype or ["float64", "float32"]
-
-    print(f"# Competitive gradient: saddle.optim vs CGDs {getattr(CGDs, '__version__', '')}".rstrip())
-    print(f"\n{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), "
-          f"{args.iters} iterations, fastest of {args.repeat} runs, tol {args.tol:g} (CGDs) = "
-          f"{math.sqrt(args.tol):g} (saddle)\n")
+def print_single(args) -> None:
+    print("\n## Single instance: saddle.optim vs CGDs\n")
+    print(f"{args.iters} iterations, fastest of {args.repeat} runs, {args.threads} thread(s); mixture GAN: width "
+          f"{args.hidden}, a fresh batch of {args.batch} each iteration\n")
     print("| problem | dtype | method | implementation | ms / iter | CGDs time / this | grads / iter "
           "| HVPs / iter | CGDs HVPs / this | max abs param diff vs CGDs | end state |")
     print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---|")
-    for dtype_name in dtypes:
+    for dtype_name in args.dtypes:
         dtype = getattr(torch, dtype_name)
-        for pname in problems:
+        for pname in args.problems:
             cls = {"dirac": Dirac, "mixture": Mixture}[pname]
             problem = cls(dtype, args.seed, hidden=args.hidden, batch=args.batch)
-            for method in methods:
+            for method in args.methods:
                 s = settings_for(method, args)
                 impls = ["CGDs", "saddle", "saddle solve_for=alternate"]
                 for impl in impls:  # warm-up: lazy initializations are not charged to the first timed run
@@ -283,6 +427,69 @@ def main(argv=None) -> None:
                     diff = f"{(row['params'] - ref['params']).abs().max().item():.1e}" if ok else "n/a"
                     print(head + f"| {1e3 * row['seconds']:.2f} | {time_ratio} | {row['grad']:.1f} "
                           f"| {row['hvp']:.1f} | {hvp_ratio} | {diff} | {row['state']} |")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["single", "batched"], action="append", default=None,
+                        help="which table (repeatable; default both)")
+    parser.add_argument("--problem", choices=["dirac", "mixture"], action="append", default=None,
+                        help="problem (repeatable; default both)")
+    parser.add_argument("--method", choices=["CGD", "ACGD"], action="append", default=None,
+                        help="method (repeatable; default both; CGD is CGDs's BCGD)")
+    parser.add_argument("--iters", type=int, default=200, help="single instance: iterations per run (default 200)")
+    parser.add_argument("--hidden", type=int, default=64,
+                        help="single instance: MLP width of the mixture GAN (default 64)")
+    parser.add_argument("--batch", type=int, default=128,
+                        help="single instance: batch of the mixture GAN (default 128)")
+    parser.add_argument("--instances", type=int, default=64, help="batched: instances B (default 64; B = 1 runs too)")
+    parser.add_argument("--batched-iters", type=int, default=20, help="batched: steps per instance (default 20)")
+    parser.add_argument("--mixture-size", action="append", default=None, metavar="WIDTHxSAMPLES",
+                        help="batched: mixture GAN width and number of fixed samples (repeatable; default 64x128 "
+                             "and 16x32)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="learning rate of both players (default 0.5 for CGD, 0.05 for ACGD)")
+    parser.add_argument("--beta", type=float, default=0.99, help="ACGD's beta (default 0.99)")
+    parser.add_argument("--eps", type=float, default=1e-5, help="ACGD's eps (default 1e-5)")
+    parser.add_argument("--tol", type=float, default=1e-12,
+                        help="CG tolerance in CGDs's convention, on squared residuals (default 1e-12, CGDs's; "
+                             "saddle runs with its square root)")
+    parser.add_argument("--dtype", choices=["float64", "float32"], action="append", default=None,
+                        help="dtype (repeatable; default both)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="timed runs per row, the fastest kept (default 3; 2 with --quick)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: single instance 50 iterations at width 32; batched 5 steps, mixture 16x32; "
+                             "float64 only; 2 timed runs per row")
+    args = parser.parse_args(argv)
+    if CGDs is None:
+        raise SystemExit("this benchmark compares against the CGDs package: pip install CGDs")
+    if args.quick:
+        args.iters, args.hidden, args.batch, args.batched_iters = 50, 32, 64, 5
+        args.mixture_size = args.mixture_size or ["16x32"]
+        args.dtype = args.dtype or ["float64"]
+        args.repeat = args.repeat or 2
+    args.repeat = args.repeat or 3
+    torch.set_num_threads(args.threads)
+    args.problems = args.problem or ["dirac", "mixture"]
+    args.methods = args.method or ["CGD", "ACGD"]
+    args.dtypes = args.dtype or ["float64", "float32"]
+    args.mixture_size = args.mixture_size or ["64x128", "16x32"]
+    parts = args.part or ["single", "batched"]
+
+    try:
+        version = importlib.metadata.version("CGDs")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - e.g. a source checkout of CGDs
+        version = ""
+    print(f"# Competitive gradient: saddle vs CGDs {version}".rstrip())
+    print(f"\n{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), "
+          f"tol {args.tol:g} (CGDs) = {math.sqrt(args.tol):g} (saddle)")
+    if "single" in parts:
+        print_single(args)
+    if "batched" in parts:
+        print_batched(args)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ solution is frozen (bitwise) while the rest of the batch goes on.
 
 from __future__ import annotations
 
+import math
 from numbers import Integral, Real
 from typing import Callable, NamedTuple
 
@@ -40,6 +41,11 @@ class CGResult(NamedTuple):
 
 
 def _per_instance(value, name: str, B: int, like: Tensor, *, integer: bool = False) -> Tensor:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and (not integer or isinstance(value, int)):
+        # A plain Python number (the common case): checked on the host, no device round trip.
+        if not value >= 0 or (not integer and not math.isfinite(value)):
+            raise ValueError(f"conjugate_gradient: {name} must be finite and >= 0, got {value!r}")
+        return torch.full((B,), value, dtype=torch.int64 if integer else like.dtype, device=like.device)
     if isinstance(value, bool) or not isinstance(value, (Real, Tensor)):
         raise TypeError(f"conjugate_gradient: {name} must be a number or a (B,) tensor, got {type(value).__name__}")
     if integer and (isinstance(value, Real) and not isinstance(value, Integral)
@@ -71,7 +77,10 @@ def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor
             ``|r_i| <= tol_i |b_i|``.
         max_iters: the iteration cap, an int or ``(B,)`` ints.
         check_every: how often (in iterations) the loop asks the device whether
-            every instance has stopped (the only host synchronization).
+            every instance has stopped (the only host synchronization). A single
+            instance (B = 1) on the CPU, where asking costs nothing, is asked every
+            iteration and runs without the batch's masks (the same result, about
+            half the operations per iteration).
 
     Returns:
         `CGResult`. With ``x_{k+1} = x_k + alpha_k p_k``, ``r_{k+1} = r_k - alpha_k A p_k``,
@@ -105,8 +114,10 @@ def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor
         x = x0
         r = b - matvec(x0)
         matvecs = zeros + 1
-    threshold = tol * b.norm(dim=-1)
+    threshold = tol * torch.linalg.vector_norm(b, dim=-1)
     rs = (r * r).sum(-1)
+    if B == 1 and b.device.type == "cpu":
+        return _single(matvec, x, r, rs, threshold, int(cap[0]), matvecs)
     p = r
     iterations = zeros
     active = (rs.sqrt() > threshold) & (cap > 0)
@@ -129,3 +140,34 @@ def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor
         active = active & (rs.sqrt() > threshold) & (iterations < cap)
     residual = rs.sqrt()
     return CGResult(x, iterations, matvecs + iterations, residual, residual <= threshold)
+
+
+def _single(matvec: Callable[[Tensor], Tensor], x: Tensor, r: Tensor, rs: Tensor, threshold: Tensor, cap: int,
+            matvecs: Tensor) -> CGResult:
+    """The loop of `conjugate_gradient` for one instance (B = 1) on the CPU, where a host check is cheap.
+
+    The same arithmetic on the same ``(1, n)`` tensors as the batched loop, so the same bits, but
+    without its masks: the instance's stopping tests are asked every iteration, and the loop ends
+    at the first that holds (the batched loop would only freeze the instance there). About half
+    the operations per iteration, which is most of CG's own cost on small problems.
+    """
+    iterations = 0
+    if cap > 0 and bool(rs.sqrt() > threshold):
+        p = r
+        while True:
+            Ap = matvec(p)
+            iterations += 1  # the product is spent whether or not the step is taken
+            curvature = (p * Ap).sum(-1)
+            if not bool(curvature > 0):  # not positive definite, or not finite: stop where it is
+                break
+            a = (rs / curvature).unsqueeze(-1)
+            x, r = x + a * p, r - a * Ap
+            rs_new = (r * r).sum(-1)
+            beta = rs_new / rs  # rs > 0: it was above the threshold
+            rs = rs_new
+            if iterations >= cap or not bool(rs.sqrt() > threshold):
+                break
+            p = r + beta.unsqueeze(-1) * p
+    residual = rs.sqrt()
+    count = torch.full_like(matvecs, iterations)
+    return CGResult(x, count, matvecs + count, residual, residual <= threshold)

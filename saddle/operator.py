@@ -146,9 +146,15 @@ class SaddleOperator(Operator):
         One evaluation of the gradient, kept with its graph; each product is
         then one reverse pass through it: ``D_xy v`` is the x-part of the
         pullback of ``(0, v)`` through ``(x, y) -> (grad_x f, grad_y f)``, and
-        ``D_yx u`` the y-part of the pullback of ``(u, 0)``.
+        ``D_yx u`` the y-part of the pullback of ``(u, 0)``. Outside ``torch.func``
+        transforms the graph is an ordinary ``torch.autograd`` one (``D_xy v =
+        grad_x <grad_y f, v>``), which is 2.5 to 3 times faster per product on
+        the GAN problems than ``torch.func.vjp`` of ``torch.func.grad`` (used
+        inside transforms, and for points that carry an autograd graph).
         """
         x, y = z
+        if _plain_autograd_applies(x, y):
+            return _autograd_products(self.f, x, y)
         (gx, gy), pullback = torch.func.vjp(self._grad, x, y)
         zero_x, zero_y = torch.zeros_like(gx), torch.zeros_like(gy)
 
@@ -159,6 +165,48 @@ class SaddleOperator(Operator):
             return pullback((u, zero_y))[1]
 
         return MixedProducts(gx, gy, xy, yx)
+
+
+def _plain_autograd_applies(x: Tensor, y: Tensor) -> bool:
+    """Whether `SaddleOperator.mixed_products` may use ``torch.autograd`` instead of ``torch.func``.
+
+    Both differentiate the same operations with the same formulas (the products agree bit for
+    bit), but a product through ``torch.func.vjp`` of ``torch.func.grad`` pays the transforms'
+    dispatch on every operation of the backward pass: on the vmapped GAN objectives of
+    `problems.gan` it took 2.5 to 3 times as long (CPU, B = 1 and 64). The plain graph is only
+    used outside every ``torch.func`` transform, outside inference mode, and for points that are
+    not themselves part of an autograd graph (whose gradients the ``torch.func`` path would
+    propagate).
+    """
+    stack = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
+    if stack is None or stack() is not None or torch.is_inference_mode_enabled():
+        return False
+    return not (x.requires_grad or y.requires_grad)
+
+
+def _autograd_products(f: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor) -> MixedProducts:
+    """`SaddleOperator.mixed_products` by ``torch.autograd``: one graph of the gradients, one backward per product."""
+    with torch.enable_grad():
+        xg, yg = x.detach().requires_grad_(), y.detach().requires_grad_()
+        gx, gy = torch.autograd.grad(f(xg, yg).sum(), (xg, yg), create_graph=True, allow_unused=True)
+    gx = torch.zeros_like(x) if gx is None else gx
+    gy = torch.zeros_like(y) if gy is None else gy
+
+    def pull(out: Tensor, wrt: Tensor, v: Tensor) -> Tensor:
+        """``grad_wrt <out, v>``: zero where ``out`` does not depend on ``wrt``."""
+        if not out.requires_grad:
+            return torch.zeros_like(wrt)
+        with torch.enable_grad():
+            (prod,) = torch.autograd.grad(out, wrt, v, retain_graph=True, allow_unused=True)
+        return torch.zeros_like(wrt) if prod is None else prod
+
+    def xy(v: Tensor) -> Tensor:
+        return pull(gy, xg, v)
+
+    def yx(u: Tensor) -> Tensor:
+        return pull(gx, yg, u)
+
+    return MixedProducts(gx.detach(), gy.detach(), xy, yx)
 
 
 def _batched_matvec(M: Tensor, v: Tensor) -> Tensor:

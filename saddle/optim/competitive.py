@@ -52,13 +52,23 @@ def _check_number(name: str, arg: str, value, valid: Callable[[float], bool], wh
 
 def _flat(pieces: Iterable[Tensor | None], params: list[Tensor], dtype: torch.dtype) -> Tensor:
     """Concatenate per-parameter tensors (None for zero) into one detached vector of ``dtype``."""
-    parts = [(p.new_zeros(p.shape) if g is None else g.detach()).reshape(-1) for g, p in zip(pieces, params)]
-    return torch.cat([t if t.dtype == dtype else t.to(dtype) for t in parts])
+    parts = [(p.new_zeros(p.shape) if g is None else g.detach() if g.requires_grad else g).reshape(-1)
+             for g, p in zip(pieces, params)]
+    parts = [t if t.dtype == dtype else t.to(dtype) for t in parts]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _flat_graph(grads: Iterable[Tensor | None], params: list[Tensor], dtype: torch.dtype) -> Tensor:
+    """Concatenate a player's gradients (None for zero) into one vector of ``dtype`` that keeps their graph."""
+    parts = [(p.new_zeros(p.shape) if g is None else g).reshape(-1) for g, p in zip(grads, params)]
+    parts = [t if t.dtype == dtype else t.to(dtype) for t in parts]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _unflat(vector: Tensor, params: list[Tensor]) -> list[Tensor]:
     """Split a flat vector into pieces shaped (and typed) like ``params``."""
-    pieces = [v.view_as(p) for v, p in zip(vector.split([p.numel() for p in params]), params)]
+    parts = [vector] if len(params) == 1 else vector.split([p.numel() for p in params])
+    pieces = [v.view_as(p) for v, p in zip(parts, params)]
     return [v if v.dtype == p.dtype else v.to(p.dtype) for v, p in zip(pieces, params)]
 
 
@@ -224,8 +234,7 @@ class _Competitive(Optimizer):
         graph = {"min": grads[:len(xs)], "max": grads[len(xs):]}
         # Each player's gradient as one flat vector that keeps its graph: a mixed product is then one
         # backward from one output (cheaper than from one output per parameter tensor).
-        flat_graph = {player: torch.cat([(t.new_zeros(t.shape) if gr is None else gr).reshape(-1).to(dtype)
-                                         for gr, t in zip(graph[player], params[player])]) for player in _PLAYERS}
+        flat_graph = {player: _flat_graph(graph[player], params[player], dtype) for player in _PLAYERS}
         g = {player: flat_graph[player].detach() for player in _PLAYERS}
 
         # Step sizes a (flat, one entry per coordinate) per player.
@@ -234,8 +243,10 @@ class _Competitive(Optimizer):
             sizes = []
             for p, group, grad in zip(ps, groups, graph[player]):
                 size = self._step_sizes(group, p, p.new_zeros(p.shape) if grad is None else grad.detach())
-                sizes.append(torch.as_tensor(size, dtype=dtype, device=p.device).expand(p.shape).reshape(-1))
-            a[player] = torch.cat(sizes)
+                if not (isinstance(size, Tensor) and size.dtype == dtype and size.shape == p.shape):
+                    size = torch.as_tensor(size, dtype=dtype, device=p.device).expand(p.shape)
+                sizes.append(size.reshape(-1))
+            a[player] = sizes[0] if len(sizes) == 1 else torch.cat(sizes)
         root = {player: a[player].sqrt() for player in _PLAYERS}
 
         def mixed(player: str, v: Tensor) -> Tensor:
@@ -278,12 +289,12 @@ class _Competitive(Optimizer):
                                      _unflat(c[player], params[player])):
                     t.add_(dt)
                     self.state[t]["cg_solution"] = ct
-        iterations = int(result.iterations[0])
+        iterations = result.iterations.item()
         self.counts["steps"] += 1
         self.counts["cg_iterations"] += iterations
-        self.info = {"solved_for": solved, "cg_iterations": iterations, "cg_matvecs": int(result.matvecs[0]),
-                     "cg_residual": float(result.residual[0]), "cg_converged": bool(result.converged[0]),
-                     "rhs_norm": float(rhs.norm())}
+        self.info = {"solved_for": solved, "cg_iterations": iterations, "cg_matvecs": result.matvecs.item(),
+                     "cg_residual": result.residual.item(), "cg_converged": result.converged.item(),
+                     "rhs_norm": torch.linalg.vector_norm(rhs).item()}
         return loss
 
 

@@ -391,13 +391,17 @@ class CGO(_Competitive):
     convergence to saddle points for strictly alpha-coherent f, a class that
     grows with alpha. On a bilinear game each singular value sigma contracts
     by ``sqrt(1 - eta sigma^2 (2 alpha - eta) / (1 + alpha^2 sigma^2))`` per
-    step: any ``0 < eta < 2 alpha`` converges.
+    step: any ``0 < eta < 2 alpha`` converges, ``eta = 2 alpha`` only rotates
+    and ``eta > 2 alpha`` diverges (on every bilinear game, and near every
+    equilibrium whose linearization is bilinear, such as the Dirac GAN's).
 
     Args:
         step_size: eta, a float or ``(B,)`` (default ``1 / L``, else 0.1).
         alpha: the interaction weight, > 0, a float or ``(B,)`` (default
             ``2 / L``, else 0.2: near the contraction-optimal
-            ``(eta + sqrt(eta^2 + 4 / sigma^2)) / 2 >= 1.62 / L`` on bilinear games).
+            ``(eta + sqrt(eta^2 + 4 / sigma^2)) / 2 >= 1.62 / L`` on bilinear
+            games; raised to ``2 eta`` where a given step is larger than half
+            of that, so that the default never has ``eta >= 2 alpha``).
         cg_tol: CG's relative tolerance, as for `CGD`.
         cg_max_iters: CG's iteration cap, as for `CGD`.
         warm_start: warm-start CG from the previous solution, as for `CGD`.
@@ -424,8 +428,12 @@ class CGO(_Competitive):
     def _resolve(self, problem) -> tuple[Tensor, Tensor]:
         eta = _default_step(problem, self.c, self.fallback) if self.step_size is None else \
             _batch(self.step_size, "step_size", self.name, problem)
-        alpha = _default_step(problem, self.c_alpha, self.fallback_alpha) if self.alpha is None else \
-            _batch(self.alpha, "alpha", self.name, problem)
+        if self.alpha is None:
+            # At least 2 eta: with alpha <= eta / 2 the step does not converge on any bilinear game (nor
+            # near any equilibrium with a bilinear linearization, such as the Dirac GAN's).
+            alpha = torch.maximum(_default_step(problem, self.c_alpha, self.fallback_alpha), 2 * eta)
+        else:
+            alpha = _batch(self.alpha, "alpha", self.name, problem)
         return eta, alpha
 
     def init(self, problem, z0):
@@ -456,7 +464,8 @@ class OCGO(CGO):
 
     Args:
         step_size: eta, a float or ``(B,)`` (default ``1 / (2 L)``, else 0.05).
-        alpha: the interaction weight, > 0 (default ``2 / L``, else 0.2).
+        alpha: the interaction weight, > 0 (default ``2 / L``, else 0.2, and at
+            least ``2 eta``: with a fixed alpha, large steps diverge on bilinear games).
         cg_tol: CG's relative tolerance, as for `CGD`.
         cg_max_iters: CG's iteration cap, as for `CGD`.
         warm_start: warm-start CG from the previous solution, as for `CGD`.
