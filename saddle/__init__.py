@@ -10,6 +10,7 @@ from .solution import Solution, SolveError, Status
 from .solve import Progress, solve
 from .solvers import ALPD, LPD, InexactALPD
 from .solvers import ACGD, CGD, CGO, OCGO
+from .solvers import ASAM, SAM
 from .solvers import (
     GDA,
     AlternatingGDA,
@@ -43,6 +44,7 @@ __all__ = [
     "GDA", "AlternatingGDA", "Extragradient", "MirrorProx", "EGPlus", "AnchoredEG", "Optimistic", "Reflected", "PDHG",
     "LPD", "ALPD", "InexactALPD",
     "CGD", "ACGD", "CGO", "OCGO",
+    "SAM", "ASAM",
     "compare", "ComparisonRow", "format_table",
     "linprog", "LinearProgram", "LinprogResult",
     "coupling", "merit", "optim", "plot", "sets", "stepsize", "terms",

@@ -140,7 +140,7 @@ class SaddleOperator(Operator):
         _check_vector(u, "u", x, "x")
         return torch.func.jvp(lambda x_: self._grad(x_, y)[1], (x,), (u,))[1]
 
-    def mixed_products(self, z: Point) -> MixedProducts:
+    def mixed_products(self, z: Point, *, transformable: bool = False) -> MixedProducts:
         """The gradients at ``z = (x, y)`` and both mixed products there (`MixedProducts`).
 
         One evaluation of the gradient, kept with its graph; each product is
@@ -149,11 +149,18 @@ class SaddleOperator(Operator):
         ``D_yx u`` the y-part of the pullback of ``(u, 0)``. Outside ``torch.func``
         transforms the graph is an ordinary ``torch.autograd`` one (``D_xy v =
         grad_x <grad_y f, v>``), which is 2.5 to 3 times faster per product on
-        the GAN problems than ``torch.func.vjp`` of ``torch.func.grad`` (used
-        inside transforms, and for points that carry an autograd graph).
+        the GAN problems than ``torch.func.vjp`` of ``torch.func.grad``.
+
+        Args:
+            z: the point ``(x (B, n), y (B, m))``.
+            transformable: use ``torch.func`` throughout, so that the call may
+                sit inside ``torch.func`` transforms (``vmap``, ``grad``, ...).
+                The default uses ``torch.autograd`` unless the point carries an
+                autograd graph or inference mode is on; both give the same
+                products, bit for bit.
         """
         x, y = z
-        if _plain_autograd_applies(x, y):
+        if not transformable and _plain_autograd_applies(x, y):
             return _autograd_products(self.f, x, y)
         (gx, gy), pullback = torch.func.vjp(self._grad, x, y)
         zero_x, zero_y = torch.zeros_like(gx), torch.zeros_like(gy)
@@ -173,15 +180,11 @@ def _plain_autograd_applies(x: Tensor, y: Tensor) -> bool:
     Both differentiate the same operations with the same formulas (the products agree bit for
     bit), but a product through ``torch.func.vjp`` of ``torch.func.grad`` pays the transforms'
     dispatch on every operation of the backward pass: on the vmapped GAN objectives of
-    `problems.gan` it took 2.5 to 3 times as long (CPU, B = 1 and 64). The plain graph is only
-    used outside every ``torch.func`` transform, outside inference mode, and for points that are
-    not themselves part of an autograd graph (whose gradients the ``torch.func`` path would
-    propagate).
+    `problems.gan` it took 2.5 to 3 times as long (CPU, B = 1 and 64). Inference-mode tensors
+    cannot enter an autograd graph, and points that are part of one need their gradients
+    propagated, which the ``torch.func`` path does.
     """
-    stack = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
-    if stack is None or stack() is not None or torch.is_inference_mode_enabled():
-        return False
-    return not (x.requires_grad or y.requires_grad)
+    return not (torch.is_inference_mode_enabled() or x.requires_grad or y.requires_grad)
 
 
 def _autograd_products(f: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor) -> MixedProducts:

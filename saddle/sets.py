@@ -216,26 +216,50 @@ class Box(ConstraintSet):
 class Ball(ConstraintSet):
     """The norm ball ``{u : |u|_p <= radius}`` centred at 0, for p in {1, 2, inf}.
 
+    With ``groups = G > 1`` the set is the product of G such balls, one on each
+    of G equal consecutive slices of the block: ``u`` of shape ``(B, G k)`` is
+    in the set when ``|u_g|_p <= radius`` for every slice ``u_g`` of ``k``
+    coordinates (per-micro-batch perturbations of m-sharpness, for example).
+
     Args:
         radius: a float >= 0 or a ``(B,)`` tensor (per instance).
         p: the norm: 1, 2 or ``math.inf``.
+        groups: G >= 1, the number of balls; the block's size must be a multiple of G.
     """
 
     bounded = True
 
-    def __init__(self, radius=1.0, p: float = 2):
+    def __init__(self, radius=1.0, p: float = 2, *, groups: int = 1):
         self.radius = _check_parameter(radius, "radius", min_value=0.0)
         if isinstance(radius, Tensor) and radius.dim() > 1:
             raise ValueError(f"radius must be a float or a (B,) tensor, got shape {tuple(radius.shape)}")
         if p not in (1, 2, math.inf):
             raise ValueError(f"p must be 1, 2 or math.inf, got {p!r}")
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"groups must be a positive int, got {groups!r}")
         self.p = p
+        self.groups = groups
 
     def _r(self, like: Tensor):
         r = _as_column(self.radius, like)
+        if self.groups > 1 and isinstance(r, Tensor):
+            r = r.unsqueeze(-1)  # (B, 1, 1) against the (B, G, k) view
         return r
 
+    def _split(self, u: Tensor) -> Tensor:
+        """``(B, G k)`` viewed as ``(B, G, k)`` (the block itself when G = 1)."""
+        if self.groups == 1:
+            return u
+        if u.shape[-1] % self.groups:
+            raise ValueError(f"a Ball with groups={self.groups} needs a block size that is a multiple of "
+                             f"{self.groups}, got {u.shape[-1]}")
+        return u.unflatten(-1, (self.groups, u.shape[-1] // self.groups))
+
     def project(self, u: Tensor) -> Tensor:
+        v = self._split(u)
+        return self._project(v).reshape(u.shape)
+
+    def _project(self, u: Tensor) -> Tensor:
         r = self._r(u)
         if self.p == 2:
             norm = u.norm(dim=-1, keepdim=True)
@@ -250,6 +274,10 @@ class Ball(ConstraintSet):
         return torch.where(inside, u, projected)
 
     def lmo(self, g: Tensor) -> Tensor:
+        v = self._split(g)
+        return self._lmo(v).reshape(g.shape)
+
+    def _lmo(self, g: Tensor) -> Tensor:
         r = self._r(g)
         if self.p == 2:
             norm = g.norm(dim=-1, keepdim=True)
@@ -264,13 +292,18 @@ class Ball(ConstraintSet):
     def support(self, v: Tensor) -> Tensor:
         dual = {2: 2, math.inf: 1, 1: math.inf}[self.p]
         r = self.radius if isinstance(self.radius, Real) else self.radius.to(device=v.device, dtype=v.dtype)
-        return r * torch.linalg.vector_norm(v, ord=dual, dim=-1)
+        norms = torch.linalg.vector_norm(self._split(v), ord=dual, dim=-1)
+        return r * (norms.sum(-1) if self.groups > 1 else norms)
 
     def check(self, batch_size: int, dim: int, name: str = "set") -> None:
         _check_parameter_shape(self.radius, f"{name}.radius", batch_size, dim)
+        if dim % self.groups:
+            raise ValueError(f"{name} is a Ball with groups={self.groups}; the block size {dim} is not a multiple "
+                             f"of {self.groups}")
 
     def __repr__(self) -> str:
-        return f"Ball(radius={_short(self.radius)}, p={self.p})"
+        groups = f", groups={self.groups}" if self.groups > 1 else ""
+        return f"Ball(radius={_short(self.radius)}, p={self.p}{groups})"
 
 
 class Simplex(ConstraintSet):

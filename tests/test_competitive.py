@@ -189,6 +189,21 @@ def test_saddle_operator_products_and_non_interacting_instances():
     assert torch.equal(out[[0, 1, 3]], torch.zeros(3, 4, dtype=torch.float64))
 
 
+def test_autograd_and_torch_func_products_agree_and_the_transformable_path_vmaps():
+    problem = tanh_game(B=3)
+    op, z = problem.operator, problem.z0
+    v = torch.randn(3, 3, dtype=torch.float64)
+    u = torch.randn(3, 4, dtype=torch.float64)
+    plain, functional = op.mixed_products(z), op.mixed_products(z, transformable=True)
+    for a, b in [(plain.grad_x, functional.grad_x), (plain.grad_y, functional.grad_y),
+                 (plain.xy(v), functional.xy(v)), (plain.yx(u), functional.yx(u))]:
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-14)
+    # Inside vmap (over a leading axis of directions) only the torch.func path applies.
+    vs = torch.stack([v, 2.0 * v])
+    got = torch.func.vmap(lambda w: op.mixed_products(z, transformable=True).xy(w))(vs)
+    torch.testing.assert_close(got[1], 2.0 * plain.xy(v), rtol=0, atol=1e-12)
+
+
 def test_bilinear_coupling_products_are_exactly_the_products_with_K():
     problem = quadratic_game()
     K = problem.K  # f = ... + <K x, y>: D_xy f = K^T

@@ -59,6 +59,25 @@ BILINEAR = ("bilinear", "xy")
 # ACGD's default learning rate (1e-3, meant for GAN training) is slow on these small problems.
 SOLVER_SETTINGS = {"acgd": {"step_size": 0.05}}
 
+# SAM and ASAM: presets of the extragradient step for min_w max_{e in Ball} L(w + e); tested on
+# quadratic sharpness problems (below), and SAM on any problem whose max player's set is bounded.
+SAM_FAMILY = ["sam", "asam"]
+
+
+def sharpness_quadratic(batch_size=3, *, adaptive=False, rho=None, index=None, device=None):
+    """L(w) = 1/2 w^T H w with H SPD (eigenvalues in [1, 4]) per instance; instance ``index`` alone if given."""
+    gen = torch.Generator().manual_seed(11)
+    Q, _ = torch.linalg.qr(torch.randn(batch_size, 5, 5, dtype=torch.float64, generator=gen))
+    H = Q @ torch.diag_embed(torch.linspace(1.0, 4.0, 5, dtype=torch.float64).expand(batch_size, 5)) @ Q.mT
+    w0 = torch.randn(batch_size, 5, dtype=torch.float64, generator=gen)
+    rho = torch.tensor([0.05, 0.2, 0.5], dtype=torch.float64)[:batch_size] if rho is None else rho
+    if index is not None:
+        H, w0, rho = H[index:index + 1], w0[index:index + 1], rho[index:index + 1]
+    H, w0, rho = (t.to(device) for t in (H, w0, rho))
+    return problems.get("sharpness", loss=lambda w: 0.5 * (w.unsqueeze(-2) @ H @ w.unsqueeze(-1))[..., 0, 0],
+                        w0=w0, rho=rho, adaptive=adaptive)
+
+
 # Extragradient-type methods converge on LPs too, but need ~10^4 iterations there: too slow to test to 1e-9.
 SLOW_FOR_MONOTONE = {"linear_program"}
 
@@ -71,7 +90,7 @@ CONVERGENT = [(s, p) for s in MONOTONE for p in PROBLEMS if p not in SLOW_FOR_MO
 
 def test_every_registered_solver_is_covered():
     assert set(saddle.solver_names()) == set(MONOTONE) | set(STRONGLY_MONOTONE) | set(SUBLINEAR) | \
-        set(PRIMAL_DUAL) | set(LINEARIZED_PD) | set(COMPETITIVE) | set(ADAPTIVE_COMPETITIVE)
+        set(PRIMAL_DUAL) | set(LINEARIZED_PD) | set(COMPETITIVE) | set(ADAPTIVE_COMPETITIVE) | set(SAM_FAMILY)
 
 
 @pytest.mark.parametrize("solver", COMPETITIVE + ADAPTIVE_COMPETITIVE)
@@ -159,6 +178,10 @@ def _ids(case):
 
 
 def _applies(solver, name):
+    if solver == "asam":
+        return False  # needs a Euclidean ball for the max player: the sharpness tests below
+    if solver == "sam" and name not in ("quadratic_box", "matrix_game_entropic"):
+        return False  # needs a bounded set for the max player
     if solver in STRONGLY_MONOTONE + LINEARIZED_PD and name not in STRONGLY_CONCAVE:
         return False  # GDA has no default step without strong monotonicity; LPD needs h strongly convex
     if solver in COMPETITIVE + ADAPTIVE_COMPETITIVE and name not in UNCONSTRAINED:
@@ -181,9 +204,10 @@ def test_batched_solve_equals_loop_of_single_solves(solver, settings, name):
         assert batched.iterations[i] == single.iterations[0]
 
 
-@pytest.mark.parametrize("solver", sorted(set(saddle.solver_names()) - set(LINEARIZED_PD)))
+@pytest.mark.parametrize("solver", sorted(set(saddle.solver_names()) - set(LINEARIZED_PD) - set(SAM_FAMILY)))
 def test_per_instance_step_sizes(solver):
-    # (LPD and ALPD take per-instance constants instead: test_linearized_primal_dual.py.)
+    # (LPD and ALPD take per-instance constants instead: test_linearized_primal_dual.py; SAM and ASAM:
+    # test_sam_family_batched_solve_equals_loop_of_single_solves.)
     unconstrained = solver in PRIMAL_DUAL + COMPETITIVE + ADAPTIVE_COMPETITIVE
     problem = problems.get("quadratic", n=6, m=4, batch_size=3, seed=3, box=None if unconstrained else 0.3)
     L = problem.lipschitz()
@@ -227,11 +251,13 @@ def test_stopped_instances_stay_bitwise_unchanged(solver):
 
 def _calls_per_iteration(solver):
     return {"extragradient": 2, "mirror_prox": 2, "eg_plus": 2, "anchored_eg": 2, "optimistic": 1, "reflected": 1,
-            "gda": 1, "alternating_gda": 2, "pdhg": 1, "cgd": 1, "acgd": 1, "cgo": 1, "ocgo": 2}[solver]
+            "gda": 1, "alternating_gda": 2, "pdhg": 1, "cgd": 1, "acgd": 1, "cgo": 1, "ocgo": 2, "sam": 2,
+            "asam": 2}[solver]
 
 
 def _calls_at_init(solver):
-    return {"reflected": 0, "alternating_gda": 0, "cgd": 0, "acgd": 0, "cgo": 0, "ocgo": 0}.get(solver, 1)
+    return {"reflected": 0, "alternating_gda": 0, "cgd": 0, "acgd": 0, "cgo": 0, "ocgo": 0, "sam": 0,
+            "asam": 0}.get(solver, 1)
 
 
 @pytest.mark.parametrize("solver", saddle.solver_names())
@@ -241,7 +267,8 @@ def test_operator_call_counts_are_exact(solver):
                     "test_linearized_primal_dual_counts_gradients")
     # (Competitive methods: their mixed-product counts are tested in test_competitive.py.)
     competitive = solver in COMPETITIVE + ADAPTIVE_COMPETITIVE
-    problem, op = counting(PROBLEMS["quadratic" if competitive else "quadratic_box"]())
+    problem, op = counting(sharpness_quadratic() if solver in SAM_FAMILY else
+                           PROBLEMS["quadratic" if competitive else "quadratic_box"]())
     s = saddle.get_solver(solver)
     state = s.init(problem, problem.z0)
     z = problem.z0
@@ -337,7 +364,8 @@ def test_backtracking_counts_trials_and_accepted_steps(solver):
 @pytest.mark.parametrize("solver", saddle.solver_names())
 def test_solve_does_not_mutate_inputs(solver):
     unconstrained = solver in PRIMAL_DUAL + LINEARIZED_PD + COMPETITIVE + ADAPTIVE_COMPETITIVE
-    problem = PROBLEMS["quadratic" if unconstrained else "quadratic_box"]()
+    problem = sharpness_quadratic() if solver in SAM_FAMILY else \
+        PROBLEMS["quadratic" if unconstrained else "quadratic_box"]()
     z0 = tuple(b.clone() for b in problem.z0)
     saddle.solve(problem, solver, max_iters=20)
     for a, b in zip(problem.z0, z0):
@@ -356,3 +384,62 @@ def test_cpu_and_gpu_agree(solver, name):
     for a, b in zip(cpu.z, gpu.z):
         torch.testing.assert_close(a, b.cpu(), rtol=0, atol=1e-10)
     assert torch.equal(cpu.operator_calls, gpu.operator_calls.cpu())
+
+
+# -- SAM and ASAM on sharpness problems -----------------------------------------------------------
+
+@pytest.mark.parametrize("solver", SAM_FAMILY)
+def test_sam_family_settles_within_the_theoretical_neighbourhood(solver):
+    # w+ = (I - lr H) w - lr H e with |e| <= rho max_i T_i (T = 1 for SAM, |w| + eta for ASAM): with
+    # lr = 1 / L the linear part contracts by 1 - mu / L, so limsup |w| <= (L / mu) rho max T.
+    problem = sharpness_quadratic(adaptive=solver == "asam")
+    mu, L = 1.0, 4.0
+    largest_T = []
+    sol = saddle.solve(problem, solver, step_size=1 / L, tol=0.0, max_iters=400, check_every=1,
+                       callback=lambda p: largest_T.append(p.z[0].abs().amax(-1) + 0.01))
+    T = torch.stack(largest_T[200:]).amax(0) if solver == "asam" else torch.ones(3, dtype=torch.float64)
+    assert (sol.x.norm(dim=-1) <= L / mu * problem.rho * T).all()
+    # ... and it gets there from |w0| ~ 2: a real decrease, not a start already inside.
+    assert (problem.z0[0].norm(dim=-1) > 2 * L / mu * problem.rho * T).any()
+
+
+@pytest.mark.parametrize("solver", SAM_FAMILY)
+def test_sam_family_batched_solve_equals_loop_of_single_solves(solver):
+    problem = sharpness_quadratic(adaptive=solver == "asam")
+    steps = torch.tensor([0.1, 0.2, 0.25], dtype=torch.float64)
+    batched = saddle.solve(problem, solver, step_size=steps, momentum=0.5, tol=0.0, max_iters=50)
+    for i in range(3):
+        single = saddle.solve(sharpness_quadratic(adaptive=solver == "asam", index=i), solver,
+                              step_size=float(steps[i]), momentum=0.5, tol=0.0, max_iters=50)
+        for a, b in zip(batched.z, single.z):
+            torch.testing.assert_close(a[i:i + 1], b, rtol=0, atol=1e-13)
+        assert batched.operator_calls[i] == single.operator_calls[0] == 100
+
+
+@pytest.mark.parametrize("solver", SAM_FAMILY)
+def test_sam_family_stopped_instances_stay_bitwise_unchanged(solver):
+    problem = sharpness_quadratic(adaptive=solver == "asam", rho=torch.full((3,), 1e-3, dtype=torch.float64))
+    r0 = saddle.merit.residual(problem, problem.z0)
+    tol = r0 * torch.tensor([0.5, 0.05, 0.0], dtype=torch.float64)
+    seen = []
+    sol = saddle.solve(problem, solver, step_size=0.1, tol=tol, max_iters=300, check_every=5,
+                       callback=lambda p: seen.append((p.status.clone(), p.z[0].clone())))
+    stopped = {}
+    for status, w in seen:
+        for i in range(3):
+            if status[i] != Status.RUNNING and i not in stopped:
+                stopped[i] = w[i].clone()
+            elif i in stopped:
+                assert torch.equal(w[i], stopped[i]), f"instance {i} moved after it stopped"
+    assert set(stopped) == {0, 1}
+    assert torch.equal(sol.x[0], stopped[0]) and torch.equal(sol.x[1], stopped[1])
+    assert sol.status[2] == Status.MAX_ITERS
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("solver", SAM_FAMILY)
+def test_sam_family_cpu_and_gpu_agree(solver):
+    cpu = saddle.solve(sharpness_quadratic(adaptive=solver == "asam"), solver, tol=0.0, max_iters=100)
+    gpu = saddle.solve(sharpness_quadratic(adaptive=solver == "asam", device="cuda"), solver, tol=0.0, max_iters=100)
+    torch.testing.assert_close(cpu.x, gpu.x.cpu(), rtol=0, atol=1e-10)

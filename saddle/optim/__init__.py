@@ -2,8 +2,10 @@
 
 `CGD` and `ACGD` train a min player and a max player on one loss with
 competitive gradient steps (conjugate gradients on Hessian-vector products).
+`SAM` wraps any optimizer with sharpness-aware minimization (and ASAM).
 """
 
 from .competitive import ACGD, CGD
+from .sam import SAM
 
-__all__ = ["CGD", "ACGD"]
+__all__ = ["SAM", "CGD", "ACGD"]

@@ -7,6 +7,7 @@ from .gda import GDA, AlternatingGDA, GDAState
 from .optimistic import Optimistic, Reflected, SingleCallState
 from .primal_dual import PDHG, PDHGState
 from .linearized_primal_dual import ALPD, LPD, InexactALPD, LinearizedPDState
+from .sam import ASAM, SAM, SAMState
 
 __all__ = [
     "Solver", "get_solver", "register", "solver_names",
@@ -16,4 +17,5 @@ __all__ = [
     "PDHG", "PDHGState",
     "LPD", "ALPD", "InexactALPD", "LinearizedPDState",
     "CGD", "ACGD", "CGO", "OCGO", "CompetitiveState",
+    "SAM", "ASAM", "SAMState",
 ]

@@ -1,0 +1,193 @@
+"""Sharpness-aware minimization as a ``torch.optim`` optimizer wrapping a base optimizer.
+
+``SAM(params, base_optimizer, rho)`` takes each step in two passes (Foret et
+al., arXiv 2010.01412; the interface of the widely used davda54/sam code):
+
+1. ``first_step()``: with the gradient ``g = grad L(w)`` in ``.grad``, move
+   the parameters to ``w + e``, ``e = rho T^2 g / |T g|`` (the linear maximizer
+   of the loss over the ball; ``T = I``, or ``T = diag(|w| + eta)`` when
+   ``adaptive=True``, ASAM, Kwon et al. arXiv 2102.11600), the norm taken over
+   all parameters of all groups;
+2. ``second_step()``: with ``grad L(w + e)`` in ``.grad``, restore ``w``
+   exactly and let the base optimizer step from ``w`` with that gradient.
+
+The perturbation is `saddle.solvers.sam.sam_perturbation`, the function the
+`saddle.SAM` solver uses, on multi-tensor ``torch._foreach_*`` kernels.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Callable
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from ..solvers.sam import perturbation_norm, sam_perturbation
+
+__all__ = ["SAM"]
+
+
+def _check_rho(rho, where: str) -> None:
+    if isinstance(rho, bool) or not isinstance(rho, Real):
+        raise TypeError(f"SAM: {where}rho must be a float, got {type(rho).__name__}")
+    if not (rho >= 0 and math.isfinite(rho)):
+        raise ValueError(f"SAM: {where}rho must be finite and >= 0, got {rho!r}")
+
+
+def _check_eta(eta, where: str) -> None:
+    if isinstance(eta, bool) or not isinstance(eta, Real) or not (eta >= 0 and math.isfinite(eta)):
+        raise ValueError(f"SAM: {where}adaptive_eta must be a finite float >= 0, got {eta!r}")
+
+
+class SAM(Optimizer):
+    """Sharpness-aware minimization around any ``torch.optim`` optimizer.
+
+    Args:
+        params: the parameters (an iterable of tensors, a model's
+            ``parameters()``, or parameter groups as dicts; a group may set its
+            own ``rho``, ``adaptive``, ``adaptive_eta`` and base-optimizer options).
+        base_optimizer: the class of the base optimizer (``torch.optim.SGD``,
+            ``torch.optim.Adam``, ...); it is built on the same parameter groups,
+            so learning-rate schedulers attached to this optimizer drive it.
+        rho: the radius of the perturbation ball (default 0.05; Foret et al.).
+        adaptive: ASAM's scale-invariant ball ``{|T_w^-1 e| <= rho}``, ``T_w = diag(|w| + eta)``.
+        adaptive_eta: eta in ``T_w`` (0.01, Kwon et al.'s code and `saddle.ASAM`'s
+            default; 0 gives davda54/sam's ``T_w = |w|``).
+        **base_kwargs: options of the base optimizer (``lr``, ``momentum``, ...).
+
+    Use either the two explicit passes::
+
+        loss_fn(model(x), y).backward()
+        opt.first_step(zero_grad=True)
+        loss_fn(model(x), y).backward()
+        opt.second_step(zero_grad=True)
+
+    or, after the first backward, ``opt.step(closure)`` with a closure that
+    recomputes the loss and calls ``backward()`` (it runs at ``w + e``).
+
+    Memory: one buffer the size of the parameters (the saved ``w``),
+    allocated at the first step and reused.
+
+    m-sharpness (a perturbation per micro-batch) is one step of this optimizer
+    per micro-batch only in data-parallel training (each process perturbs with
+    its own gradient); in one process use `problems.sharpness.sharpness` with
+    ``micro_batches`` and the `saddle.SAM` solver. BatchNorm statistics: the
+    second forward pass runs at ``w + e``; put BatchNorm layers in ``eval()``
+    (or momentum 0) for it if they must only see ``w``.
+    """
+
+    def __init__(self, params, base_optimizer: type[Optimizer], rho: float = 0.05, adaptive: bool = False,
+                 adaptive_eta: float = 0.01, **base_kwargs):
+        if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer)):
+            raise TypeError("SAM: base_optimizer must be a torch.optim.Optimizer class (e.g. torch.optim.SGD), got "
+                            f"{base_optimizer!r}")
+        _check_rho(rho, "")
+        if not isinstance(adaptive, bool):
+            raise TypeError(f"SAM: adaptive must be a bool, got {type(adaptive).__name__}")
+        _check_eta(adaptive_eta, "")
+        defaults = dict(rho=rho, adaptive=adaptive, adaptive_eta=adaptive_eta, **base_kwargs)
+        super().__init__(params, defaults)
+        for i, group in enumerate(self.param_groups):
+            _check_rho(group["rho"], f"param_groups[{i}].")
+            _check_eta(group["adaptive_eta"], f"param_groups[{i}].")
+        self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
+        self.param_groups = self.base_optimizer.param_groups  # one list: schedulers and the base see the same lr
+        self.defaults.update(self.base_optimizer.defaults)
+        self._saved: list[tuple[list[Tensor], list[Tensor]]] | None = None  # (params, copies of w) per group
+        # Not part of state_dict: scratch space (a copy of the parameters) reused by every step.
+        self._workspace: dict[Tensor, Tensor] = {}
+
+    def _copies(self, params: list[Tensor]) -> list[Tensor]:
+        """Persistent buffers for the copy of ``w``, per parameter (allocated once: on CPU a fresh
+        multi-megabyte buffer costs page faults at every step)."""
+        for p in params:
+            if p not in self._workspace:
+                self._workspace[p] = torch.empty_like(p)
+        return [self._workspace[p] for p in params]
+
+    def _with_grads(self, group) -> list[Tensor]:
+        return [p for p in group["params"] if p.grad is not None]
+
+    @torch.no_grad()
+    def first_step(self, zero_grad: bool = False) -> None:
+        """Move the parameters from ``w`` to ``w + e`` using the gradients in ``.grad``."""
+        if self._saved is not None:
+            raise RuntimeError("SAM: first_step was called twice without second_step in between")
+        groups = [(g, self._with_grads(g)) for g in self.param_groups]
+        if not any(params for _, params in groups):
+            raise RuntimeError("SAM: no parameter has a gradient; call loss.backward() before first_step/step")
+        scaled, pieces = [], []
+        for group, params in groups:
+            grads = [p.grad for p in params]
+            scales = torch._foreach_add(torch._foreach_abs(params), group["adaptive_eta"]) \
+                if group["adaptive"] and params else None
+            pieces.append((grads, scales))
+            scaled += grads if scales is None else torch._foreach_mul(grads, scales)
+        # One norm over all groups (as in Foret et al. and davda54/sam); each group has its own rho.
+        norm = perturbation_norm([t.to(scaled[0].dtype) for t in scaled]) if len({t.dtype for t in scaled}) > 1 \
+            else perturbation_norm(scaled)
+        saved = []
+        for (group, params), (grads, scales) in zip(groups, pieces):
+            if not params:
+                saved.append(([], []))
+                continue
+            copies = self._copies(params)
+            torch._foreach_copy_(copies, params)  # w, restored exactly by second_step
+            sam_perturbation(grads, group["rho"], scales=scales, norm=norm.to(grads[0].dtype), add_to=params)
+            saved.append((params, copies))
+        self._saved = saved
+        if zero_grad:
+            self.zero_grad()
+
+    @torch.no_grad()
+    def second_step(self, zero_grad: bool = False) -> None:
+        """Restore ``w`` exactly and take the base optimizer's step with the gradients at ``w + e``."""
+        if self._saved is None:
+            raise RuntimeError("SAM: second_step needs a first_step before it")
+        for params, copies in self._saved:
+            if params:
+                torch._foreach_copy_(params, copies)
+        self._saved = None
+        self.base_optimizer.step()
+        if zero_grad:
+            self.zero_grad()
+
+    def step(self, closure: Callable[[], Tensor] | None = None):
+        """One SAM step: `first_step`, ``closure()`` at ``w + e`` (it must call ``backward()``), `second_step`.
+
+        The gradient at ``w`` must already be in ``.grad``. Returns the
+        closure's loss (at ``w + e``).
+        """
+        if closure is None:
+            raise RuntimeError("SAM.step needs a closure that recomputes the loss and calls backward() (or call "
+                               "first_step() and second_step() yourself)")
+        self.first_step(zero_grad=True)
+        with torch.enable_grad():
+            loss = closure()
+        self.second_step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base_optimizer.zero_grad(set_to_none)
+
+    def state_dict(self) -> dict:
+        """This optimizer's groups plus the base optimizer's state (momentum buffers, Adam moments)."""
+        if self._saved is not None:
+            raise RuntimeError("SAM: state_dict between first_step and second_step would save the perturbed "
+                               "weights; save after second_step")
+        state = super().state_dict()
+        state["base_optimizer"] = self.base_optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        if "base_optimizer" not in state_dict:
+            raise ValueError("SAM.load_state_dict: the state has no 'base_optimizer' entry (was it saved by "
+                             "saddle.optim.SAM?)")
+        base = state_dict.pop("base_optimizer")
+        super().load_state_dict(state_dict)
+        self.base_optimizer.load_state_dict(base)
+        self.param_groups = self.base_optimizer.param_groups
