@@ -14,8 +14,8 @@ momentum), on the same data, the script times one training step of:
 It prints a markdown table of median milliseconds per step (over ``--repeats``
 rounds of ``--steps`` steps, the three variants interleaved so that they see
 the same machine state) and the ratios ``saddle / (2 x base)`` (target
-<= 1.05) and ``loop / saddle``. It also checks that ``saddle`` and ``loop``
-produce the same parameters.
+<= 1.05) and ``loop / saddle``. It also checks that one ``saddle`` step and
+one ``loop`` step from the same weights give the same parameters (to rounding).
 
     python benchmarks/sam.py            # CPU, or CUDA when available (--device)
     python benchmarks/sam.py --quick
@@ -114,6 +114,11 @@ def run(name: str, make, batch: int, steps: int, repeats: int, device: torch.dev
         loop.second_step()
 
     variants = {"2 x base": base_step, "saddle": saddle_step, "loop": loop_step}
+    # One step of each SAM from the same weights: the two implementations agree to rounding (the loop adds
+    # 1e-12 to the norm, as the reference code does); over the timed steps the difference grows chaotically.
+    saddle_step()
+    loop_step()
+    diff = max((a - b).abs().max().item() for a, b in zip(models["saddle"].parameters(), models["loop"].parameters()))
     for fn in variants.values():  # warm-up
         fn()
     times = {k: [] for k in variants}
@@ -125,7 +130,6 @@ def run(name: str, make, batch: int, steps: int, repeats: int, device: torch.dev
                 fn()
             sync(device)
             times[k].append((time.perf_counter() - t) / steps * 1e3)
-    diff = max((a - b).abs().max().item() for a, b in zip(models["saddle"].parameters(), models["loop"].parameters()))
     n_params = sum(p.numel() for p in models["base"].parameters())
     n_tensors = sum(1 for _ in models["base"].parameters())
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -148,7 +152,7 @@ def main(argv=None) -> None:
     print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"{repeats} x {steps} steps per variant\n")
     print("| model | parameters (tensors) | 2 x base step (ms) | saddle SAM (ms) | loop SAM (ms) "
-          "| saddle / (2 x base) | loop / saddle | max param diff saddle vs loop |")
+          "| saddle / (2 x base) | loop / saddle | first-step difference saddle vs loop |")
     print("|---|---|---|---|---|---|---|---|")
     for name, make, batch in cases:
         r = run(name, make, batch, steps, repeats, device)

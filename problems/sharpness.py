@@ -202,8 +202,12 @@ def sharpness(loss: Callable[[Tensor], Tensor] | None = None, w0: Tensor | None 
         micro_batches: G >= 1, m-sharpness with G equal micro-batches of the
             data, each with its own perturbation (model or default form only;
             the number of samples must be a multiple of G).
-        batch_size, seed, device, dtype: the batch (``batch_size`` is B; the
-            model and ``loss`` forms take B from ``w0`` or this argument).
+        width: the default MLP's hidden width.
+        n_samples: the default data set's size.
+        batch_size: B (the ``loss`` form takes B from ``w0`` when it is ``(B, n)``).
+        seed: the seed of the default model's initialization and data.
+        device: the device of the model form and the default.
+        dtype: the dtype of the model form and the default (float64).
 
     There is no exact reference: the sharpness problem's inner maximum is
     NP-hard in general and SAM only approximates it. `largest_hessian_eigenvalue`

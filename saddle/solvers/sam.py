@@ -135,9 +135,11 @@ class SAM(Solver):
 
     Args:
         step_size: the learning rate, a float or ``(B,)`` tensor (default 0.1).
-        momentum, dampening, nesterov, weight_decay: the base SGD step, as in
-            ``torch.optim.SGD`` (with momentum mu the first step sets the buffer
-            to the gradient d, later ones ``mu b + (1 - dampening) d``).
+        momentum: mu of the base SGD step, as in ``torch.optim.SGD`` (the first
+            step sets the buffer to the gradient d, later ones ``mu b + (1 - dampening) d``).
+        dampening: as in ``torch.optim.SGD``.
+        nesterov: Nesterov momentum, as in ``torch.optim.SGD``.
+        weight_decay: adds ``weight_decay * w`` to the gradient, as in ``torch.optim.SGD``.
 
     Two operator calls per step. ``e`` is 0 after every step.
     """
@@ -226,7 +228,11 @@ class ASAM(SAM):
     Args:
         eta: the offset in ``T_w`` (the paper's eta; default: the problem's
             when it is an adaptive sharpness problem, else 0.01).
-        step_size, momentum, dampening, nesterov, weight_decay: as for `SAM`.
+        step_size: as for `SAM`.
+        momentum: as for `SAM`.
+        dampening: as for `SAM`.
+        nesterov: as for `SAM`.
+        weight_decay: as for `SAM`.
     """
 
     eta: float | None = None
