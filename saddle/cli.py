@@ -1,4 +1,4 @@
-"""The ``saddle`` command: ``saddle compare`` (the main job) and ``saddle solve``.
+"""The ``saddle`` command: ``saddle compare`` (the main job), ``saddle solve`` and ``saddle bench``.
 
 Problems and solvers are given as ``NAME`` or ``NAME:key=value,key=value``,
 e.g. ``--problem matrix_game:n=100`` or ``--solver extragradient:step_size=0.05``;
@@ -87,6 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     slv.add_argument("problem", metavar="PROBLEM[:k=v,...]")
     slv.add_argument("--solver", "-s", default="extragradient", metavar="NAME[:k=v,...]")
     _common(slv)
+
+    bench = sub.add_parser("bench", help="run every benchmark script and write one markdown report of the ratios",
+                           description="Run the scripts in benchmarks/ (quick settings unless --full), gather every "
+                           "ratio against a named baseline from their tables into one markdown table, and write the "
+                           "report with each script's output.")
+    bench.add_argument("--folder", default=None,
+                       help="the benchmarks folder (default: benchmarks/ of this source checkout)")
+    bench.add_argument("--only", action="append", default=None, metavar="NAME",
+                       help="run only this script (repeatable; e.g. sam, matrix_games)")
+    bench.add_argument("--full", action="store_true", help="the scripts' full settings instead of --quick")
+    bench.add_argument("--device", default=None, help="passed to the scripts that take --device (e.g. cuda)")
+    bench.add_argument("--timeout", type=float, default=3600.0, help="seconds per script (default: 3600)")
+    bench.add_argument("--output", "-o", default="saddle-bench.md", help="the report (default: saddle-bench.md)")
     return parser
 
 
@@ -170,12 +183,33 @@ def _solve(args) -> int:
     return 0 if bool(sol.success.all()) else 1
 
 
+def _bench(args) -> int:
+    from .bench import find_scripts, report, run_benchmarks
+
+    folder = Path(args.folder) if args.folder else Path(__file__).resolve().parents[1] / "benchmarks"
+    scripts = find_scripts(folder)
+    if args.only:
+        unknown = set(args.only) - {s.stem for s in scripts}
+        if unknown:
+            raise ValueError(f"--only: no benchmark script(s) {sorted(unknown)} in {folder}; there are "
+                             f"{', '.join(s.stem for s in scripts)}")
+        scripts = [s for s in scripts if s.stem in args.only]
+    runs = run_benchmarks(scripts, quick=not args.full, device=args.device, timeout=args.timeout)
+    text = report(runs, device=args.device)
+    Path(args.output).write_text(text)
+    print(text.split("## Script outputs")[0].rstrip())
+    print(f"\nreport written to {args.output}")
+    return 0 if all(r.returncode == 0 for r in runs) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command == "compare":
             return _compare(args)
+        if args.command == "bench":
+            return _bench(args)
         return _solve(args)
     except (ValueError, TypeError) as err:
         print(f"saddle {args.command}: error: {err}", file=sys.stderr)
