@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from numbers import Integral, Real
 from typing import Any, Callable, NamedTuple
@@ -11,6 +12,7 @@ import torch
 from torch import Tensor
 
 from . import merit
+from .checkpoint import load_checkpoint, save_checkpoint
 from .point import Point, all_finite, as_point, where
 from .solution import Solution, SolveError, Status, empty_status
 from .solvers.base import Solver, get_solver
@@ -52,6 +54,9 @@ def solve(
     throw: bool = False,
     history: bool = True,
     divergence_factor: float = 1e8,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    resume: str | os.PathLike | None = None,
     **settings,
 ) -> Solution:
     """Solve a batch of VIs with one solver; every instance stops on its own.
@@ -78,6 +83,15 @@ def solve(
         divergence_factor: an instance is `DIVERGED` when its iterate is not
             finite, or when its residual exceeds ``divergence_factor *
             max(initial residual, tol)``.
+        checkpoint: a file to save the solve's state to (`saddle.checkpoint`):
+            every ``checkpoint_every`` iterations and at the end, written
+            atomically (a temporary file renamed over the target).
+        checkpoint_every: iterations between checkpoints, a multiple of
+            ``check_every`` (default: ``check_every``).
+        resume: a checkpoint file to continue from: the same problem and
+            solver; the iterates are bit-identical to those of an
+            uninterrupted solve (on the same device), up to ``max_iters``
+            iterations in all.
         **settings: the solver's settings when ``solver`` is a name, e.g.
             ``step_size=0.1``.
 
@@ -92,6 +106,7 @@ def solve(
     extra = tuple(problem.extra_measures())
     _check_options(max_iters, check_every, measure, max_operator_calls, divergence_factor, extra)
     solver.check(problem)
+    checkpoint_every = _checkpoint_options(checkpoint, checkpoint_every, check_every)
     B, device = problem.batch_size, problem.device
     tol_t = _tolerance(tol, B, problem)
     gap_available = problem.duality_gap(problem.z0) is not None
@@ -124,9 +139,26 @@ def solve(
     active = torch.ones(B, dtype=torch.bool, device=device)
     iterations = torch.zeros(B, dtype=torch.int64, device=device)
     rows: list[dict] = []
-    bar = _progress_bar(max_iters, solver) if progress else None
     floor: Tensor | None = None
     n_active = B
+    k = 0
+    if resume is not None:
+        saved = load_checkpoint(resume, map_location=device)
+        if saved["solver"] != repr(solver) or saved["batch_size"] != B:
+            raise ValueError(f"resume: the checkpoint was written by {saved['solver']} on a batch of "
+                             f"{saved['batch_size']}; this solve runs {solver!r} on {B}")
+        z, state, status, active = saved["z"], saved["state"], saved["status"], saved["active"]
+        iterations, k, floor, rows = saved["iterations"], saved["k"], saved["floor"], saved["rows"]
+        n_active = int(active.sum())
+        if saved.get("problem_rng") is not None:
+            problem.set_rng_state(saved["problem_rng"])
+    bar = _progress_bar(max_iters, solver) if progress else None
+
+    def save(k: int) -> None:
+        save_checkpoint(checkpoint, {
+            "solver": repr(solver), "batch_size": B, "z": z, "state": state, "status": status, "active": active,
+            "iterations": iterations, "k": k, "floor": floor, "rows": rows,
+            "problem_rng": problem.rng_state() if hasattr(problem, "rng_state") else None})
 
     def check(k: int) -> bool:
         """Stop converged or diverged instances; record; return True to stop the loop."""
@@ -163,8 +195,7 @@ def solve(
             bar.set_postfix(active=n_active, **{measure: f"{worst:.2e}"})
         return stop or n_active == 0
 
-    done = check(0)
-    k = 0
+    done = check(0) if resume is None else (n_active == 0)
     while not done and k < max_iters:
         # While every instance runs and no budget applies, nothing needs freezing
         # between checks: the batch steps as a whole, and an instance that turns
@@ -201,8 +232,12 @@ def solve(
             status = torch.where(failed, int(Status.DIVERGED), status)
             active = active & ~failed
         done = check(k)
+        if checkpoint is not None and k % checkpoint_every == 0:
+            save(k)
     if bar is not None:
         bar.close()
+    if checkpoint is not None:
+        save(k)  # the final state: a later solve may resume from it with a larger max_iters
 
     status = torch.where(status == int(Status.RUNNING), int(Status.MAX_ITERS), status)
     out, measures = evaluate(z, state)
@@ -222,6 +257,25 @@ def solve(
     if throw and not bool(solution.success.all()):
         raise SolveError(solution)
     return solution
+
+
+def _checkpoint_options(checkpoint, checkpoint_every, check_every) -> int | None:
+    if checkpoint is None:
+        if checkpoint_every is not None:
+            raise ValueError("checkpoint_every needs checkpoint, a file to write to")
+        return None
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a path, got {type(checkpoint).__name__}")
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    if not os.path.isdir(folder):
+        raise ValueError(f"checkpoint: the folder {folder!r} does not exist")
+    if checkpoint_every is None:
+        return check_every
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, Integral) or checkpoint_every < 1 \
+            or checkpoint_every % check_every:
+        raise ValueError(f"checkpoint_every must be a positive multiple of check_every = {check_every}, "
+                         f"got {checkpoint_every!r}")
+    return int(checkpoint_every)
 
 
 def _check_options(max_iters, check_every, measure, max_operator_calls, divergence_factor, extra=()) -> None:
