@@ -52,7 +52,7 @@ def solve(
     callback: Callable[[Progress], bool | None] | None = None,
     progress: bool = False,
     throw: bool = False,
-    history: bool = True,
+    history: bool | int = True,
     divergence_factor: float = 1e8,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
@@ -79,7 +79,12 @@ def solve(
         callback: called at every check with a `Progress`; return True to stop.
         progress: show a tqdm progress bar.
         throw: raise `SolveError` unless every instance converged.
-        history: record the measures at every check in ``Solution.history``.
+        history: record the measures at every check in ``Solution.history``:
+            True (at most 10 000 rows), False, or the most rows to keep. When
+            the history is full, every other row is dropped and from then on
+            every other check is recorded, so the rows stay evenly spread over
+            the run and the memory bounded, ``O(rows * B)``; the last check is
+            always the last row.
         divergence_factor: an instance is `DIVERGED` when its iterate is not
             finite, or when its residual exceeds ``divergence_factor *
             max(initial residual, tol)``.
@@ -107,6 +112,7 @@ def solve(
     _check_options(max_iters, check_every, measure, max_operator_calls, divergence_factor, extra)
     solver.check(problem)
     checkpoint_every = _checkpoint_options(checkpoint, checkpoint_every, check_every)
+    history_rows = _history_rows(history)
     B, device = problem.batch_size, problem.device
     tol_t = _tolerance(tol, B, problem)
     gap_available = problem.duality_gap(problem.z0) is not None
@@ -139,6 +145,7 @@ def solve(
     active = torch.ones(B, dtype=torch.bool, device=device)
     iterations = torch.zeros(B, dtype=torch.int64, device=device)
     rows: list[dict] = []
+    history_state = {"stride": 1, "checks": 0, "last": None}  # see `record`
     floor: Tensor | None = None
     n_active = B
     k = 0
@@ -149,6 +156,7 @@ def solve(
                              f"{saved['batch_size']}; this solve runs {solver!r} on {B}")
         z, state, status, active = saved["z"], saved["state"], saved["status"], saved["active"]
         iterations, k, floor, rows = saved["iterations"], saved["k"], saved["floor"], saved["rows"]
+        history_state = saved["history_state"]
         n_active = int(active.sum())
         if saved.get("problem_rng") is not None:
             problem.set_rng_state(saved["problem_rng"])
@@ -157,8 +165,20 @@ def solve(
     def save(k: int) -> None:
         save_checkpoint(checkpoint, {
             "solver": repr(solver), "batch_size": B, "z": z, "state": state, "status": status, "active": active,
-            "iterations": iterations, "k": k, "floor": floor, "rows": rows,
+            "iterations": iterations, "k": k, "floor": floor, "rows": rows, "history_state": history_state,
             "problem_rng": problem.rng_state() if hasattr(problem, "rng_state") else None})
+
+    def record(row: dict) -> None:
+        """Keep the row of every ``stride``-th check; when full, drop every other row and double the stride."""
+        h = history_state
+        if h["checks"] % h["stride"] == 0:
+            if len(rows) >= history_rows:
+                del rows[1::2]
+                h["stride"] *= 2
+            if h["checks"] % h["stride"] == 0:
+                rows.append(row)
+        h["checks"] += 1
+        h["last"] = row
 
     def check(k: int) -> bool:
         """Stop converged or diverged instances; record; return True to stop the loop."""
@@ -179,9 +199,9 @@ def solve(
             found = active & (detected != int(Status.RUNNING))
             status = torch.where(found, detected, status)
             active = active & ~found
-        if history:
-            rows.append({"iteration": k, "time": time.perf_counter() - start,
-                         "operator_calls": state.operator_calls.clone(), **measures})
+        if history_rows:
+            record({"iteration": k, "time": time.perf_counter() - start,
+                    "operator_calls": state.operator_calls.clone(), **measures})
         stop = False
         if callback is not None:
             stop = bool(callback(Progress(k, out, state, measures, status)))
@@ -240,6 +260,8 @@ def solve(
         save(k)  # the final state: a later solve may resume from it with a larger max_iters
 
     status = torch.where(status == int(Status.RUNNING), int(Status.MAX_ITERS), status)
+    if rows and history_state["last"]["iteration"] != rows[-1]["iteration"]:
+        rows[-1 if len(rows) >= history_rows else len(rows):] = [history_state["last"]]
     out, measures = evaluate(z, state)
     solution = Solution(
         z=out,
@@ -249,7 +271,7 @@ def solve(
         residual=measures["residual"],
         gap=measures["gap"],
         distance=measures["distance"],
-        history=_stack(rows) if history else {},
+        history=_stack(rows) if history_rows else {},
         state=state,
         solver=solver,
         wall_time=time.perf_counter() - start,
@@ -257,6 +279,15 @@ def solve(
     if throw and not bool(solution.success.all()):
         raise SolveError(solution)
     return solution
+
+
+def _history_rows(history) -> int:
+    """The most history rows to keep (0: none)."""
+    if isinstance(history, bool):
+        return 10_000 if history else 0
+    if not isinstance(history, Integral) or history < 2:
+        raise ValueError(f"history must be True, False or an integer >= 2 (the most rows to keep), got {history!r}")
+    return int(history)
 
 
 def _checkpoint_options(checkpoint, checkpoint_every, check_every) -> int | None:
