@@ -57,6 +57,7 @@ def solve(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
     resume: str | os.PathLike | None = None,
+    compile: bool = False,
     **settings,
 ) -> Solution:
     """Solve a batch of VIs with one solver; every instance stops on its own.
@@ -97,6 +98,11 @@ def solve(
             solver; the iterates are bit-identical to those of an
             uninterrupted solve (on the same device), up to ``max_iters``
             iterations in all.
+        compile: run the solver's step through ``torch.compile`` (fused kernels
+            for the many small operations of a step: worth it for long solves
+            of small or medium problems; the first steps pay the compilation).
+            If compiling fails, the solve warns once and runs eagerly. The
+            iterates agree with the eager ones to rounding, not bit for bit.
         **settings: the solver's settings when ``solver`` is a name, e.g.
             ``step_size=0.1``.
 
@@ -161,6 +167,9 @@ def solve(
         if saved.get("problem_rng") is not None:
             problem.set_rng_state(saved["problem_rng"])
     bar = _progress_bar(max_iters, solver) if progress else None
+    if not isinstance(compile, bool):
+        raise TypeError(f"compile must be a bool, got {type(compile).__name__}")
+    step = _compiled_step(solver, problem) if compile else (lambda z, state: solver.step(problem, z, state))
 
     def save(k: int) -> None:
         save_checkpoint(checkpoint, {
@@ -225,7 +234,7 @@ def solve(
         last = (z, state, iterations)
         finite_throughout = active
         while True:
-            z_new, state_new = solver.step(problem, z, state)
+            z_new, state_new = step(z, state)
             finite = all_finite(z_new)
             if fast:
                 z, state = z_new, state_new
@@ -279,6 +288,34 @@ def solve(
     if throw and not bool(solution.success.all()):
         raise SolveError(solution)
     return solution
+
+
+def _compiled_step(solver: Solver, problem) -> Callable:
+    """``(z, state) -> solver.step(problem, z, state)`` through ``torch.compile``, eager if that fails."""
+    import warnings
+
+    eager = lambda z, state: solver.step(problem, z, state)  # noqa: E731
+    try:
+        compiled = torch.compile(eager, dynamic=False)
+    except Exception as err:  # no compiler backend on this platform, ...
+        warnings.warn(f"compile=True: torch.compile is not available ({type(err).__name__}: {err}); "
+                      "running eagerly", RuntimeWarning, stacklevel=3)
+        return eager
+    failed = []
+
+    def step(z, state):
+        if failed:
+            return eager(z, state)
+        try:
+            return compiled(z, state)
+        except Exception as err:  # a graph break that cannot be handled, a backend error, ...
+            failed.append(err)
+            warnings.warn(f"compile=True: compiling {solver.name}'s step failed ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''}); running eagerly", RuntimeWarning,
+                          stacklevel=3)
+            return eager(z, state)
+
+    return step
 
 
 def _history_rows(history) -> int:

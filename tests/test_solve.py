@@ -278,3 +278,29 @@ def test_history_memory_is_bounded_and_spans_the_run():
     assert torch.equal(sol.history["residual"], full.history["residual"][kept])
     with pytest.raises(ValueError, match="history must be True, False or an integer >= 2"):
         saddle.solve(problem, max_iters=5, history=1)
+
+
+@pytest.mark.slow
+def test_compiled_steps_agree_with_eager_ones():
+    problem = problems.get("bilinear", n=5, batch_size=3, seed=2)
+    eager = saddle.solve(problem, "extragradient", max_iters=60, tol=0.0, check_every=20)
+    compiled = saddle.solve(problem, "extragradient", max_iters=60, tol=0.0, check_every=20, compile=True)
+    for a, b in zip(eager.z, compiled.z):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert torch.equal(eager.operator_calls, compiled.operator_calls)
+
+
+def test_compile_falls_back_to_eager_with_a_warning(monkeypatch):
+    def broken(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("backend unavailable")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    problem = problems.get("bilinear", n=5, batch_size=3, seed=2)
+    with pytest.warns(RuntimeWarning, match="compiling extragradient's step failed"):
+        sol = saddle.solve(problem, "extragradient", max_iters=30, tol=0.0, compile=True)
+    eager = saddle.solve(problem, "extragradient", max_iters=30, tol=0.0)
+    assert all(torch.equal(a, b) for a, b in zip(sol.z, eager.z))
+    with pytest.raises(TypeError, match="compile must be a bool"):
+        saddle.solve(problem, max_iters=5, compile="yes")
