@@ -37,6 +37,6 @@ def get(name: str, **kwargs):
     return _REGISTRY[name](**kwargs)
 
 
-from . import bilinear, gan, linear_programs, matrix_games, nonmonotone, quadratic, sharpness  # noqa: E402,F401  (registers the families)
+from . import bilinear, distributed, dro, gan, linear_programs, matrix_games, nonmonotone, quadratic, sharpness  # noqa: E402,F401  (registers the families)
 
 __all__ = ["get", "names", "register"]

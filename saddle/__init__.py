@@ -1,16 +1,20 @@
 """saddle: batched solvers for minimax problems, saddle-point problems and variational inequalities."""
 
 from . import coupling, merit, optim, plot, sets, stepsize, terms
+from . import compress
 from .comparison import ComparisonRow, compare, format_table
 from .lp import LinearProgram, LinprogResult, linprog
 from .operator import LinearOperator, MixedProducts, Operator, SaddleOperator
 from .problem import BilinearProblem, CompositeSaddleProblem, Reference, SaddleProblem, VIProblem
-from .sets import Ball, Box, ConstraintSet, Product, Reals, Simplex
+from .sets import Ball, Box, CappedSimplex, ChiSquareBall, ConstraintSet, Permutahedron, Product, Reals, Simplex
 from .solution import Solution, SolveError, Status
 from .solve import Progress, solve
 from .solvers import ALPD, LPD, InexactALPD
 from .solvers import ACGD, CGD, CGO, OCGO
 from .solvers import ASAM, SAM
+from .solvers import SEG, VREG, DoubleStepSEG, Prospect
+from .stochastic import StochasticOperator
+from .solvers import MASHA1, MASHA2, CompressedEG, DistributedEG
 from .solvers import (
     GDA,
     AlternatingGDA,
@@ -45,6 +49,9 @@ __all__ = [
     "LPD", "ALPD", "InexactALPD",
     "CGD", "ACGD", "CGO", "OCGO",
     "SAM", "ASAM",
+    "SEG", "DoubleStepSEG", "VREG", "Prospect", "StochasticOperator",
+    "CappedSimplex", "ChiSquareBall", "Permutahedron",
+    "MASHA1", "MASHA2", "DistributedEG", "CompressedEG", "compress",
     "compare", "ComparisonRow", "format_table",
     "linprog", "LinearProgram", "LinprogResult",
     "coupling", "merit", "optim", "plot", "sets", "stepsize", "terms",

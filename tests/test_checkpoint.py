@@ -11,11 +11,20 @@ import problems
 import saddle
 from saddle.checkpoint import load_checkpoint
 
-from test_conformance import COMPETITIVE, ADAPTIVE_COMPETITIVE, LINEARIZED_PD, PRIMAL_DUAL, SAM_FAMILY, \
-    STRONGLY_MONOTONE, sharpness_quadratic
+from test_conformance import ADAPTIVE_COMPETITIVE, COMPETITIVE, DISTRIBUTED, DISTRIBUTED_SETTINGS, LINEARIZED_PD, \
+    PRIMAL_DUAL, SAM_FAMILY, STOCHASTIC, STOCHASTIC_SETTINGS, STRONGLY_MONOTONE, distributed_problem, dro_problem, \
+    sharpness_quadratic
+
+
+def settings_for(solver: str) -> dict:
+    return {**STOCHASTIC_SETTINGS.get(solver, {}), **DISTRIBUTED_SETTINGS.get(solver, {})}
 
 
 def problem_for(solver: str):
+    if solver in STOCHASTIC:
+        return dro_problem()
+    if solver in DISTRIBUTED:
+        return distributed_problem()
     if solver in SAM_FAMILY:
         return sharpness_quadratic()
     if solver in COMPETITIVE + ADAPTIVE_COMPETITIVE + PRIMAL_DUAL:
@@ -25,22 +34,29 @@ def problem_for(solver: str):
     return problems.get("matrix_game", n=5, m=4, batch_size=3, seed=2)
 
 
-KNOWN = set(COMPETITIVE + ADAPTIVE_COMPETITIVE + PRIMAL_DUAL + SAM_FAMILY + STRONGLY_MONOTONE + LINEARIZED_PD) | {
-    "extragradient", "mirror_prox", "optimistic", "reflected", "eg_plus", "anchored_eg"}
+FIRST_ORDER = {"extragradient", "mirror_prox", "optimistic", "reflected", "eg_plus", "anchored_eg"}
+KNOWN = set(COMPETITIVE + ADAPTIVE_COMPETITIVE + PRIMAL_DUAL + SAM_FAMILY + STRONGLY_MONOTONE + LINEARIZED_PD) | \
+    FIRST_ORDER
+ALL = KNOWN | set(STOCHASTIC) | set(DISTRIBUTED)
 
 
-@pytest.mark.parametrize("solver", sorted(KNOWN))
+def test_every_solver_is_covered():
+    assert set(saddle.solver_names()) == ALL
+
+
+@pytest.mark.parametrize("solver", sorted(ALL))
 def test_resumed_solve_is_bit_identical(solver, tmp_path):
     problem = problem_for(solver)
+    settings = settings_for(solver)
     # Different tolerances: some instances stop before the interruption, some after, one never.
     r0 = saddle.merit.residual(problem, problem.z0)
     tol = r0 * torch.tensor([0.3, 1e-3, 0.0], dtype=torch.float64)
-    full = saddle.solve(problem, solver, tol=tol, max_iters=80, check_every=10)
+    full = saddle.solve(problem, solver, tol=tol, max_iters=80, check_every=10, **settings)
     path = tmp_path / "solve.pt"
     first = saddle.solve(problem, solver, tol=tol, max_iters=40, check_every=10, checkpoint=path,
-                         checkpoint_every=20)
+                         checkpoint_every=20, **settings)
     assert first.history["iteration"].tolist()[-1] == 40
-    resumed = saddle.solve(problem, solver, tol=tol, max_iters=80, check_every=10, resume=path)
+    resumed = saddle.solve(problem, solver, tol=tol, max_iters=80, check_every=10, resume=path, **settings)
     for a, b in zip(full.z, resumed.z):
         assert torch.equal(a, b)
     assert torch.equal(full.status, resumed.status)

@@ -63,6 +63,14 @@ SOLVER_SETTINGS = {"acgd": {"step_size": 0.05}}
 # quadratic sharpness problems (below), and SAM on any problem whose max player's set is bounded.
 SAM_FAMILY = ["sam", "asam"]
 
+# Stochastic solvers for finite sums (saddle.solvers.stochastic): tested on DRO problems (below and in
+# test_dro.py); they need explicit step sizes and count per-sample evaluations.
+STOCHASTIC = ["seg", "double_step_seg", "vr_eg", "prospect"]
+
+# Compressed distributed solvers (saddle.solvers.compressed): need a DistributedProblem (an operator split
+# over workers); tested on distributed_bilinear below and in test_compressed.py / test_distributed.py.
+DISTRIBUTED = ["masha1", "masha2", "distributed_eg", "compressed_eg"]
+
 
 def sharpness_quadratic(batch_size=3, *, adaptive=False, rho=None, index=None, device=None):
     """L(w) = 1/2 w^T H w with H SPD (eigenvalues in [1, 4]) per instance; instance ``index`` alone if given."""
@@ -90,7 +98,8 @@ CONVERGENT = [(s, p) for s in MONOTONE for p in PROBLEMS if p not in SLOW_FOR_MO
 
 def test_every_registered_solver_is_covered():
     assert set(saddle.solver_names()) == set(MONOTONE) | set(STRONGLY_MONOTONE) | set(SUBLINEAR) | \
-        set(PRIMAL_DUAL) | set(LINEARIZED_PD) | set(COMPETITIVE) | set(ADAPTIVE_COMPETITIVE) | set(SAM_FAMILY)
+        set(PRIMAL_DUAL) | set(LINEARIZED_PD) | set(COMPETITIVE) | set(ADAPTIVE_COMPETITIVE) | set(SAM_FAMILY) | \
+        set(STOCHASTIC) | set(DISTRIBUTED)
 
 
 @pytest.mark.parametrize("solver", COMPETITIVE + ADAPTIVE_COMPETITIVE)
@@ -178,6 +187,10 @@ def _ids(case):
 
 
 def _applies(solver, name):
+    if solver in DISTRIBUTED:
+        return False  # needs a DistributedProblem: the distributed conformance tests below
+    if solver in STOCHASTIC:
+        return False  # explicit steps, finite sums: the DRO conformance tests below
     if solver == "asam":
         return False  # needs a Euclidean ball for the max player: the sharpness tests below
     if solver == "sam" and name not in ("quadratic_box", "matrix_game_entropic"):
@@ -204,7 +217,8 @@ def test_batched_solve_equals_loop_of_single_solves(solver, settings, name):
         assert batched.iterations[i] == single.iterations[0]
 
 
-@pytest.mark.parametrize("solver", sorted(set(saddle.solver_names()) - set(LINEARIZED_PD) - set(SAM_FAMILY)))
+@pytest.mark.parametrize("solver", sorted(set(saddle.solver_names()) - set(LINEARIZED_PD) - set(SAM_FAMILY) -
+                                          set(STOCHASTIC) - set(DISTRIBUTED)))
 def test_per_instance_step_sizes(solver):
     # (LPD and ALPD take per-instance constants instead: test_linearized_primal_dual.py; SAM and ASAM:
     # test_sam_family_batched_solve_equals_loop_of_single_solves.)
@@ -262,6 +276,10 @@ def _calls_at_init(solver):
 
 @pytest.mark.parametrize("solver", saddle.solver_names())
 def test_operator_call_counts_are_exact(solver):
+    if solver in DISTRIBUTED:
+        pytest.skip("counts rounds of worker evaluations: test_distributed_solvers_count_exactly")
+    if solver in STOCHASTIC:
+        pytest.skip("counts per-sample evaluations: test_stochastic_solvers_count_per_sample_evaluations")
     if solver in PRIMAL_DUAL + LINEARIZED_PD:
         pytest.skip("uses K or the coupling directly: see test_pdhg_counts_products_with_K and "
                     "test_linearized_primal_dual_counts_gradients")
@@ -363,6 +381,10 @@ def test_backtracking_counts_trials_and_accepted_steps(solver):
 
 @pytest.mark.parametrize("solver", saddle.solver_names())
 def test_solve_does_not_mutate_inputs(solver):
+    if solver in DISTRIBUTED:
+        pytest.skip("needs a DistributedProblem: test_distributed_solvers_do_not_mutate_inputs")
+    if solver in STOCHASTIC:
+        pytest.skip("needs a step size and a finite sum: test_stochastic_solvers_do_not_mutate_inputs")
     unconstrained = solver in PRIMAL_DUAL + LINEARIZED_PD + COMPETITIVE + ADAPTIVE_COMPETITIVE
     problem = sharpness_quadratic() if solver in SAM_FAMILY else \
         PROBLEMS["quadratic" if unconstrained else "quadratic_box"]()
@@ -443,3 +465,236 @@ def test_sam_family_cpu_and_gpu_agree(solver):
     cpu = saddle.solve(sharpness_quadratic(adaptive=solver == "asam"), solver, tol=0.0, max_iters=100)
     gpu = saddle.solve(sharpness_quadratic(adaptive=solver == "asam", device="cuda"), solver, tol=0.0, max_iters=100)
     torch.testing.assert_close(cpu.x, gpu.x.cpu(), rtol=0, atol=1e-10)
+
+
+# -- stochastic solvers on DRO problems (problems.dro) --------------------------------------------
+
+STOCHASTIC_SETTINGS = {"seg": {"step_size": 0.01, "batch_size": 3}, "double_step_seg": {"step_size": 0.05},
+                       "vr_eg": {"step_size": 0.02, "batch_size": 2}, "prospect": {"step_size": 0.01}}
+
+
+def dro_problem(**kw):
+    settings = dict(n=24, d=3, ambiguity="spectral", spectrum="superquantile", alpha=0.5, nu=0.2, mu=0.5,
+                    batch_size=3, seed=5)
+    settings.update(kw)
+    return problems.get("dro", **settings)
+
+
+@pytest.mark.parametrize("solver", STOCHASTIC)
+@pytest.mark.parametrize("ambiguity", ["spectral", "chi2"])
+def test_stochastic_batched_solve_equals_loop_of_single_solves(solver, ambiguity):
+    problem = dro_problem(ambiguity=ambiguity, lam=torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64))
+    steps = torch.tensor([0.5, 1.0, 0.75], dtype=torch.float64) * STOCHASTIC_SETTINGS[solver]["step_size"]
+    settings = {**STOCHASTIC_SETTINGS[solver], "step_size": steps}
+    batched = saddle.solve(problem, solver, tol=0.0, max_iters=120, **settings)
+    for i in range(problem.batch_size):
+        single = saddle.solve(problem.instance(i), solver, tol=0.0, max_iters=120,
+                              **{**settings, "step_size": float(steps[i])})
+        for a, b in zip(batched.z, single.z):
+            torch.testing.assert_close(a[i:i + 1], b, rtol=0, atol=1e-12)
+        assert batched.operator_calls[i] == single.operator_calls[0]
+
+
+@pytest.mark.parametrize("solver", STOCHASTIC)
+def test_stochastic_solvers_count_per_sample_evaluations(solver):
+    problem = dro_problem(ambiguity="chi2", lam=1.0)
+    n, evaluated = problem.n, {"samples": 0}
+    op = problem.operator
+    component, full = op.component, op._full
+
+    def counted_component(z, idx):
+        evaluated["samples"] += idx.shape[-1]
+        return component(z, idx)
+
+    def counted_full(z):
+        evaluated["samples"] += n
+        return full(z)
+
+    op.component, op._full = counted_component, counted_full
+    per_sample = problem.sample_loss_and_gradient
+
+    def counted_samples(theta, idx):
+        evaluated["samples"] += idx.shape[-1]
+        return per_sample(theta, idx)
+
+    problem.sample_loss_and_gradient = counted_samples
+    s = saddle.get_solver(solver, **STOCHASTIC_SETTINGS[solver])
+    state = s.init(problem, problem.z0)
+    z = problem.z0
+    assert evaluated["samples"] == {"seg": 0, "double_step_seg": 0}.get(solver, n)
+    m = getattr(s, "batch_size", 1)
+    for k in range(1, 40):
+        before = evaluated["samples"]
+        z, state = s.step(problem, z, state)
+        spent = evaluated["samples"] - before
+        if solver == "vr_eg":  # 2m, plus a full pass where an instance refreshed its snapshot
+            assert spent in (2 * m, 2 * m + n)
+        else:
+            assert spent == 2 * m
+    assert (state.operator_calls <= evaluated["samples"]).all()
+    if solver != "vr_eg":
+        assert (state.operator_calls == evaluated["samples"]).all()
+    else:  # per instance: n at init + 2m per step + n per refresh of its own
+        assert torch.equal(state.operator_calls, n + 2 * m * 39 + n * state.refreshes)
+        assert (state.refreshes >= 1).all()
+
+
+@pytest.mark.parametrize("solver", STOCHASTIC)
+def test_stochastic_stopped_instances_stay_bitwise_unchanged(solver):
+    problem = dro_problem(ambiguity="chi2", lam=1.0)
+    r0 = saddle.merit.residual(problem, problem.z0)
+    # (SEG's iterates stay noisy: its residual hovers near r0, so its first instance stops at once.)
+    tol = r0 * torch.tensor([1.2, 0.9, 0.0] if "seg" in solver else [0.7, 0.4, 0.0], dtype=torch.float64)
+    seen = []
+    settings = {**STOCHASTIC_SETTINGS[solver], **({"batch_size": 16} if "seg" in solver else {})}
+    sol = saddle.solve(problem, solver, tol=tol, max_iters=400, check_every=5,
+                       callback=lambda p: seen.append((p.status.clone(), tuple(b.clone() for b in p.z),
+                                                       p.state.operator_calls.clone())), **settings)
+    stopped_at = {}
+    for status, z, calls in seen:
+        for i in range(problem.batch_size):
+            if status[i] != Status.RUNNING and i not in stopped_at:
+                stopped_at[i] = (z, calls)
+            elif i in stopped_at:
+                z_stop, calls_stop = stopped_at[i]
+                for a, b in zip(z, z_stop):
+                    assert torch.equal(a[i], b[i]), f"instance {i} moved after it stopped"
+                assert calls[i] == calls_stop[i]
+    assert set(stopped_at) >= {0}, "the loose instance should have stopped early"
+    assert sol.status[2] == Status.MAX_ITERS
+
+
+@pytest.mark.parametrize("solver", STOCHASTIC)
+def test_stochastic_solvers_do_not_mutate_inputs(solver):
+    problem = dro_problem()
+    z0 = tuple(b.clone() for b in problem.z0)
+    saddle.solve(problem, solver, max_iters=20, **STOCHASTIC_SETTINGS[solver])
+    for a, b in zip(problem.z0, z0):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("solver", STOCHASTIC)
+def test_stochastic_cpu_and_gpu_agree(solver):
+    cpu = saddle.solve(dro_problem(ambiguity="chi2", lam=1.0), solver, tol=0.0, max_iters=100,
+                       **STOCHASTIC_SETTINGS[solver])
+    gpu = saddle.solve(dro_problem(ambiguity="chi2", lam=1.0, device="cuda"), solver, tol=0.0, max_iters=100,
+                       **STOCHASTIC_SETTINGS[solver])
+    for a, b in zip(cpu.z, gpu.z):
+        torch.testing.assert_close(a, b.cpu(), rtol=0, atol=1e-10)
+    assert torch.equal(cpu.operator_calls, gpu.operator_calls.cpu())
+
+
+# -- compressed distributed solvers on distributed_bilinear ---------------------------------------
+
+def distributed_problem(batch_size=3, **kw):
+    return problems.get("distributed_bilinear", n=5, workers=3, lam=1.0, batch_size=batch_size, seed=4, **kw)
+
+
+DISTRIBUTED_SETTINGS = {
+    "masha1": {"compressor": saddle.compress.RandK(k=3)},
+    "masha2": {"compressor": saddle.compress.TopK(k=3), "server_compressor": saddle.compress.TopK(k=5)},
+    "distributed_eg": {},
+    "compressed_eg": {"compressor": saddle.compress.RandK(k=3), "participation": 2},
+}
+
+
+@pytest.mark.parametrize("solver", DISTRIBUTED)
+def test_distributed_solvers_batched_solve_equals_loop_of_single_solves(solver):
+    problem = distributed_problem()
+    steps = 0.05 * torch.tensor([0.5, 1.0, 1.5], dtype=torch.float64)
+    seeds = {} if solver == "distributed_eg" else {"seed": torch.tensor([3, 0, 7])}
+    batched = saddle.solve(problem, solver, step_size=steps, tol=0.0, max_iters=120,
+                           **DISTRIBUTED_SETTINGS[solver], **seeds)
+    for i in range(problem.batch_size):
+        single_seed = {} if solver == "distributed_eg" else {"seed": int(seeds["seed"][i])}
+        single = saddle.solve(problem.select(i), solver, step_size=float(steps[i]), tol=0.0, max_iters=120,
+                              **DISTRIBUTED_SETTINGS[solver], **single_seed)
+        for a, b in zip(batched.z, single.z):
+            torch.testing.assert_close(a[i:i + 1], b, rtol=0, atol=1e-12)
+        for name, value in batched.counts.items():
+            assert value[i] == single.counts[name][0], name
+
+
+@pytest.mark.parametrize("solver", DISTRIBUTED)
+def test_distributed_solvers_count_exactly(solver):
+    # Operator calls: rounds in which every worker evaluates its F_m once; an independent count of the
+    # full synchronizations (MASHA's reference point moving) gives the expected totals.
+    problem, op = counting(distributed_problem())
+    s = saddle.get_solver(solver, **DISTRIBUTED_SETTINGS[solver])
+    state = s.init(problem, problem.z0)
+    z = problem.z0
+    syncs = torch.zeros(3, dtype=torch.int64)
+    at_init = 0 if solver == "compressed_eg" else 1
+    assert (state.operator_calls == at_init).all()
+    for k in range(1, 40):
+        w_old = state.w
+        z, state = s.step(problem, z, state)
+        if w_old is not None:
+            syncs += torch.stack([(a != b).any(-1) for a, b in zip(state.w, w_old)]).any(0).long()
+            assert torch.equal(state.operator_calls, at_init + k + syncs)
+        else:
+            assert (state.operator_calls == at_init + 2 * k).all()
+    assert torch.equal(state.syncs, syncs)
+    assert torch.equal(state.bits_sent, state.bits_up + state.bits_down)
+
+
+@pytest.mark.parametrize("solver", DISTRIBUTED)
+def test_distributed_solvers_stopped_instances_stay_bitwise_unchanged(solver):
+    problem = distributed_problem()
+    r0 = saddle.merit.residual(problem, problem.z0)
+    # (compressed_eg stalls at a noise floor: looser tolerances)
+    factors = [0.5, 0.3, 0.0] if solver == "compressed_eg" else [0.5, 0.05, 0.0]
+    tol = r0 * torch.tensor(factors, dtype=torch.float64)
+    seen = []
+    sol = saddle.solve(problem, solver, tol=tol, max_iters=1000, check_every=5, **DISTRIBUTED_SETTINGS[solver],
+                       callback=lambda p: seen.append((p.status.clone(), torch.cat(p.z, -1).clone(),
+                                                       p.state.bits_sent.clone())))
+    stopped = {}
+    for status, z, bits in seen:
+        for i in range(3):
+            if status[i] != Status.RUNNING and i not in stopped:
+                stopped[i] = (z[i].clone(), bits[i].clone())
+            elif i in stopped:
+                assert torch.equal(z[i], stopped[i][0]) and bits[i] == stopped[i][1], f"instance {i} moved"
+    assert set(stopped) == {0, 1}
+    assert sol.status[2] == Status.MAX_ITERS
+
+
+@pytest.mark.parametrize("solver", DISTRIBUTED)
+def test_distributed_solvers_do_not_mutate_inputs(solver):
+    problem = distributed_problem()
+    z0 = tuple(b.clone() for b in problem.z0)
+    A = problem.local_operator.A.clone()
+    saddle.solve(problem, solver, max_iters=20, **DISTRIBUTED_SETTINGS[solver])
+    assert all(torch.equal(a, b) for a, b in zip(problem.z0, z0)) and torch.equal(problem.local_operator.A, A)
+
+
+@pytest.mark.parametrize("solver", DISTRIBUTED)
+def test_distributed_solvers_explain_bad_input(solver):
+    with pytest.raises(TypeError, match=f"{solver} needs a DistributedProblem"):
+        saddle.solve(PROBLEMS["bilinear"](), solver)
+    with pytest.raises(ValueError, match="step_size must be positive"):
+        saddle.solve(distributed_problem(), solver, step_size=-1.0, **DISTRIBUTED_SETTINGS[solver])
+    with pytest.raises(ValueError, match="step_size has shape"):
+        saddle.solve(distributed_problem(), solver, step_size=torch.ones(2), **DISTRIBUTED_SETTINGS[solver])
+    if solver == "distributed_eg":
+        return
+    with pytest.raises(ValueError, match="seed must be"):
+        saddle.get_solver(solver, seed=-1)
+    if solver == "masha2":
+        with pytest.raises(ValueError, match="compressor must be contractive"):
+            saddle.solve(distributed_problem(), solver, compressor=saddle.compress.RandK(k=2))
+        with pytest.raises(ValueError, match="p must be a probability"):
+            saddle.get_solver(solver, p=0.0)
+        return
+    with pytest.raises(ValueError, match="compressor must be unbiased"):
+        saddle.get_solver(solver, compressor=saddle.compress.TopK(k=2))
+    with pytest.raises(ValueError, match="participation .4. must be at most the number of workers"):
+        saddle.solve(distributed_problem(), solver, participation=4)
+    with pytest.raises(ValueError, match="participation must be a positive integer"):
+        saddle.get_solver(solver, participation=0)
+    with pytest.raises(ValueError, match="larger than the dimension"):
+        saddle.solve(distributed_problem(), solver, compressor=saddle.compress.RandK(k=11))
+

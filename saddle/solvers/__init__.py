@@ -8,6 +8,8 @@ from .optimistic import Optimistic, Reflected, SingleCallState
 from .primal_dual import PDHG, PDHGState
 from .linearized_primal_dual import ALPD, LPD, InexactALPD, LinearizedPDState
 from .sam import ASAM, SAM, SAMState
+from .stochastic import SEG, VREG, DoubleStepSEG, Prospect, ProspectState, StochasticState, VREGState
+from .compressed import MASHA1, MASHA2, CompressedEG, CompressedState, DistributedEG
 
 __all__ = [
     "Solver", "get_solver", "register", "solver_names",
@@ -18,4 +20,6 @@ __all__ = [
     "LPD", "ALPD", "InexactALPD", "LinearizedPDState",
     "CGD", "ACGD", "CGO", "OCGO", "CompetitiveState",
     "SAM", "ASAM", "SAMState",
+    "SEG", "DoubleStepSEG", "VREG", "Prospect", "StochasticState", "VREGState", "ProspectState",
+    "MASHA1", "MASHA2", "DistributedEG", "CompressedEG", "CompressedState",
 ]

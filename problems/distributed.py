@@ -1,0 +1,156 @@
+"""Distributed problems: an operator split over M workers, ``F = (1/M) sum_m F_m``.
+
+Every process generates all M workers' data from the seed (cheap), keeps the
+shards of the workers it holds (`saddle.distributed.WorkerGroup.workers`) and
+computes the reference from the whole problem, so a `torch.distributed` run
+and a simulated one see the same problem.
+
+- ``distributed_bilinear``: the bilinear experiment of Beznosikov et al.
+  (arXiv 2110.03313): ``f(x, y) = (1/M) sum_m f_m(x, y)`` with
+  ``f_m(x, y) = x^T A_m y + a_m^T x - b_m^T y + (lam/2) |x|^2 - (lam/2) |y|^2``,
+  strongly-convex-strongly-concave; heterogeneity controls how far the
+  workers' data are from their average.
+- ``distributed_matrix_game``: a matrix game whose payoff is the average of
+  M workers' payoffs (a data-split game), on simplices; reference by HiGHS.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from saddle import Product, Reals, Reference, Simplex
+from saddle.distributed import AffineWorkers, DistributedProblem, make_group
+
+from . import register
+from .batch import check_positive, check_positive_int, make_batch
+from .reference import matrix_game_lp
+
+__all__ = ["distributed_bilinear", "distributed_matrix_game"]
+
+
+def _workers_and_group(workers, group):
+    if group is not None and workers is None:
+        group = make_group(group)
+        return group.size, group
+    workers = check_positive_int(10 if workers is None else workers, "workers")
+    return workers, make_group(group, workers)
+
+
+def _check_nonnegative(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a non-negative finite number, got {value!r}")
+    return float(value)
+
+
+@register("distributed_bilinear")
+def distributed_bilinear(n: int = 50, *, workers: int | None = None, lam: float = 0.25, heterogeneity: float = 1.0,
+                         group=None, batch_size: int = 1, seed: int = 0, device=None,
+                         dtype=torch.float64) -> DistributedProblem:
+    """The paper's distributed bilinear saddle problem, a sum of M local strongly-convex-strongly-concave games.
+
+    Worker m's operator is ``F_m(x, y) = (A_m y + a_m + lam x, -A_m^T x + b_m + lam y)``
+    with ``A_m = A + heterogeneity G_m``, ``a_m = a + heterogeneity g_m``,
+    ``b_m = b + heterogeneity h_m``; A and every ``G_m`` have i.i.d. ``N(0, 1/n)``
+    entries, a, b, ``g_m``, ``h_m`` standard normal. F is ``lam``-strongly monotone
+    with ``L = sqrt(lam^2 + |Abar|_2^2)`` (``Abar`` the workers' average), and
+    ``L_m = sqrt(lam^2 + |A_m|_2^2)``. The unique solution ``z* = -Mbar^-1 cbar``
+    comes from a linear solve. The start is ``x0 = y0 = 0``.
+
+    Args:
+        n: the dimension of each player (d = 2n coordinates in all).
+        workers: the number of workers M (default: the group's size, or 10).
+        lam: the regularization, the strong monotonicity constant mu.
+        heterogeneity: the scale of the workers' deviations from the average data (0: identical workers).
+        group: a `saddle.distributed.WorkerGroup`, None / ``"simulated"`` (M simulated workers), or ``"gloo"``.
+        batch_size: the number of independent instances B.
+        seed: the seed of the data (the same on every process).
+        device: where the tensors live.
+        dtype: their dtype (float64 by default).
+    """
+    batch = make_batch(batch_size, seed, device, dtype)
+    n = check_positive_int(n, "n")
+    lam = check_positive(lam, "lam")
+    heterogeneity = _check_nonnegative(heterogeneity, "heterogeneity")
+    M, group = _workers_and_group(workers, group)
+    B, gen = batch.size, batch.generator()
+    scale = n ** -0.5
+    A = scale * torch.randn(B, 1, n, n, dtype=torch.float64, generator=gen)
+    a = torch.randn(B, 1, n, dtype=torch.float64, generator=gen)
+    b = torch.randn(B, 1, n, dtype=torch.float64, generator=gen)
+    A_m = A + heterogeneity * scale * torch.randn(B, M, n, n, dtype=torch.float64, generator=gen)
+    a_m = a + heterogeneity * torch.randn(B, M, n, dtype=torch.float64, generator=gen)
+    b_m = b + heterogeneity * torch.randn(B, M, n, dtype=torch.float64, generator=gen)
+    eye = lam * torch.eye(n, dtype=torch.float64).expand(B, M, n, n)
+    mats = torch.cat([torch.cat([eye, A_m], -1), torch.cat([-A_m.mT, eye], -1)], -2)  # (B, M, 2n, 2n)
+    offsets = torch.cat([a_m, b_m], -1)
+    M_bar, c_bar = mats.mean(1), offsets.mean(1)
+    z_star = -torch.linalg.solve(M_bar, c_bar.unsqueeze(-1)).squeeze(-1) + 0.0
+    L = torch.sqrt(lam**2 + torch.linalg.matrix_norm(A_m.mean(1), ord=2) ** 2)
+    L_m = torch.sqrt(lam**2 + torch.linalg.matrix_norm(A_m, ord=2) ** 2)
+    held = list(group.workers)
+    p = batch.place
+    zeros = torch.zeros(B, n, dtype=torch.float64)
+    return DistributedProblem(
+        AffineWorkers(p(mats[:, held]), p(offsets[:, held])), Product(Reals(), Reals()), (p(zeros), p(zeros)),
+        group=group, local_lipschitz=L_m, lipschitz=L, strong_monotonicity=torch.full((B,), lam),
+        reference=Reference((p(z_star[:, :n]), p(z_star[:, n:])), unique=True,
+                            source="closed form (linear solve of the averaged operator)"),
+        name=f"distributed_bilinear(n={n}, M={M})")
+
+
+@register("distributed_matrix_game")
+def distributed_matrix_game(n: int = 20, m: int | None = None, *, workers: int | None = None,
+                            heterogeneity: float = 1.0, group=None, batch_size: int = 1, seed: int = 0, device=None,
+                            dtype=torch.float64) -> DistributedProblem:
+    """A matrix game ``min_{x in simplex} max_{y in simplex} x^T A y`` with ``A = (1/M) sum_m A_m`` split over workers.
+
+    ``A_m = A + heterogeneity G_m`` with A and ``G_m`` uniform in [-1, 1]; worker
+    m's operator is ``F_m(x, y) = (A_m y, -A_m^T x)``. Monotone, not strongly:
+    use `saddle.solvers.MASHA1` (prox steps are projections onto the simplices).
+    The reference equilibrium of the averaged game is HiGHS's
+    (`problems.reference.matrix_game_lp`), computed when first read.
+
+    Args:
+        n: the minimizing player's number of pure strategies.
+        m: the maximizing player's (default n).
+        workers: the number of workers M (default: the group's size, or 10).
+        heterogeneity: the scale of the workers' deviations from the average payoff.
+        group: a `saddle.distributed.WorkerGroup`, None / ``"simulated"``, or ``"gloo"``.
+        batch_size: the number of independent instances B.
+        seed: the seed of the data.
+        device: where the tensors live.
+        dtype: their dtype (float64 by default).
+    """
+    batch = make_batch(batch_size, seed, device, dtype)
+    n = check_positive_int(n, "n")
+    m = n if m is None else check_positive_int(m, "m")
+    heterogeneity = _check_nonnegative(heterogeneity, "heterogeneity")
+    M, group = _workers_and_group(workers, group)
+    B, gen = batch.size, batch.generator()
+    A = 2 * torch.rand(B, 1, n, m, dtype=torch.float64, generator=gen) - 1
+    A_m = A + heterogeneity * (2 * torch.rand(B, M, n, m, dtype=torch.float64, generator=gen) - 1)
+    top = torch.cat([torch.zeros(B, M, n, n, dtype=torch.float64), A_m], -1)
+    bottom = torch.cat([-A_m.mT, torch.zeros(B, M, m, m, dtype=torch.float64)], -1)
+    mats = torch.cat([top, bottom], -2)
+    A_bar = A_m.mean(1)
+    L = torch.linalg.matrix_norm(A_bar, ord=2)
+    L_m = torch.linalg.matrix_norm(A_m, ord=2)
+    held = list(group.workers)
+    p = batch.place
+
+    def reference():
+        values, xs, ys = [], [], []
+        for Ai in A_bar.numpy():
+            v, x, y = matrix_game_lp(Ai)
+            values.append(v)
+            xs.append(torch.from_numpy(x))
+            ys.append(torch.from_numpy(y))
+        return Reference((p(torch.stack(xs)), p(torch.stack(ys))), p(torch.tensor(values, dtype=torch.float64)),
+                         unique=True, source="HiGHS (scipy.optimize.linprog) on the averaged payoff")
+
+    x0 = torch.full((B, n), 1.0 / n, dtype=torch.float64)
+    y0 = torch.full((B, m), 1.0 / m, dtype=torch.float64)
+    return DistributedProblem(
+        AffineWorkers(p(mats[:, held]), p(torch.zeros(B, len(held), n + m, dtype=torch.float64))),
+        Product(Simplex(), Simplex()), (p(x0), p(y0)), group=group, local_lipschitz=L_m, lipschitz=L,
+        reference=reference, name=f"distributed_matrix_game({n}x{m}, M={M})")

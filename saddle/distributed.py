@@ -1,0 +1,433 @@
+"""Distributed VIs: worker groups (simulated or `torch.distributed`) and problems split over workers.
+
+A distributed VI is ``F(z) = (1/M) sum_m F_m(z)``: worker m holds its own
+operator ``F_m`` (its data shard). The solvers of `saddle.solvers.compressed`
+are written once against a `WorkerGroup`:
+
+- every worker-indexed tensor has the layout ``(B, m, d)``: B instances, the
+  m workers *held by this process*, d coordinates (the point flattened);
+- ``group.mean(x)`` / ``group.weighted_sum(x, weights)`` reduce over all M
+  workers and return the same ``(B, d)`` result on every process.
+
+Two interchangeable backends:
+
+- `SimulatedGroup` (``backend="simulated"``): all M workers in one process on
+  the extra dimension (``m = M``); reductions are sums over it. For tests,
+  notebooks and ``saddle.solve`` on a laptop.
+- `TorchDistributedGroup` (``backend="gloo"`` or ``"nccl"``): one process
+  (rank) per worker (``m = 1``); reductions are ``torch.distributed.all_reduce``
+  (collectives only). Start with
+  ``torchrun --nproc-per-node M -m saddle.distributed --problem distributed_bilinear --solver masha1``;
+  rank 0 prints progress and the final table.
+
+Random decisions (compressor draws, the full-synchronization coin, the
+participating workers) come from counter-based hashes of shared seeds
+(`saddle.compress.uniform`), so every process makes them identically without
+communicating, and the two backends produce the same iterates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import time
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .point import Point
+from .problem import VIProblem
+
+__all__ = [
+    "WorkerGroup", "SimulatedGroup", "TorchDistributedGroup", "DistributedProblem", "AffineWorkers",
+    "flatten", "unflatten", "make_group", "main",
+]
+
+
+def flatten(z: Point) -> Tensor:
+    """The blocks of a point side by side: ``(B, d)`` with ``d = sum n_i``."""
+    return z[0] if len(z) == 1 else torch.cat(z, dim=-1)
+
+
+def unflatten(v: Tensor, dims: Sequence[int]) -> Point:
+    """Split the last dimension of ``v`` into blocks of sizes ``dims``: the inverse of `flatten`."""
+    return tuple(torch.split(v, list(dims), dim=-1))
+
+
+class WorkerGroup:
+    """M workers; this process holds the workers `workers` of them.
+
+    Attributes:
+        size: the number of workers M.
+        workers: the indices of the workers held by this process (all of them when simulated).
+        backend: ``"simulated"``, ``"gloo"`` or ``"nccl"``.
+    """
+
+    size: int
+    workers: tuple[int, ...]
+    backend: str
+
+    @property
+    def rank(self) -> int:
+        """This process's rank (0 when simulated)."""
+        return 0
+
+    def worker_index(self, device=None) -> Tensor:
+        """``(m,)`` int64 tensor of the workers held here."""
+        return torch.tensor(self.workers, dtype=torch.int64, device=device)
+
+    def all_sum(self, local: Tensor) -> Tensor:
+        """Sum a per-process partial result over all processes (identity when simulated)."""
+        raise NotImplementedError
+
+    def weighted_sum(self, x: Tensor, weights: Tensor) -> Tensor:
+        """``sum_m weights[:, m] x[:, m]`` over all M workers.
+
+        Args:
+            x: ``(B, m, d)`` the messages of the workers held here.
+            weights: ``(B, M)`` a weight per instance and worker (all M workers, on every process).
+
+        Returns:
+            ``(B, d)``, the same on every process.
+        """
+        local_w = weights[:, list(self.workers)].to(x.dtype).unsqueeze(-1)
+        return self.all_sum((x * local_w).sum(1))
+
+    def mean(self, x: Tensor) -> Tensor:
+        """``(1/M) sum_m x[:, m]``: ``(B, m, d) -> (B, d)``, the same on every process."""
+        return self.all_sum(x.sum(1)) / self.size
+
+    def sum_count(self, local: Tensor) -> Tensor:
+        """Sum an integer count (e.g. bits, ``(B,)`` int64) over all processes."""
+        return self.all_sum(local)
+
+    def check_alive(self) -> None:
+        """Raise ``RuntimeError`` if a worker has failed (a no-op when simulated)."""
+
+
+class SimulatedGroup(WorkerGroup):
+    """M workers on an extra tensor dimension in this one process.
+
+    Args:
+        size: the number of workers M.
+    """
+
+    backend = "simulated"
+
+    def __init__(self, size: int):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"size must be a positive integer (the number of workers), got {size!r}")
+        self.size = size
+        self.workers = tuple(range(size))
+
+    def all_sum(self, local: Tensor) -> Tensor:
+        return local
+
+    def __repr__(self) -> str:
+        return f"SimulatedGroup(size={self.size})"
+
+
+class TorchDistributedGroup(WorkerGroup):
+    """One worker per process of a `torch.distributed` process group (collectives only).
+
+    Initializes the default process group from the ``torchrun`` environment
+    (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) unless it is
+    already initialized. Every collective has a timeout, so a dead peer makes
+    the others fail instead of hanging.
+
+    Args:
+        backend: ``"gloo"`` (CPU tensors) or ``"nccl"`` (CUDA tensors); default
+            ``"nccl"`` when CUDA is available, else ``"gloo"``.
+        timeout: seconds a collective may wait for the other processes.
+    """
+
+    def __init__(self, backend: str | None = None, timeout: float = 60.0):
+        import torch.distributed as dist
+
+        if not dist.is_available():
+            raise RuntimeError("torch.distributed is not available in this build of torch")
+        if backend is None:
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend not in ("gloo", "nccl"):
+            raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
+        if not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if not dist.is_initialized():
+            missing = [v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+            if missing:
+                raise RuntimeError(f"no process group and no torchrun environment (missing {', '.join(missing)}); "
+                                   "start with `torchrun --nproc-per-node M -m saddle.distributed ...`")
+            if backend == "nccl":
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+        self._dist = dist
+        self.backend = backend
+        self.size = dist.get_world_size()
+        self.workers = (dist.get_rank(),)
+        self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+
+    @property
+    def rank(self) -> int:
+        return self.workers[0]
+
+    def all_sum(self, local: Tensor) -> Tensor:
+        out = local.clone()
+        self._dist.all_reduce(out, op=self._dist.ReduceOp.SUM)
+        return out
+
+    def check_alive(self) -> None:
+        self._dist.barrier()
+
+    def close(self) -> None:
+        """Destroy the default process group."""
+        if self._dist.is_initialized():
+            self._dist.destroy_process_group()
+
+    def __repr__(self) -> str:
+        return f"TorchDistributedGroup(backend={self.backend!r}, size={self.size}, rank={self.rank})"
+
+
+def make_group(group=None, workers: int | None = None) -> WorkerGroup:
+    """A `WorkerGroup` from a group, None (simulated with ``workers`` workers), ``"simulated"``, ``"gloo"`` or ``"nccl"``.
+
+    Args:
+        group: a `WorkerGroup`, None / ``"simulated"``, or a torch.distributed backend name.
+        workers: the number of workers M (needed when simulated; checked against the group otherwise).
+    """
+    if isinstance(group, WorkerGroup):
+        out = group
+    elif group is None or group == "simulated":
+        if workers is None:
+            raise ValueError("workers (the number of workers M) is needed for a simulated group")
+        out = SimulatedGroup(workers)
+    elif group in ("gloo", "nccl", "torch.distributed"):
+        out = TorchDistributedGroup(None if group == "torch.distributed" else group)
+    else:
+        raise TypeError(f"group must be a WorkerGroup, None, 'simulated', 'gloo' or 'nccl', got {group!r}")
+    if workers is not None and out.size != workers:
+        raise ValueError(f"workers = {workers} but the group has {out.size} workers")
+    return out
+
+
+class AffineWorkers:
+    """Affine local operators ``F_m(z) = A_m z + c_m`` on flattened points (the workers held here).
+
+    Args:
+        A: ``(B, m, d, d)`` the local matrices of the workers held by this process.
+        c: ``(B, m, d)`` the local offsets.
+    """
+
+    def __init__(self, A: Tensor, c: Tensor):
+        if A.dim() != 4 or c.dim() != 3 or A.shape[:3] != c.shape or A.shape[-1] != A.shape[-2]:
+            raise ValueError(f"A must be (B, m, d, d) and c (B, m, d); got {tuple(A.shape)} and {tuple(c.shape)}")
+        self.A, self.c = A, c
+
+    def __call__(self, v: Tensor) -> Tensor:
+        """``(B, d) -> (B, m, d)``: every held worker's ``F_m`` at the common point ``v``."""
+        return (self.A @ v[:, None, :, None]).squeeze(-1) + self.c
+
+    def select(self, i: int) -> "AffineWorkers":
+        """Instance i alone (batch size 1)."""
+        return AffineWorkers(self.A[i:i + 1], self.c[i:i + 1])
+
+
+class DistributedProblem(VIProblem):
+    """A VI whose operator is the average of M workers' operators, ``F = (1/M) sum_m F_m``.
+
+    ``F`` (used by the driver's convergence checks) is ``group.mean`` of the
+    local operators, so under `torch.distributed` it is a collective: every
+    process evaluates it at the same time (they all run the same loop).
+
+    Args:
+        local_operator: a function ``(B, d) -> (B, m, d)`` giving the held workers'
+            ``F_m`` at a common flattened point (e.g. `AffineWorkers`).
+        domain: the set Z, as for `VIProblem`.
+        z0: the starting point, as for `VIProblem`.
+        group: the `WorkerGroup`.
+        local_lipschitz: ``(B, M)`` Lipschitz constants ``L_m`` of every worker's
+            operator (known to every process), if known.
+        **kwargs: passed to `VIProblem` (``lipschitz``, ``strong_monotonicity``,
+            ``reference``, ``name``, ...).
+    """
+
+    def __init__(self, local_operator: Callable[[Tensor], Tensor], domain, z0, *, group: WorkerGroup,
+                 local_lipschitz=None, **kwargs):
+        if not isinstance(group, WorkerGroup):
+            raise TypeError(f"group must be a WorkerGroup, got {type(group).__name__}")
+        if not callable(local_operator):
+            raise TypeError(f"local_operator must be callable, got {type(local_operator).__name__}")
+        self.group = group
+        self.local_operator = local_operator
+        super().__init__(self._full_operator, domain, z0, **kwargs)
+        if local_lipschitz is not None:
+            local_lipschitz = torch.as_tensor(local_lipschitz, dtype=torch.float64).cpu()
+            if local_lipschitz.shape != (self.batch_size, group.size):
+                raise ValueError(f"local_lipschitz must have shape (B, M) = ({self.batch_size}, {group.size}), "
+                                 f"got {tuple(local_lipschitz.shape)}")
+        self._local_lipschitz = local_lipschitz
+
+    @property
+    def workers(self) -> int:
+        """The number of workers M."""
+        return self.group.size
+
+    @property
+    def dim(self) -> int:
+        """The flattened dimension d = sum of the block sizes."""
+        return sum(self.dims)
+
+    def local_F(self, v: Tensor) -> Tensor:
+        """The held workers' operators at the flattened point ``v`` ``(B, d)``: ``(B, m, d)``."""
+        return self.local_operator(v)
+
+    def _full_operator(self, z: Point) -> Point:
+        return unflatten(self.group.mean(self.local_F(flatten(z))), self.dims)
+
+    def local_lipschitz(self) -> Tensor | None:
+        """``(B, M)`` the workers' Lipschitz constants (float64, CPU), or None."""
+        return self._local_lipschitz
+
+    def mean_square_lipschitz(self) -> Tensor | None:
+        """``(B,)`` ``Lbar = sqrt((1/M) sum_m L_m^2)``; the global L when the local ones are unknown."""
+        if self._local_lipschitz is not None:
+            return self._local_lipschitz.square().mean(-1).sqrt()
+        return self.lipschitz()
+
+    def select(self, i: int) -> "DistributedProblem":
+        """Instance i alone, as a problem of batch size 1 (needs ``local_operator.select``)."""
+        if not hasattr(self.local_operator, "select"):
+            raise TypeError("the local operator has no select(i) method")
+        sol = self.solution
+        L, mu = self.lipschitz(), self.strong_monotonicity()
+        from .sets import Box, Ball, Product
+
+        def row(s):
+            if isinstance(s, Box):
+                return Box(_row(s.lo, i), _row(s.hi, i))
+            if isinstance(s, Ball):
+                return Ball(_row(s.radius, i), s.p)
+            return s
+
+        return DistributedProblem(
+            self.local_operator.select(i), Product(*[row(s) for s in self.domain]), tuple(b[i:i + 1] for b in self.z0),
+            group=self.group, name=self.name,
+            local_lipschitz=None if self._local_lipschitz is None else self._local_lipschitz[i:i + 1],
+            lipschitz=None if L is None else L[i:i + 1], strong_monotonicity=None if mu is None else mu[i:i + 1],
+            solution=None if sol is None else tuple(b[i:i + 1] for b in sol))
+
+
+def _row(t, i):
+    if not isinstance(t, Tensor) or t.dim() == 0 or t.shape[0] == 1:
+        return t
+    return t[i:i + 1]
+
+
+# -- the torchrun entry point ----------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m saddle.distributed",
+        description="Solve a distributed VI with one process per worker. Start with "
+                    "`torchrun --nproc-per-node M -m saddle.distributed --problem distributed_bilinear "
+                    "--solver masha1`, or add --simulate M to run the M workers in this one process.")
+    p.add_argument("--problem", default="distributed_bilinear", help="a problem from problems.names()")
+    p.add_argument("--solver", default="masha1", help="masha1, masha2, distributed_eg or compressed_eg")
+    p.add_argument("--compressor", default=None, help="randk, topk, permk, identity, dithering, natural")
+    p.add_argument("--keep", type=int, default=None, help="coordinates kept by randk / topk (k)")
+    p.add_argument("--server-compressor", default=None, help="compress the server's messages too")
+    p.add_argument("--step-size", type=float, default=None)
+    p.add_argument("--sync-prob", type=float, default=None, help="full-synchronization probability p")
+    p.add_argument("--participation", type=int, default=None, help="workers per round (partial participation)")
+    p.add_argument("--size", type=int, default=None, help="the problem's size parameter n")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="problem and solver seed")
+    p.add_argument("--max-iters", type=int, default=5000)
+    p.add_argument("--tol", type=float, default=1e-6)
+    p.add_argument("--measure", default="distance")
+    p.add_argument("--check-every", type=int, default=10)
+    p.add_argument("--backend", default=None, help="gloo or nccl (default: nccl with CUDA, else gloo)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds a collective may wait")
+    p.add_argument("--simulate", type=int, default=None, metavar="M",
+                   help="run M simulated workers in this process instead of torch.distributed")
+    p.add_argument("--save", default=None, help="rank 0 saves the final point and counts here (torch.save)")
+    p.add_argument("--fail-rank", type=int, default=None, help=argparse.SUPPRESS)   # fault injection (tests)
+    p.add_argument("--fail-at", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--fail-mode", default="raise", choices=["raise", "exit", "hang"], help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m saddle.distributed`` (under ``torchrun``): solve and print a table on rank 0."""
+    args = _parser().parse_args(argv)
+    import problems
+
+    from .compress import get_compressor
+    from .solve import solve
+
+    torch.set_num_threads(1)
+    group = SimulatedGroup(args.simulate) if args.simulate else TorchDistributedGroup(args.backend, args.timeout)
+    rank = group.rank
+    device = getattr(group, "device", torch.device("cpu"))
+    kw = dict(group=group, workers=group.size, seed=args.seed, batch_size=args.batch_size, device=device)
+    if args.size is not None:
+        kw["n"] = args.size
+    problem = problems.get(args.problem, **kw)
+
+    settings = {}
+    if args.compressor is not None:
+        comp = get_compressor(args.compressor)
+        if args.keep is not None:
+            if not hasattr(comp, "k"):
+                raise SystemExit(f"--keep applies to randk and topk, not {args.compressor}")
+            comp = type(comp)(k=args.keep)
+        settings["compressor"] = comp
+    if args.server_compressor is not None:
+        settings["server_compressor"] = get_compressor(args.server_compressor, "server_compressor")
+    for name, value in (("step_size", args.step_size), ("p", args.sync_prob), ("participation", args.participation)):
+        if value is not None:
+            settings[name] = value
+    if args.solver in ("masha1", "masha2", "compressed_eg"):
+        settings["seed"] = args.seed
+
+    def callback(progress):
+        if args.fail_rank is not None and rank == args.fail_rank and progress.iteration >= (args.fail_at or 0):
+            if args.fail_mode == "exit":
+                os._exit(3)
+            if args.fail_mode == "hang":
+                time.sleep(3600)
+            raise RuntimeError(f"injected failure on rank {rank} at iteration {progress.iteration}")
+        if rank == 0:
+            worst = progress.measures[args.measure].max().item()
+            print(f"[rank 0] iteration {progress.iteration:6d}  {args.measure} {worst:.3e}", flush=True)
+
+    start = time.perf_counter()
+    sol = solve(problem, args.solver, max_iters=args.max_iters, tol=args.tol, measure=args.measure,
+                check_every=args.check_every, callback=callback, **settings)
+    wall = time.perf_counter() - start
+    if rank == 0:
+        counts = sol.counts
+        rounds = sol.iterations.max().item()
+        print(f"\n{args.solver} on {problem.name}: {group!r}")
+        print(f"{'status':<12}{'rounds':>8}{'op calls':>10}{'bits sent':>14}{'bits up':>14}{'distance':>12}"
+              f"{'s/round':>10}")
+        for i in range(problem.batch_size):
+            dist = sol.distance[i].item() if sol.distance is not None else float("nan")
+            print(f"{sol.statuses[i].name:<12}{sol.iterations[i].item():>8}{sol.operator_calls[i].item():>10}"
+                  f"{counts['bits_sent'][i].item():>14}{counts['bits_up'][i].item():>14}{dist:>12.3e}"
+                  f"{wall / max(rounds, 1):>10.2e}")
+        if args.save:
+            torch.save({"z": tuple(b.cpu() for b in sol.z), "counts": {k: v.cpu() for k, v in counts.items()},
+                        "iterations": sol.iterations.cpu(), "wall_time": wall, "rounds": rounds}, args.save)
+    if isinstance(group, TorchDistributedGroup):
+        group.close()
+    return 0
+
+
+if __name__ == "__main__":
+    # (run as a script, this file is `__main__`; use the package's module so that classes are the same)
+    from saddle.distributed import main as _main
+
+    sys.exit(_main())

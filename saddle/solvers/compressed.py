@@ -1,0 +1,564 @@
+"""Compressed distributed solvers: MASHA1, MASHA2 and two baselines on a `saddle.distributed.WorkerGroup`.
+
+Beznosikov, Richtárik, Diskin, Ryabinin and Gasnikov, "Distributed Methods with
+Compressed Communication for Solving Variational Inequalities, with
+Theoretical Guarantees" (arXiv 2110.03313). The problem is a
+`saddle.distributed.DistributedProblem`, ``F = (1/M) sum_m F_m``, worker m
+holding ``F_m``. Points are flattened to ``(B, d)``; workers' quantities are
+``(B, m, d)`` (the m workers of this process: all M when simulated, one per
+rank under `torch.distributed`); ``group.mean`` averages over all M workers.
+The math below is written once and runs on either backend.
+
+**MASHA1** (the paper's Algorithm 1; unbiased compressors ``Q``, e.g. `RandK`)
+keeps the iterate z and a reference point w with every ``F_m(w)`` and
+``F(w)``; with ``tau = 1 - p``::
+
+    z_bar  = tau z + (1 - tau) w
+    z_half = prox(z_bar - gamma F(w))
+    worker m sends  q_m = Q_m(F_m(z_half) - F_m(w))                  (uplink, compressed)
+    server sends    g = Q_s((1/|S|) sum_{m in S} q_m)                  (downlink; Q_s = I unless bidirectional)
+    z+     = prox(z_bar - gamma (F(w) + g))
+    with probability p (a coin shared by all):  w <- z+, workers send F_m(w) uncompressed
+                                                and the server sends back F(w).
+
+S is every worker, or ``participation`` workers drawn uniformly each round
+(partial participation; the average over S is unbiased).
+
+**MASHA2** (Algorithm 2; contractive compressors ``C`` with error feedback,
+``Z = R^d``)::
+
+    z_bar  = tau z + (1 - tau) w,     z_half = z_bar - gamma F(w)
+    v_m    = gamma (F_m(z_half) - F_m(w)) + e_m;   worker m sends c_m = C_m(v_m);  e_m <- v_m - c_m
+    server: v = (1/M) sum_m c_m + e;   sends c = C_s(v);  e <- v - c     (C_s = I unless bidirectional)
+    z+     = z_half - c,   and the same coin for w as MASHA1.
+
+**Baselines** with the same machinery: `DistributedEG` (uncompressed
+extragradient: every call exchanges full ``F_m`` and ``F``) and
+`CompressedEG` (extragradient on ``(1/M) sum_m Q_m(F_m(.))``, no variance
+reduction: it stalls at a distance set by the compression noise at the solution).
+
+**Step sizes** (defaults). ``L`` is the Lipschitz constant of F,
+``Lbar^2 = (1/M) sum_m L_m^2``, ``omega`` the worker compressor's variance
+constant, ``q_s = 1 + omega_s`` the server's, r the participating workers::
+
+    L_Q^2 = q_s (L^2 + (omega / r + (M - r) / (r (M - 1))) Lbar^2)     (mean-square Lipschitz constant
+                                                                         of the compressed difference)
+    MASHA1:          gamma = sqrt(1 - tau) / (2 L_Q),   p = 1 / (1 + omega)     (p = k/d for RandK)
+    MASHA2:          gamma = min(sqrt(1 - tau) / (2 L), delta / (4 Lbar)),  p = delta   (delta = k/d for TopK;
+                     delta = delta_worker delta_server when bidirectional)
+    DistributedEG:   gamma = 1 / (2 L)
+    CompressedEG:    gamma = 1 / (2 L_Q) with tau = 0
+
+These have the form of the paper's theorems (``gamma ~ sqrt(1 - tau) / L`` for
+the variance-reduced extragradient, the compression constants entering through
+``L_Q`` and ``delta``, ``p`` balancing compressed and full rounds); the numerical
+constants are ours, chosen for guaranteed (not tuned) linear convergence on
+strongly monotone problems.
+
+**Accounting**, per instance: ``operator_calls`` counts rounds of local
+evaluations (every worker evaluating its ``F_m`` once, in parallel):
+MASHA 1 per round plus 1 per full synchronization (the coin); the baselines 2
+per round (and 1 at init for the methods that start with full ``F_m(z_0)``).
+(To avoid host synchronizations, ``F_m(z+)`` is evaluated at every round and
+used only when the coin says so; counts follow the algorithm.) ``bits_up``
+counts the bits all workers send to the server and ``bits_down`` the bits the
+server sends (one message to each of the M workers), with the compressors'
+exact `saddle.compress.Compressor.bits`; ``bits_sent = bits_up + bits_down``;
+``syncs`` counts full synchronizations. The coin and the participating
+workers come from the shared seed and cost no bits. The counts are the
+algorithm's communication (what sparse or quantized messages cost on the
+wire, as in the paper); the `torch.distributed` backend reduces the
+compressed messages with dense ``all_reduce`` calls, so the bytes it moves
+are not smaller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from numbers import Integral, Real
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..compress import Compressor, RandK, RandomKey, TopK, get_compressor, uniform, value_bits
+from ..point import Point
+from ..sets import Reals
+from .base import Solver, register
+from .competitive import _batch
+
+__all__ = ["CompressedState", "MASHA1", "MASHA2", "DistributedEG", "CompressedEG"]
+
+# Streams of the counter-based random numbers (see saddle.compress.uniform).
+_UP, _UP2, _DOWN, _DOWN2, _COIN, _PART = 1, 2, 3, 4, 5, 6
+
+
+class CompressedState(NamedTuple):
+    """State of the compressed distributed solvers; tensors are ``(B, ...)``.
+
+    Attributes:
+        w: the reference point (MASHA) or None.
+        Fw: ``(B, d)`` ``F(w)`` (MASHA) or ``F(z)`` (`DistributedEG`), flattened; None for `CompressedEG`.
+        Fw_local: ``(B, m, d)`` the held workers' ``F_m(w)`` (MASHA) or None.
+        error: ``(B, m, d)`` the workers' error-feedback accumulators ``e_m`` (MASHA2) or None.
+        server_error: ``(B, d)`` the server's accumulator ``e`` (bidirectional MASHA2) or None.
+        step_size: ``(B,)`` gamma.
+        tau: ``(B,)`` ``1 - p``.
+        seed: ``(B,)`` int64 seeds of the shared random numbers.
+        operator_calls: ``(B,)`` rounds of local operator evaluations.
+        bits_up: ``(B,)`` bits sent by all workers to the server.
+        bits_down: ``(B,)`` bits sent by the server to the workers.
+        bits_sent: ``(B,)`` ``bits_up + bits_down``.
+        syncs: ``(B,)`` full synchronizations (coin successes).
+        steps: ``(B,)`` rounds taken (the round counter of the random numbers).
+    """
+
+    w: Point | None
+    Fw: Tensor | None
+    Fw_local: Tensor | None
+    error: Tensor | None
+    server_error: Tensor | None
+    step_size: Tensor
+    tau: Tensor
+    seed: Tensor
+    operator_calls: Tensor
+    bits_up: Tensor
+    bits_down: Tensor
+    bits_sent: Tensor
+    syncs: Tensor
+    steps: Tensor
+
+
+def _flat(z: Point) -> Tensor:
+    return z[0] if len(z) == 1 else torch.cat(z, dim=-1)
+
+
+def _split(v: Tensor, dims) -> Point:
+    return tuple(torch.split(v, list(dims), dim=-1))
+
+
+class _Distributed(Solver):
+    """Shared checks, constants, keys and bit counts of the compressed solvers."""
+
+    # compressors this solver accepts: "unbiased", "contractive" or None (any / none)
+    _needs: str | None = "unbiased"
+    _unconstrained: bool = False
+
+    def _worker_compressor(self) -> Compressor:
+        return get_compressor(getattr(self, "compressor", None), "compressor")
+
+    def _server_compressor(self) -> Compressor | None:
+        spec = getattr(self, "server_compressor", None)
+        return None if spec is None else get_compressor(spec, "server_compressor")
+
+    def _validate_settings(self) -> None:
+        step = self.step_size
+        if step is not None:
+            if isinstance(step, bool) or not isinstance(step, (Real, Tensor)):
+                raise TypeError(f"{self.name}: step_size must be a float, a (B,) tensor or None, "
+                                f"got {type(step).__name__}")
+            t = torch.as_tensor(step, dtype=torch.float64) if not isinstance(step, Tensor) else step.detach()
+            if t.dim() > 1 or not bool(torch.isfinite(t).all()) or bool((t <= 0).any()):
+                raise ValueError(f"{self.name}: step_size must be positive and finite (a float or a (B,) tensor), "
+                                 f"got {step!r}")
+        dev = self._worker_compressor()
+        srv = self._server_compressor()
+        if srv is not None and srv.per_worker:
+            raise ValueError(f"{self.name}: server_compressor cannot be {type(srv).__name__} "
+                             "(it splits coordinates among workers)")
+        p = getattr(self, "p", None)
+        if p is not None and (isinstance(p, bool) or not isinstance(p, Real) or not 0 < p <= 1):
+            raise ValueError(f"{self.name}: p must be a probability in (0, 1], got {p!r}")
+        r = getattr(self, "participation", None)
+        if r is not None and (isinstance(r, bool) or not isinstance(r, Integral) or r < 1):
+            raise ValueError(f"{self.name}: participation must be a positive integer (workers per round), got {r!r}")
+        seed = getattr(self, "seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, (Integral, Tensor)) or \
+                (isinstance(seed, Integral) and seed < 0):
+            raise ValueError(f"{self.name}: seed must be a non-negative integer or a (B,) int64 tensor, got {seed!r}")
+        for c, label in ((dev, "compressor"), (srv, "server_compressor")):
+            if c is None:
+                continue
+            if self._needs == "unbiased" and not c.unbiased:
+                raise ValueError(f"{self.name}: {label} must be unbiased (RandK, PermK, dithering, ...); "
+                                 f"{type(c).__name__} is not: use masha2 for contractive compressors")
+
+    def check(self, problem) -> None:
+        from ..distributed import DistributedProblem
+
+        if not isinstance(problem, DistributedProblem):
+            raise TypeError(f"{self.name} needs a DistributedProblem (an operator split over workers, "
+                            f"see saddle.distributed), got {type(problem).__name__}")
+        self._validate_settings()
+        d = problem.dim
+        dev, srv = self._worker_compressor(), self._server_compressor()
+        if self._needs == "contractive":
+            for c, label in ((dev, "compressor"), (srv, "server_compressor")):
+                if c is not None and (c.delta(d) is None or not c.delta(d) > 0):
+                    raise ValueError(f"{self.name}: {label} must be contractive (TopK, Identity); "
+                                     f"{type(c).__name__} is not: use masha1 for unbiased compressors")
+        else:
+            dev.omega(d, problem.workers)  # raises for k > d
+        r = getattr(self, "participation", None)
+        if r is not None and r > problem.workers:
+            raise ValueError(f"{self.name}: participation ({r}) must be at most the number of workers "
+                             f"({problem.workers})")
+        if self._unconstrained and not all(isinstance(s, Reals) for s in problem.domain):
+            raise ValueError(f"{self.name} needs an unconstrained problem (Z = R^d, as in the paper's "
+                             f"Algorithm 2); got {problem.domain!r}: use masha1")
+
+    # -- constants -----------------------------------------------------------------------------
+    def _participants(self, problem) -> int:
+        r = getattr(self, "participation", None)
+        return problem.workers if r is None else r
+
+    def _omega(self, problem) -> float:
+        return self._worker_compressor().omega(problem.dim, problem.workers) or 0.0
+
+    def _q_server(self, problem) -> float:
+        srv = self._server_compressor()
+        return 1.0 if srv is None else 1.0 + (srv.omega(problem.dim, 1) or 0.0)
+
+    def _L_Q(self, problem) -> Tensor:
+        """``(B,)`` the mean-square Lipschitz constant of the compressed difference (module docstring)."""
+        L, Lbar = self._constants(problem)
+        M, r = problem.workers, self._participants(problem)
+        sampling = 0.0 if M == 1 else (M - r) / (r * (M - 1))
+        return torch.sqrt(self._q_server(problem) * (L**2 + (self._omega(problem) / r + sampling) * Lbar**2))
+
+    def _constants(self, problem) -> tuple[Tensor, Tensor]:
+        L = problem.lipschitz()
+        if L is None:
+            raise ValueError(f"{self.name}: the default step size needs the Lipschitz constant of F; "
+                             "give the problem lipschitz= or pass step_size")
+        Lbar = problem.mean_square_lipschitz()
+        return L, (L if Lbar is None else Lbar)
+
+    def _default_p(self, problem) -> float:
+        return 1.0
+
+    def _default_step(self, problem, tau: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    # -- state ---------------------------------------------------------------------------------
+    def _common(self, problem) -> dict:
+        B, dev = problem.batch_size, problem.device
+        p = getattr(self, "p", None)
+        p = self._default_p(problem) if p is None else float(p)
+        tau = torch.full((B,), 1.0 - p, dtype=torch.float64)
+        if self.step_size is None:
+            gamma = self._default_step(problem, tau).to(torch.float64)
+        else:
+            gamma = _batch(self.step_size, "step_size", self.name, problem, dtype=torch.float64).cpu()
+            if not bool(torch.isfinite(gamma).all()) or bool((gamma <= 0).any()):
+                raise ValueError(f"{self.name}: step_size must be positive and finite, got {self.step_size!r}")
+        seed = getattr(self, "seed", 0)
+        if isinstance(seed, Tensor):
+            if seed.dtype != torch.int64 or seed.shape != (B,) or bool((seed < 0).any()):
+                raise ValueError(f"{self.name}: seed must be a non-negative integer or a (B,) = ({B},) int64 tensor, "
+                                 f"got {seed.dtype} of shape {tuple(seed.shape)}")
+            seed = seed.to(dev)
+        else:
+            seed = torch.full((B,), int(seed), dtype=torch.int64, device=dev)
+        zeros = torch.zeros(B, dtype=torch.int64, device=dev)
+        return dict(step_size=gamma.to(device=dev, dtype=problem.dtype), tau=tau.to(device=dev, dtype=problem.dtype),
+                    seed=seed, operator_calls=zeros, bits_up=zeros, bits_down=zeros, bits_sent=zeros, syncs=zeros,
+                    steps=zeros)
+
+    def _full_bits(self, problem) -> int:
+        """Bits of one uncompressed vector of d values."""
+        return problem.dim * value_bits(problem.dtype)
+
+    def _worker_bits(self, problem) -> Tensor:
+        """``(M,)`` int64: bits of each worker's compressed message."""
+        dev = self._worker_compressor()
+        M = problem.workers
+        return torch.tensor([dev.bits(problem.dim, problem.dtype, m, M) for m in range(M)], dtype=torch.int64,
+                            device=problem.device)
+
+    def _down_bits(self, problem) -> int:
+        """Bits of the server's reply to all M workers (compressed when bidirectional)."""
+        srv = self._server_compressor()
+        one = self._full_bits(problem) if srv is None else srv.bits(problem.dim, problem.dtype, -1, 1)
+        return problem.workers * one
+
+    def _key(self, problem, state, stream: int, server: bool = False) -> RandomKey:
+        workers = torch.tensor([-1], dtype=torch.int64, device=problem.device) if server else \
+            problem.group.worker_index(problem.device)
+        return RandomKey(state.seed, state.steps, stream, workers, 1 if server else problem.workers)
+
+    def _weights(self, problem, state) -> Tensor:
+        """``(B, M)`` averaging weights: ``1/M``, or ``1/r`` on the r participating workers of this round."""
+        B, M = problem.batch_size, problem.workers
+        r = self._participants(problem)
+        if r == M:
+            return torch.full((B, M), 1.0 / M, dtype=problem.dtype, device=problem.device)
+        u = uniform(state.seed, state.steps, _PART, None, M)[:, 0, :]
+        chosen = torch.zeros(B, M, dtype=problem.dtype, device=problem.device)
+        chosen.scatter_(-1, u.topk(r, dim=-1).indices, 1.0)
+        return chosen / r
+
+    def _coin(self, state) -> Tensor:
+        """``(B,)`` bool: this round's full synchronization, with probability ``p = 1 - tau``."""
+        u = uniform(state.seed, state.steps, _COIN, None, 1)[:, 0, 0]
+        return u < (1.0 - state.tau.to(torch.float64))
+
+    def _uplink(self, problem, weights: Tensor) -> Tensor:
+        """``(B,)`` bits the participating workers send in one compressed exchange."""
+        return ((weights > 0).long() * self._worker_bits(problem)).sum(-1)
+
+    def _compress_reply(self, problem, state, g: Tensor, stream: int) -> Tensor:
+        srv = self._server_compressor()
+        if srv is None:
+            return g
+        return srv.compress(g.unsqueeze(1), self._key(problem, state, stream, server=True)).squeeze(1)
+
+    def _count(self, state, *, calls, up, down, syncs=None) -> dict:
+        return dict(operator_calls=state.operator_calls + calls, bits_up=state.bits_up + up,
+                    bits_down=state.bits_down + down, bits_sent=state.bits_sent + up + down,
+                    syncs=state.syncs if syncs is None else state.syncs + syncs, steps=state.steps + 1)
+
+
+def _check_compressor_field(solver) -> None:
+    solver._validate_settings()
+
+
+def _masha_init(solver, problem, z0: Point, *, error: bool) -> CompressedState:
+    solver.check(problem)
+    common = solver._common(problem)
+    Fw_local = problem.local_F(_flat(z0))
+    Fw = problem.group.mean(Fw_local)
+    full = solver._full_bits(problem) * problem.workers
+    common.update(operator_calls=common["operator_calls"] + 1, bits_up=common["bits_up"] + full,
+                  bits_down=common["bits_down"] + full, bits_sent=common["bits_sent"] + 2 * full)
+    srv_err = torch.zeros_like(Fw) if error and solver._server_compressor() is not None else None
+    return CompressedState(w=z0, Fw=Fw, Fw_local=Fw_local, error=torch.zeros_like(Fw_local) if error else None,
+                           server_error=srv_err, **common)
+
+
+def _synchronize(solver, problem, state, z_new: Point, coin: Tensor) -> tuple[Point, Tensor, Tensor]:
+    """With the coin, ``w <- z+`` and the workers exchange full ``F_m(w)``; else w stays."""
+    F_loc = problem.local_F(_flat(z_new))
+    F_new = problem.group.mean(F_loc)
+    c1, c2 = coin.view(-1, 1), coin.view(-1, 1, 1)
+    w = tuple(torch.where(c1, a, b) for a, b in zip(z_new, state.w))
+    return w, torch.where(c1, F_new, state.Fw), torch.where(c2, F_loc, state.Fw_local)
+
+
+@register("masha1")
+@dataclass(frozen=True)
+class MASHA1(_Distributed):
+    """MASHA1: variance-reduced extragradient with unbiased compression (arXiv 2110.03313, Algorithm 1).
+
+    See the module docstring for the step, the default step size and the accounting.
+
+    Args:
+        compressor: the workers' unbiased compressor (default ``RandK(ratio=0.1)``).
+        server_compressor: an unbiased compressor for the server's reply
+            (bidirectional compression), or None (the reply is sent in full).
+        step_size: gamma, a float or ``(B,)`` tensor (default from the theory, see above).
+        p: the probability of a full synchronization (``tau = 1 - p``; default
+            ``1 / (1 + omega)``, which is ``k / d`` for `RandK`).
+        participation: workers drawn uniformly per round (partial participation), or None (all).
+        seed: the seed of the shared random numbers, an int or a ``(B,)`` int64 tensor.
+    """
+
+    compressor: Compressor = RandK(ratio=0.1)
+    server_compressor: Compressor | None = None
+    step_size: object = None
+    p: float | None = None
+    participation: int | None = None
+    seed: object = 0
+
+    def __post_init__(self):
+        _check_compressor_field(self)
+
+    def _default_p(self, problem):
+        return 1.0 / (1.0 + self._omega(problem))
+
+    def _default_step(self, problem, tau):
+        return torch.sqrt(1.0 - tau) / (2.0 * self._L_Q(problem))
+
+    def init(self, problem, z0):
+        return _masha_init(self, problem, z0, error=False)
+
+    def step(self, problem, z, state):
+        dims, gamma, tau = problem.dims, state.step_size, state.tau.unsqueeze(-1)
+        z_bar = tau * _flat(z) + (1 - tau) * _flat(state.w)
+        z_bar_p = _split(z_bar, dims)
+        z_half = problem.prox(z_bar_p, _split(state.Fw, dims), gamma)
+        delta = problem.local_F(_flat(z_half)) - state.Fw_local
+        q = self._worker_compressor().compress(delta, self._key(problem, state, _UP))
+        weights = self._weights(problem, state)
+        g = self._compress_reply(problem, state, problem.group.weighted_sum(q, weights), _DOWN)
+        z_new = problem.prox(z_bar_p, _split(state.Fw + g, dims), gamma)
+        coin = self._coin(state)
+        w, Fw, Fw_local = _synchronize(self, problem, state, z_new, coin)
+        full = self._full_bits(problem) * problem.workers * coin.long()
+        counts = self._count(state, calls=1 + coin.long(), up=self._uplink(problem, weights) + full,
+                             down=self._down_bits(problem) + full, syncs=coin.long())
+        return z_new, state._replace(w=w, Fw=Fw, Fw_local=Fw_local, **counts)
+
+
+@register("masha2")
+@dataclass(frozen=True)
+class MASHA2(_Distributed):
+    """MASHA2: variance-reduced extragradient with contractive compression and error feedback (Algorithm 2).
+
+    For unconstrained problems (``Z = R^d``). See the module docstring for the
+    step, the default step size and the accounting.
+
+    Args:
+        compressor: the workers' contractive compressor (default ``TopK(ratio=0.1)``).
+        server_compressor: a contractive compressor for the server's reply, with
+            its own error feedback (bidirectional compression), or None.
+        step_size: gamma, a float or ``(B,)`` tensor (default from the theory).
+        p: the probability of a full synchronization (default ``delta``, ``k / d`` for `TopK`).
+        seed: the seed of the shared random numbers (the coin).
+    """
+
+    compressor: Compressor = TopK(ratio=0.1)
+    server_compressor: Compressor | None = None
+    step_size: object = None
+    p: float | None = None
+    seed: object = 0
+
+    _needs = "contractive"
+    _unconstrained = True
+
+    def __post_init__(self):
+        _check_compressor_field(self)
+
+    def _delta(self, problem) -> float:
+        d = self._worker_compressor().delta(problem.dim)
+        srv = self._server_compressor()
+        return d * (1.0 if srv is None else srv.delta(problem.dim))
+
+    def _default_p(self, problem):
+        return self._delta(problem)
+
+    def _default_step(self, problem, tau):
+        L, Lbar = self._constants(problem)
+        return torch.minimum(torch.sqrt(1.0 - tau) / (2.0 * L), self._delta(problem) / (4.0 * Lbar))
+
+    def init(self, problem, z0):
+        return _masha_init(self, problem, z0, error=True)
+
+    def step(self, problem, z, state):
+        dims, gamma, tau = problem.dims, state.step_size.unsqueeze(-1), state.tau.unsqueeze(-1)
+        z_bar = tau * _flat(z) + (1 - tau) * _flat(state.w)
+        z_half = z_bar - gamma * state.Fw
+        v = gamma.unsqueeze(-1) * (problem.local_F(z_half) - state.Fw_local) + state.error
+        c = self._worker_compressor().compress(v, self._key(problem, state, _UP))
+        g = problem.group.mean(c)
+        server_error = state.server_error
+        if server_error is not None:
+            vs = g + server_error
+            g = self._compress_reply(problem, state, vs, _DOWN)
+            server_error = vs - g
+        z_new = _split(z_half - g, dims)
+        coin = self._coin(state)
+        w, Fw, Fw_local = _synchronize(self, problem, state, z_new, coin)
+        full = self._full_bits(problem) * problem.workers * coin.long()
+        weights = torch.ones(problem.batch_size, problem.workers, device=problem.device)
+        counts = self._count(state, calls=1 + coin.long(), up=self._uplink(problem, weights) + full,
+                             down=self._down_bits(problem) + full, syncs=coin.long())
+        return z_new, state._replace(w=w, Fw=Fw, Fw_local=Fw_local, error=v - c, server_error=server_error,
+                                     **counts)
+
+
+@register("distributed_eg")
+@dataclass(frozen=True)
+class DistributedEG(_Distributed):
+    """Uncompressed distributed extragradient: the baseline that sends every ``F_m`` in full.
+
+    ``z_half = prox(z - gamma F(z))``, ``z+ = prox(z - gamma F(z_half))``, each
+    ``F = (1/M) sum_m F_m`` one exchange of full vectors (d values up from each
+    worker and d values back to each). Two operator calls per round (``F(z+)``
+    is the next round's ``F(z)``), one at init.
+
+    Args:
+        step_size: gamma, a float or ``(B,)`` tensor (default ``1 / (2 L)``).
+    """
+
+    step_size: object = None
+
+    _needs = None
+
+    def __post_init__(self):
+        _check_compressor_field(self)
+
+    def _default_step(self, problem, tau):
+        L, _ = self._constants(problem)
+        return 1.0 / (2.0 * L)
+
+    def init(self, problem, z0):
+        self.check(problem)
+        common = self._common(problem)
+        full = self._full_bits(problem) * problem.workers
+        common.update(operator_calls=common["operator_calls"] + 1, bits_up=common["bits_up"] + full,
+                      bits_down=common["bits_down"] + full, bits_sent=common["bits_sent"] + 2 * full)
+        Fz = problem.group.mean(problem.local_F(_flat(z0)))
+        return CompressedState(w=None, Fw=Fz, Fw_local=None, error=None, server_error=None, **common)
+
+    def step(self, problem, z, state):
+        dims, gamma = problem.dims, state.step_size
+        z_half = problem.prox(z, _split(state.Fw, dims), gamma)
+        F_half = problem.group.mean(problem.local_F(_flat(z_half)))
+        z_new = problem.prox(z, _split(F_half, dims), gamma)
+        F_new = problem.group.mean(problem.local_F(_flat(z_new)))
+        full = 2 * self._full_bits(problem) * problem.workers
+        counts = self._count(state, calls=2, up=full, down=full)
+        return z_new, state._replace(Fw=F_new, **counts)
+
+
+@register("compressed_eg")
+@dataclass(frozen=True)
+class CompressedEG(_Distributed):
+    """Compressed distributed extragradient without variance reduction (a baseline).
+
+    ``g(z) = Q_s((1/|S|) sum_{m in S} Q_m(F_m(z)))``;  ``z_half = prox(z - gamma g(z))``,
+    ``z+ = prox(z - gamma g(z_half))``: two compressed exchanges and two operator
+    calls per round. The compression noise does not vanish at the solution
+    (``F_m(z*) != 0`` for heterogeneous workers), so it converges to a
+    neighbourhood whose size shrinks with gamma.
+
+    Args:
+        compressor: the workers' unbiased compressor (default ``RandK(ratio=0.1)``).
+        server_compressor: an unbiased compressor for the server's reply, or None.
+        step_size: gamma, a float or ``(B,)`` tensor (default ``1 / (2 L_Q)``).
+        participation: workers per round (partial participation), or None (all).
+        seed: the seed of the shared random numbers.
+    """
+
+    compressor: Compressor = RandK(ratio=0.1)
+    server_compressor: Compressor | None = None
+    step_size: object = None
+    participation: int | None = None
+    seed: object = 0
+
+    def __post_init__(self):
+        _check_compressor_field(self)
+
+    def _default_step(self, problem, tau):
+        return 1.0 / (2.0 * self._L_Q(problem))
+
+    def init(self, problem, z0):
+        self.check(problem)
+        return CompressedState(w=None, Fw=None, Fw_local=None, error=None, server_error=None,
+                               **self._common(problem))
+
+    def _estimate(self, problem, state, v: Tensor, up: int, down: int) -> tuple[Tensor, Tensor]:
+        q = self._worker_compressor().compress(problem.local_F(v), self._key(problem, state, up))
+        weights = self._weights(problem, state)
+        return self._compress_reply(problem, state, problem.group.weighted_sum(q, weights), down), weights
+
+    def step(self, problem, z, state):
+        dims, gamma = problem.dims, state.step_size
+        g1, w1 = self._estimate(problem, state, _flat(z), _UP, _DOWN)
+        z_half = problem.prox(z, _split(g1, dims), gamma)
+        g2, w2 = self._estimate(problem, state, _flat(z_half), _UP2, _DOWN2)
+        z_new = problem.prox(z, _split(g2, dims), gamma)
+        counts = self._count(state, calls=2, up=self._uplink(problem, w1) + self._uplink(problem, w2),
+                             down=2 * self._down_bits(problem))
+        return z_new, state._replace(**counts)
