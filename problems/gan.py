@@ -26,12 +26,16 @@ instances (different seeds for the data, latent codes and initial networks).
 
 Points are flat parameter vectors: x is ``(B, n)`` with row i equal to
 ``torch.nn.utils.parameters_to_vector(generator_i.parameters())``, and y
-likewise for the discriminator. The B networks are made with
-``torch.func.stack_module_state`` and evaluated with ``torch.func.vmap`` of
-``torch.func.functional_call`` on the unflattened rows, so the objective is
-an ordinary differentiable function of (x, y): gradients, Hessian-vector
-products and mixed second derivatives (``torch.func.jvp`` of the operator, as
-competitive methods use) all work through it.
+likewise for the discriminator. The objective evaluates all B networks at
+once as batched MLPs on the flat rows: each layer's weights ``(B, out, in)``
+and biases ``(B, out)`` are views of the row, and a layer is one
+``torch.baddbmm``, ``h <- act(b + h W^T)`` on ``h (B, N, in)``. So the
+objective is an ordinary differentiable function of (x, y): gradients,
+Hessian-vector products and mixed second derivatives (plain ``torch.autograd``
+double backward, or ``torch.func`` transforms of the operator, as competitive
+methods use) all work through it. The R1 penalty's input gradient
+``grad_r D(r)`` is the discriminator's backward pass written out (also an
+ordinary expression of y and r, so it differentiates again like the rest).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from numbers import Real
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, stack_module_state, vmap
+from torch.func import stack_module_state
 
 from saddle import SaddleProblem
 
@@ -115,8 +119,9 @@ def dirac_gan(*, loss: str = "standard", r1: float = 0.0, radius: float = 1.0, x
         r1: gamma >= 0, the weight of the R1 gradient penalty on the discriminator.
         radius: the starting points lie on the circle of this radius around
             the equilibrium, at seeded uniformly random angles (one per instance).
-        x0, y0: the starting theta and psi instead (a float, or batch_size
-            floats); give both or neither.
+        x0: the starting theta instead (a float, or batch_size floats); give
+            x0 and y0 both or neither.
+        y0: the starting psi instead, as x0.
 
     The unique equilibrium is (0, 0) with value ``2 phi(0)`` (the `solution`
     and reference value). The Jacobian of F at (0, 0) is
@@ -204,20 +209,72 @@ def _init(module: nn.Module, gen: torch.Generator) -> nn.Module:
     return module
 
 
-class _Flat:
-    """A network family's parameters as flat ``(B, n)`` blocks, and the way back.
+def _linear(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``b + h W^T``: h ``(B, N, in)``, W ``(B, out, in)``, b ``(B, out)`` -> ``(B, N, out)`` (or without B).
 
-    The order and layout are those of ``torch.nn.utils.parameters_to_vector``:
-    the parameters in ``named_parameters`` order, each flattened row-major.
+    One ``torch.baddbmm`` for a batch, one ``torch.addmm`` (what ``nn.Linear``
+    runs) for a single instance, a broadcasting ``matmul`` for other shapes.
+    """
+    if h.dim() == 3 and weight.dim() == 3:
+        return torch.baddbmm(bias.unsqueeze(-2), h, weight.transpose(-1, -2))
+    if h.dim() == 2 and weight.dim() == 2:
+        return torch.addmm(bias, h, weight.t())
+    return torch.matmul(h, weight.transpose(-1, -2)) + bias.unsqueeze(-2)
+
+
+def _tanh_slope(pre: Tensor, out: Tensor) -> Tensor:
+    return 1 - out * out
+
+
+def _relu_slope(pre: Tensor, out: Tensor) -> Tensor:
+    return (pre > 0).to(pre.dtype)
+
+
+def _leaky_relu_slope(pre: Tensor, out: Tensor) -> Tensor:
+    return torch.full_like(pre, 0.2).masked_fill(pre > 0, 1.0)  # in pre's dtype (scalar where() gives float32)
+
+
+def _elu_slope(pre: Tensor, out: Tensor) -> Tensor:
+    return torch.exp(pre.clamp(max=0))  # e^h for h <= 0, 1 above: finite, and differentiable where ELU' is
+
+
+# activation: (sigma(h), sigma'(h) from (h, sigma(h))), the functions of the nn modules `_mlp` uses
+_ACTIVATION = {
+    "tanh": (torch.tanh, _tanh_slope),
+    "relu": (torch.relu, _relu_slope),
+    "leaky_relu": (lambda h: nn.functional.leaky_relu(h, 0.2), _leaky_relu_slope),
+    "elu": (nn.functional.elu, _elu_slope),
+}
+
+
+class _Flat:
+    """An MLP family's parameters as flat ``(B, n)`` blocks, the way back, and the batched network.
+
+    The order and layout are those of ``torch.nn.utils.parameters_to_vector``
+    of the ``nn.Sequential`` made by `_mlp`: the parameters in
+    ``named_parameters`` order (``0.weight``, ``0.bias``, ``2.weight``, ...),
+    each flattened row-major. The network is evaluated directly on those
+    blocks: layer k is ``h_k = sigma(h_{k-1} W_k^T + b_k)`` with ``W_k`` of
+    shape ``(B, out_k, in_k)`` and ``b_k`` of shape ``(B, out_k)`` (no
+    activation after the last layer), one ``torch.baddbmm`` for all B
+    instances.
     """
 
-    def __init__(self, modules: list[nn.Module]):
+    def __init__(self, modules: list[nn.Module], activation: str):
         params, _ = stack_module_state(modules)
         self.names = list(params)
         self.shapes = [tuple(params[k].shape[1:]) for k in self.names]
         self.sizes = [math.prod(s) for s in self.shapes]
         self.start = torch.cat([params[k].detach().reshape(len(modules), -1) for k in self.names], -1)
         self.template = copy.deepcopy(modules[0]).to("meta")  # architecture only: the weights come from x
+        self.activation = activation
+        self._sigma, self._slope = _ACTIVATION[activation]
+        index = {k: i for i, k in enumerate(self.names)}
+        # (weight, bias) positions in the split of a flat vector, layer by layer
+        self._layers = [(index[f"{name}.weight"], index[f"{name}.bias"])
+                        for name, layer in self.template.named_children() if isinstance(layer, nn.Linear)]
+        if 2 * len(self._layers) != len(self.names):
+            raise ValueError("the template must be a sequence of nn.Linear layers and activations")
 
     @property
     def size(self) -> int:
@@ -228,23 +285,74 @@ class _Flat:
         lead = flat.shape[:-1]
         return {k: t.reshape(*lead, *s) for k, t, s in zip(self.names, flat.split(self.sizes, -1), self.shapes)}
 
+    def layers(self, flat: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """The weights ``(B, out, in)`` and biases ``(B, out)`` of each layer, in order (views of ``flat`` (B, n)).
+
+        One instance's ``flat`` ``(n,)`` gives ``(out, in)`` and ``(out,)``.
+        """
+        lead = flat.shape[:-1]
+        parts = [t.reshape(*lead, *s) for t, s in zip(flat.split(self.sizes, -1), self.shapes)]
+        return [(parts[w], parts[b]) for w, b in self._layers]
+
+    def _forward(self, flat: Tensor, inputs: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """The output and every hidden layer's ``(pre-activation, activation)``."""
+        layers = self.layers(flat)
+        hidden, h = [], inputs
+        for W, b in layers[:-1]:
+            pre = _linear(h, W, b)
+            h = self._sigma(pre)
+            hidden.append((pre, h))
+        W, b = layers[-1]
+        return _linear(h, W, b), hidden
+
     def __call__(self, flat: Tensor, inputs: Tensor) -> Tensor:
-        """The network of one instance's parameters ``flat`` (n,) applied to ``inputs`` (N, d_in)."""
-        return functional_call(self.template, self.unflatten(flat), (inputs,))
+        """The networks of ``flat`` ``(B, n)`` applied to ``inputs`` ``(B, N, d_in)``: ``(B, N, d_out)``.
+
+        Instance i's network (``flat[i]``) sees only ``inputs[i]``. One
+        instance: ``flat`` ``(n,)`` and ``inputs`` ``(N, d_in)`` give ``(N, d_out)``.
+        """
+        return self._forward(flat, inputs)[0]
+
+    def value_and_input_grad(self, flat: Tensor, inputs: Tensor) -> tuple[Tensor, Tensor]:
+        """A scalar network's outputs ``D(r)`` ``(B, N)`` and input gradients ``grad_r D(r)`` ``(B, N, d_in)``.
+
+        The gradient is the backward pass written out,
+        ``grad_r D = W_1^T diag(sigma'(h_1)) W_2^T ... diag(sigma'(h_L)) w^T``
+        (``h_k`` the pre-activations, ``w`` the output layer's ``(1, width)``
+        weight), so it is an ordinary expression of ``flat`` and ``inputs``:
+        differentiable again by ``torch.autograd`` and ``torch.func`` alike.
+        One instance: ``(n,)`` and ``(N, d_in)`` give ``(N,)`` and ``(N, d_in)``.
+        """
+        out, hidden = self._forward(flat, inputs)
+        if out.shape[-1] != 1:
+            raise ValueError(f"the input gradient needs a scalar network, this one has {out.shape[-1]} outputs")
+        layers = self.layers(flat)
+        g = layers[-1][0]  # (B, 1, width): d out / d h_L, the same for every input
+        for (pre, h), (W, _) in zip(reversed(hidden), reversed(layers[:-1])):
+            g = torch.matmul(g * self._slope(pre, h), W)  # (B, N, in)
+        return out.squeeze(-1), g
 
 
 class MixtureGAN(SaddleProblem):
     """A batch of GANs on a 2-D Gaussian mixture (made by `gaussian_mixture_gan`).
 
     Attributes:
-        generator, discriminator: the per-instance networks as flat-parameter
-            functions ``net(flat (n,), inputs (N, d)) -> (N, out)``; their
+        generator: the B generators as one flat-parameter function
+            ``generator(x (B, n), latent (B, N, latent_dim)) -> (B, N, 2)`` (or one
+            instance: ``(n,)``, ``(N, latent_dim)`` -> ``(N, 2)``); its
             ``template`` is the architecture (an ``nn.Sequential`` on the meta
-            device) and ``unflatten`` maps a flat vector to its parameters.
-        centers: the mixture's means ``(K, 2)``; ``std``: its standard deviation.
-        latent_dim, loss, r1, resample: as given to the factory.
-        real, latent: the fixed real samples ``(B, N, 2)`` and latent codes
-            ``(B, N, latent_dim)`` the objective averages over (``resample=False``).
+            device) and ``unflatten`` maps flat vectors to named parameters.
+        discriminator: the B discriminators likewise,
+            ``discriminator(y (B, m), points (B, N, 2)) -> (B, N, 1)``.
+        centers: the mixture's means ``(K, 2)``.
+        std: the mixture's standard deviation.
+        latent_dim: the generator's input dimension.
+        loss: ``"standard"`` or ``"wasserstein"``.
+        r1: gamma of the R1 penalty.
+        resample: whether every evaluation draws fresh samples and codes.
+        real: the fixed real samples ``(B, N, 2)`` the objective averages over
+            (``resample=False``).
+        latent: the fixed latent codes ``(B, N, latent_dim)``.
     """
 
     def __init__(self, *, generator: _Flat, discriminator: _Flat, real: Tensor, latent: Tensor, centers: Tensor,
@@ -267,19 +375,43 @@ class MixtureGAN(SaddleProblem):
         latent = torch.randn(B, n, self.latent_dim, generator=generator, device=device, dtype=dtype)
         return self.centers[idx] + self.std * noise, latent
 
-    def _single(self, x: Tensor, y: Tensor, real: Tensor, latent: Tensor) -> Tensor:
-        """The objective of one instance: x (n,), y (m,), real (N, 2), latent (N, d) -> ()."""
+    def _value(self, x: Tensor, y: Tensor, real: Tensor, latent: Tensor) -> Tensor:
+        """f of every instance on the given data: ``(B,)``.
+
+        Args:
+            x: the generators' parameters ``(B, n)``.
+            y: the discriminators' parameters ``(B, m)``.
+            real: real samples ``(B, N, 2)``.
+            latent: latent codes ``(B, N', latent_dim)``.
+
+        ``f_i = mean_j log sigmoid(D_i(real_ij)) + mean_j log(1 - sigmoid(D_i(G_i(latent_ij))))``
+        (standard loss; ``mean_j D_i(real_ij) - mean_j D_i(G_i(latent_ij))``
+        for the Wasserstein loss), minus ``(r1 / 2) mean_j |grad_r D_i(real_ij)|^2``.
+        The instances are independent (instance i's f depends on row i of
+        every argument only). The R1 slopes ``grad_r D_i(real_ij)`` ``(B, N, 2)``
+        are the discriminator's backward pass written out
+        (`_Flat.value_and_input_grad`), an ordinary expression of y and real:
+        f composes with ``torch.func`` transforms and with ``torch.autograd``
+        double backward alike. The discriminator runs on the real and the
+        generated points separately: on one concatenated batch, each mixed
+        product would also differentiate through the real points' half, which
+        does not depend on x (measured: twice the product time). A single
+        instance (``x (n,)``, ``y (m,)``, ``real (N, 2)``, ``latent (N', latent_dim)``
+        -> ``()``) works too.
+        """
         D = self.discriminator
-        fake = self.generator(x, latent)
-        d_real, d_fake = D(y, real).squeeze(-1), D(y, fake).squeeze(-1)
+        if self.r1:
+            d_real, slope = D.value_and_input_grad(y, real)
+        else:
+            d_real = D(y, real).squeeze(-1)
+        d_fake = D(y, self.generator(x, latent)).squeeze(-1)
         if self.loss == "standard":
             # E log sigmoid(D(real)) + E log(1 - sigmoid(D(fake)))
-            value = -nn.functional.softplus(-d_real).mean() - nn.functional.softplus(d_fake).mean()
+            value = -nn.functional.softplus(-d_real).mean(-1) - nn.functional.softplus(d_fake).mean(-1)
         else:
-            value = d_real.mean() - d_fake.mean()
+            value = d_real.mean(-1) - d_fake.mean(-1)
         if self.r1:
-            slope = grad(lambda r: D(y, r).sum())(real)
-            value = value - 0.5 * self.r1 * slope.square().sum(-1).mean()
+            value = value - 0.5 * self.r1 * slope.square().sum(-1).mean(-1)
         return value
 
     def _objective(self, x: Tensor, y: Tensor) -> Tensor:
@@ -287,7 +419,7 @@ class MixtureGAN(SaddleProblem):
             real, latent = self.draw(self.real.shape[1], self._stream)
         else:
             real, latent = self.real, self.latent
-        return vmap(self._single)(x, y, real, latent)
+        return self._value(x, y, real, latent)
 
 
 @register("gaussian_mixture_gan")
@@ -314,8 +446,11 @@ def gaussian_mixture_gan(*, mode: str = "ring", loss: str = "standard", latent_d
         mode: ``"ring"`` (8 modes on a circle of radius ``scale``) or ``"grid"``
             (25 modes at ``scale (i, j)``, ``i, j in {-2..2}``); see `mixture_centers`.
         loss: ``"standard"`` or ``"wasserstein"``.
-        latent_dim, width, depth, activation: the networks (activation one of
-            ``"tanh"`` (smooth: the default), ``"relu"``, ``"leaky_relu"`` (slope 0.2), ``"elu"``).
+        latent_dim: the generator's input dimension.
+        width: the hidden layers' width (both networks).
+        depth: the number of hidden layers (both networks).
+        activation: ``"tanh"`` (smooth: the default), ``"relu"``,
+            ``"leaky_relu"`` (slope 0.2) or ``"elu"``.
         n_samples: N, the number of real samples and of latent codes per instance.
         std: the modes' standard deviation (default 0.02 for the ring, 0.05 for the grid).
         scale: the ring's radius or the grid's spacing.
@@ -364,7 +499,7 @@ def gaussian_mixture_gan(*, mode: str = "ring", loss: str = "standard", latent_d
     real = centers[idx] + std * torch.randn(B, n_samples, 2, dtype=torch.float64, generator=gen)
     latent = torch.randn(B, n_samples, latent_dim, dtype=torch.float64, generator=gen)
 
-    G, D = _Flat(generators), _Flat(discriminators)
+    G, D = _Flat(generators, activation), _Flat(discriminators, activation)
     name = (f"gaussian_mixture_gan(mode={mode!r}, loss={loss!r}{f', r1={gamma}' if gamma else ''}"
             f"{', resample=True' if resample else ''})")
     return MixtureGAN(generator=G, discriminator=D, real=batch.place(real), latent=batch.place(latent),
@@ -395,7 +530,7 @@ def sample(problem: MixtureGAN, x: Tensor, n: int, *, seed: int = 0) -> Tensor:
     gen = torch.Generator().manual_seed(seed)
     latent = torch.randn(x.shape[0], n, problem.latent_dim, dtype=torch.float64, generator=gen)
     with torch.no_grad():
-        return vmap(problem.generator)(x, latent.to(device=x.device, dtype=x.dtype))
+        return problem.generator(x, latent.to(device=x.device, dtype=x.dtype))
 
 
 def _assign(samples: Tensor, centers: Tensor, std: float) -> tuple[Tensor, Tensor]:

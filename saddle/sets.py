@@ -503,9 +503,10 @@ class CappedSimplex(ConstraintSet):
         # Bisection on the bit patterns of the floats: after 8 * itemsize steps lo and hi are adjacent.
         steps = 8 * u.element_size()
         check = u.device.type == "cpu"  # an early exit costs a host synchronization: on the CPU only
+        zero, buf = torch.zeros((), dtype=u.dtype, device=u.device), torch.empty_like(u)
         for k in range(steps):
             t = _float_midpoint(lo, hi)
-            above = torch.minimum((u - t).clamp_min(0), c).sum(-1, keepdim=True) >= 1
+            above = torch.clamp(torch.sub(u, t, out=buf), zero, c, out=buf).sum(-1, keepdim=True) >= 1
             lo, hi = torch.where(above, t, lo), torch.where(above, hi, t)
             if check and k % 4 == 3 and not _breakpoint_inside(u, c, lo, hi).any():
                 break

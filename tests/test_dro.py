@@ -56,6 +56,39 @@ def test_projections_match_cvxpy_and_closed_forms():
                                rtol=0, atol=1e-12)
 
 
+def _capped_simplex_reference(u: np.ndarray, cap: float) -> np.ndarray:
+    """Exact capped-simplex projection by brute force: g at all 2n breakpoints, then the linear piece."""
+    breaks = np.sort(np.concatenate([u, u - cap]))
+    g = np.clip(u[None, :] - breaks[:, None], 0, cap).sum(1)  # nonincreasing
+    k = np.nonzero(g >= 1)[0][-1]
+    lo, hi = breaks[k], breaks[min(k + 1, len(breaks) - 1)]
+    t = (lo + hi) / 2 if hi > lo else lo
+    mid = (u - cap < t) & (u > t)
+    top = u - cap >= t
+    tau = (u[mid].sum() + cap * top.sum() - 1) / mid.sum() if mid.any() else lo
+    return np.clip(u - tau, 0, cap)
+
+
+def test_capped_simplex_projection_is_exact():
+    """Bisection on the threshold, then the exact linear piece: ties, per-instance caps, float32, cap = 1/n."""
+    gen = torch.Generator().manual_seed(3)
+    n = 300
+    u = torch.randn(4, n, dtype=torch.float64, generator=gen)
+    u[1] = torch.round(u[1] * 3) / 3  # many ties
+    u[2] = 0.25                        # all tied
+    u[3] = 1e3 * u[3]                  # wide range
+    caps = torch.tensor([1 / (0.1 * n), 1 / (0.5 * n), 0.01, 1 / n], dtype=torch.float64)
+    q = CappedSimplex(caps).project(u)
+    assert CappedSimplex(caps).contains(q, atol=1e-13).all()
+    for i in range(4):
+        np.testing.assert_allclose(q[i].numpy(), _capped_simplex_reference(u[i].numpy(), float(caps[i])),
+                                   rtol=0, atol=1e-13)
+    q32 = CappedSimplex(0.05).project(u[:1].float())
+    assert q32.dtype == torch.float32 and abs(float(q32.sum()) - 1) < 1e-5 and float(q32.max()) <= 0.05 + 1e-7
+    # Idempotent: a point of the set is its own projection.
+    torch.testing.assert_close(CappedSimplex(caps).project(q), q, rtol=0, atol=1e-14)
+
+
 CASES = [("cvar", "logistic"), ("cvar", "smooth_hinge"), ("cvar", "squared"), ("chi2_ball", "logistic"),
          ("chi2_ball", "squared"), ("chi2", "logistic"), ("chi2", "smooth_hinge"), ("kl", "logistic"),
          ("kl", "squared"), ("spectral", "logistic"), ("erm", "logistic")]

@@ -3,9 +3,12 @@
 The Dirac GAN is checked against hand-derived closed forms (objective,
 gradients, Jacobian at the equilibrium, the GDA growth factor
 ``sqrt(1 + eta^2 phi'(0)^2)``); the mixture GAN's batched objective
-(``vmap`` + ``functional_call`` on flat parameters) against single instances
-evaluated with ordinary ``nn.Sequential`` modules and autograd, and its second
-derivatives against autograd Hessians and finite differences.
+(batched MLPs written out on the flat parameters, ``torch.baddbmm`` per layer,
+and the R1 input gradient written out as the backward pass) against single
+instances evaluated with ordinary ``nn.Sequential`` modules
+(``torch.func.functional_call``) and autograd, and its second derivatives
+(``torch.func`` and plain ``torch.autograd`` double backward) against
+autograd Hessians and finite differences.
 """
 
 from __future__ import annotations
@@ -219,7 +222,8 @@ def perturbed(p, seed=0, scale=0.3):
 
 
 @pytest.mark.parametrize("loss, gamma, activation", [("standard", 0.0, "tanh"), ("standard", 0.5, "elu"),
-                                                     ("wasserstein", 0.2, "tanh"), ("wasserstein", 0.0, "relu")])
+                                                     ("wasserstein", 0.2, "tanh"), ("wasserstein", 0.0, "relu"),
+                                                     ("standard", 0.3, "leaky_relu"), ("wasserstein", 0.5, "relu")])
 def test_mixture_batch_equals_single_instances(loss, gamma, activation):
     B = 3
     kw = dict(SMALL)
@@ -315,8 +319,70 @@ def test_mixture_second_derivatives(loss, gamma):
     np.testing.assert_allclose(np64(mixed), np64((Fp - Fm) / (2 * h)), rtol=0, atol=1e-8)
 
 
+@pytest.mark.parametrize("loss, gamma, activation", [("standard", 0.0, "tanh"), ("standard", 0.7, "tanh"),
+                                                     ("wasserstein", 0.4, "elu"), ("standard", 0.3, "leaky_relu")])
+def test_mixture_mixed_products_are_the_hessian_blocks(loss, gamma, activation):
+    """SaddleOperator.mixed_products (plain autograd double backward, and torch.func) against autograd Hessians.
+
+    With ``H`` the Hessian of instance i's f in ``(x_i, y_i)`` (through ordinary
+    modules), ``D_xy f v = H[:n, n:] v`` and ``D_yx f u = H[n:, :n] u``; the R1
+    term makes them third derivatives of the networks.
+    """
+    kw = dict(latent_dim=2, width=4, depth=2, n_samples=6)
+    B = 3
+    p = problems.get("gaussian_mixture_gan", loss=loss, r1=gamma, activation=activation, batch_size=B, seed=4, **kw)
+    z = perturbed(p, seed=3)
+    n, _ = p.dims
+    g = torch.Generator().manual_seed(5)
+    u = torch.randn(z[0].shape, dtype=F64, generator=g)
+    v = torch.randn(z[1].shape, dtype=F64, generator=g)
+    plain = p.operator.mixed_products(z)
+    func = p.operator.mixed_products(z, transformable=True)
+    Fx, Fy = p.F(z)
+    for mp in (plain, func):
+        np.testing.assert_allclose(np64(mp.grad_x), np64(Fx), rtol=0, atol=1e-13)
+        np.testing.assert_allclose(np64(mp.grad_y), -np64(Fy), rtol=0, atol=1e-13)
+    xy, yx = plain.xy(v), plain.yx(u)
+    np.testing.assert_allclose(np64(func.xy(v)), np64(xy), rtol=0, atol=1e-13)
+    np.testing.assert_allclose(np64(func.yx(u)), np64(yx), rtol=0, atol=1e-13)
+    for i in range(B):
+        f, _, _ = single_objective(p, i, kw, activation)
+        H = torch.autograd.functional.hessian(lambda w: f(w[:n], w[n:]), torch.cat([z[0][i], z[1][i]]))
+        assert H[:n, n:].abs().max() > 1e-3
+        np.testing.assert_allclose(np64(xy[i]), np64(H[:n, n:] @ v[i]), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(np64(yx[i]), np64(H[n:, :n] @ u[i]), rtol=0, atol=1e-12)
+
+
+def test_mixture_networks_one_instance_batched_and_vmapped():
+    """The flat-parameter networks on one instance, on the batch, and under vmap agree with the modules."""
+    kw = dict(SMALL)
+    p = problems.get("gaussian_mixture_gan", activation="elu", batch_size=3, seed=2, **kw)
+    x, y = perturbed(p, seed=4)
+    G = mlp(kw["latent_dim"], 2, kw["width"], kw["depth"], "elu")
+    D = mlp(2, 1, kw["width"], kw["depth"], "elu")
+    points = p.real + 0.5 * torch.randn(p.real.shape, dtype=F64, generator=torch.Generator().manual_seed(1))
+    batched_g, batched_d = p.generator(x, p.latent), p.discriminator(y, points)
+    assert batched_g.shape == (3, kw["n_samples"], 2) and batched_d.shape == (3, kw["n_samples"], 1)
+    vmapped = torch.func.vmap(p.generator)(x, p.latent)
+    d_out, slope = p.discriminator.value_and_input_grad(y, points)
+    for i in range(3):
+        vector_to_parameters(x[i], G.parameters())
+        vector_to_parameters(y[i], D.parameters())
+        r = points[i].clone().requires_grad_(True)
+        want_d = D(r)
+        (want_slope,) = torch.autograd.grad(want_d.sum(), r)
+        with torch.no_grad():
+            want_g = G(p.latent[i])
+            for got in (p.generator(x[i], p.latent[i]), batched_g[i], vmapped[i]):
+                np.testing.assert_allclose(np64(got), np64(want_g), rtol=0, atol=1e-14)
+            np.testing.assert_allclose(np64(batched_d[i]), np64(want_d), rtol=0, atol=1e-14)
+            np.testing.assert_allclose(np64(d_out[i]), np64(want_d[:, 0]), rtol=0, atol=1e-14)
+            np.testing.assert_allclose(np64(slope[i]), np64(want_slope), rtol=0, atol=1e-14)
+    assert [tuple(w.shape) for w, _ in p.generator.layers(x)] == [(3, 8, 3), (3, 8, 8), (3, 2, 8)]
+
+
 def test_mixture_torch_func_composes():
-    """grad of a jvp (third derivatives, as with R1) and jvp of grad_y through vmap + functional_call."""
+    """grad of a jvp (third derivatives, as with R1) and jvp of grad_y through the batched objective."""
     p = problems.get("gaussian_mixture_gan", r1=1.0, batch_size=2, latent_dim=2, width=4, depth=1, n_samples=6)
     x, y = p.z0
     grad_y = torch.func.grad(lambda a, b: p.objective((a, b)).sum(), argnums=1)

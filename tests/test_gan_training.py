@@ -264,8 +264,11 @@ RING = dict(mode="ring", latent_dim=16, width=32, depth=2, n_samples=512, batch_
 def test_acgd_covers_the_ring_on_fresh_samples():
     # 8 seeded instances of the 8-Gaussian ring (generator and discriminator: 2 x 32 tanh MLPs;
     # 512 fixed real samples and latent codes per instance, enough that the generators do not
-    # overfit their codes), float32, 400 ACGD steps at lr 5e-3 (about 55 s on one core). Judged
-    # on 2500 fresh samples per generator (PacGAN's rule: a mode is covered by >= 20 of them).
+    # overfit their codes), float32, 400 ACGD steps at lr 5e-3 (30 s of CPU time with the previous
+    # vmapped objective, 25 s with the batched MLP, back to back; 22 to 55 s of wall time on a
+    # shared 2-core machine; the table below was measured with the previous objective, whose
+    # float32 rounding differs). Judged on 2500 fresh samples per generator (PacGAN's rule: a mode
+    # is covered by >= 20 of them).
     # Measured modes per instance (all 8 instances):
     #     step       0    150    200    250    300    350   400   450   500   600
     #     mean       0   2.38   5.00   6.88   7.50     8     8     8     8     8
@@ -286,3 +289,64 @@ def test_acgd_covers_the_ring_on_fresh_samples():
     assert (high_quality_fraction(fresh, p.centers, p.std) > 0.15).all()
     # the same generators on other fresh codes
     assert (modes_covered(sample(p, sol.x, 2500, seed=7), p.centers, p.std) >= 7).all()
+
+
+# The issue's test: a small, seeded, CPU-sized mixture GAN that resamples its data (every
+# evaluation of f draws 256 fresh real points and latent codes), 4 instances, float32.
+RESAMPLED_RING = dict(mode="ring", width=32, depth=2, latent_dim=4, n_samples=256, resample=True, batch_size=4,
+                      seed=0, dtype=torch.float32)
+BUDGET = 1800  # steps (gradient pairs) for every method
+ACGD_SETTINGS = dict(step_size=3e-3, cg_tol=1e-2, cg_max_iters=10, warm_start=False)
+
+
+def fresh_modes(p, x, seed=1):
+    """Modes covered by 2000 fresh samples of each generator (PacGAN's rule: >= 16 of them within 3 std)."""
+    return modes_covered(sample(p, x, 2000, seed=seed), p.centers, p.std)
+
+
+@pytest.mark.slow
+def test_acgd_covers_the_resampled_ring_in_a_fixed_budget():
+    # ACGD at lr 3e-3 for 1800 steps (14,664 HVPs per instance, 8.1 per step; 18 to 28 s on a
+    # shared 2-core CPU). The stopping test runs every 200 steps and, with resample=True, draws a
+    # minibatch of its own, so check_every is part of the trajectory. Modes per instance on 2000
+    # fresh samples (seed 1), measured every 200 steps (2026-11-23), problem seeds 0 and 1:
+    #     step      600           800           1000          1200          1400 ... 2200   2400
+    #     seed 0    [1, 7, 7, 6]  [7, 7, 8, 6]  [8, 7, 8, 8]  [8, 7, 8, 8]  [8, 8, 8, 8]    [6, 8, 8, 8]
+    #     seed 1    [7, 7, 6, 2]  [4, 8, 7, 8]  [8, 8, 8, 8]  [8, 8, 6, 8]  >= 7 from 1400 to 2400
+    # (seed 0: all four at 8 at every check from 1400 to 2200), so the budget of 1800 steps sits
+    # 400 steps inside the window where every instance covers >= 7 modes. At lr 5e-3 the window was
+    # narrower (a 6 at steps 1200 and 1600). Table and GDA / Adam / CGD runs: docs/benchmarks.md.
+    p = problems.get("gaussian_mixture_gan", **RESAMPLED_RING)
+    assert (fresh_modes(p, p.z0[0]) == 0).all()
+    sol = saddle.solve(p, "acgd", max_iters=BUDGET, tol=0.0, check_every=200, history=False, **ACGD_SETTINGS)
+    assert (sol.iterations == BUDGET).all() and (sol.status == Status.MAX_ITERS).all()
+    covered = fresh_modes(p, sol.x)
+    assert (covered >= 7).all(), covered
+    assert (fresh_modes(p, sol.x, seed=2) >= 7).all()  # other fresh codes
+    hq = high_quality_fraction(sample(p, sol.x, 2000, seed=1), p.centers, p.std)
+    assert (hq > 0.3).all(), hq  # measured 0.60 to 0.66
+
+
+@pytest.mark.slow
+def test_gda_and_simultaneous_adam_with_the_same_budget():
+    # The same 1800 steps (gradient pairs; ACGD spent about 8 HVPs per step on top). Measured
+    # modes per instance on 2000 fresh samples (seed 1), every 200 steps up to 2400:
+    # * simultaneous GDA, step 0.1: at most 4 at every check (1800: [0, 0, 2, 0]);
+    # * simultaneous Adam (lr 3e-3, betas (0.5, 0.999), on F = (grad_x f, -grad_y f)): 8 in most
+    #   instances from step 800, with one instance dropping to 3 to 5 at some checks
+    #   (1800: [8, 8, 3, 8]; 1200: [8, 3, 8, 8]; 2000: [8, 8, 8, 8]), so no bound on its worst
+    #   instance is asserted. Over the checks 1000..2400 (32 instance-checks) Adam had >= 7 modes
+    #   in 28, ACGD (above) in 31, GDA in none.
+    p = problems.get("gaussian_mixture_gan", **RESAMPLED_RING)
+    gda = saddle.solve(p, "gda", step_size=0.1, max_iters=BUDGET, tol=0.0, check_every=200, history=False)
+    gda_modes = fresh_modes(p, gda.x)
+    assert (gda_modes < 7).all(), gda_modes  # measured <= 4 at every check
+    q = problems.get("gaussian_mixture_gan", **RESAMPLED_RING)
+    x, y = (b.detach().clone().requires_grad_() for b in q.z0)
+    opt = torch.optim.Adam([x, y], lr=3e-3, betas=(0.5, 0.999))
+    for _ in range(BUDGET):
+        x.grad, y.grad = q.F((x.detach(), y.detach()))  # descend x, ascend y
+        opt.step()
+    adam_modes = fresh_modes(q, x.detach())
+    assert torch.isfinite(x).all() and torch.isfinite(y).all()
+    assert adam_modes.sum() > gda_modes.sum() + 8, (adam_modes, gda_modes)  # measured 27 against 2
