@@ -3,7 +3,9 @@
 The operator ``F(x, y) = (A y + b, -(A^T x + c))`` is monotone (skew) and
 L-Lipschitz with ``L = |A|_2``; for invertible A the unique saddle point is
 ``x* = -A^-T c``, ``y* = -A^-1 b`` (the reference, by a linear solve). Simultaneous
-GDA diverges on every such game; the extragradient family converges linearly.
+GDA diverges on every such game; the extragradient family converges linearly
+(Daskalakis, Ilyas, Syrgkanis and Zeng 2018, arXiv 1711.00141; Gidel et al. 2019,
+arXiv 1802.10551).
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ and a simulated one see the same problem.
   (arXiv 2110.03313): ``f(x, y) = (1/M) sum_m f_m(x, y)`` with
   ``f_m(x, y) = x^T A_m y + a_m^T x - b_m^T y + (lam/2) |x|^2 - (lam/2) |y|^2``,
   strongly-convex-strongly-concave; heterogeneity controls how far the
-  workers' data are from their average.
+  workers' data are from their average. With ``samples=N`` each worker's
+  operator is also a finite sum of N samples (row blocks of its data), for the
+  minibatch variants of MASHA.
 - ``distributed_matrix_game``: a matrix game whose payoff is the average of
   M workers' payoffs (a data-split game), on simplices; reference by HiGHS.
 """
@@ -44,7 +46,7 @@ def _check_nonnegative(value, name: str) -> float:
 
 @register("distributed_bilinear")
 def distributed_bilinear(n: int = 50, *, workers: int | None = None, lam: float = 0.25, heterogeneity: float = 1.0,
-                         group=None, batch_size: int = 1, seed: int = 0, device=None,
+                         samples: int | None = None, group=None, batch_size: int = 1, seed: int = 0, device=None,
                          dtype=torch.float64) -> DistributedProblem:
     """The paper's distributed bilinear saddle problem, a sum of M local strongly-convex-strongly-concave games.
 
@@ -56,11 +58,24 @@ def distributed_bilinear(n: int = 50, *, workers: int | None = None, lam: float 
     ``L_m = sqrt(lam^2 + |A_m|_2^2)``. The unique solution ``z* = -Mbar^-1 cbar``
     comes from a linear solve. The start is ``x0 = y0 = 0``.
 
+    **Samples.** With ``samples=N`` worker m's data are also a finite sum
+    ``F_m = (1/N) sum_j F_{m,j}``: the n rows of ``(A_m, a_m)`` (the x-equations)
+    are split into N contiguous blocks ``I_j`` of nearly equal size, and sample j
+    holds block ``I_j`` scaled by N (``P_j`` the 0/1 diagonal selecting ``I_j``)::
+
+        F_{m,j}(x, y) = (N P_j (A_m y + a_m) + lam x,  -(N P_j A_m)^T x + b_m + lam y)
+
+    Every sample is ``lam``-strongly monotone with ``L_{m,j} = sqrt(lam^2 + N^2 |P_j A_m|_2^2)``
+    (``sample_lipschitz`` reports ``sqrt((1/N) sum_j L_{m,j}^2)`` per worker); the
+    average over j is exactly ``F_m`` (the full operator is still computed from
+    ``A_m``), so the solution and the random data are the same as without samples.
+
     Args:
         n: the dimension of each player (d = 2n coordinates in all).
         workers: the number of workers M (default: the group's size, or 10).
         lam: the regularization, the strong monotonicity constant mu.
         heterogeneity: the scale of the workers' deviations from the average data (0: identical workers).
+        samples: N, split each worker's operator into N samples (row blocks; 1 <= N <= n), or None.
         group: a `saddle.distributed.WorkerGroup`, None / ``"simulated"`` (M simulated workers), or ``"gloo"``.
         batch_size: the number of independent instances B.
         seed: the seed of the data (the same on every process).
@@ -71,6 +86,10 @@ def distributed_bilinear(n: int = 50, *, workers: int | None = None, lam: float 
     n = check_positive_int(n, "n")
     lam = check_positive(lam, "lam")
     heterogeneity = _check_nonnegative(heterogeneity, "heterogeneity")
+    if samples is not None:
+        samples = check_positive_int(samples, "samples")
+        if samples > n:
+            raise ValueError(f"samples must be at most n = {n} (each sample holds at least one row), got {samples}")
     M, group = _workers_and_group(workers, group)
     B, gen = batch.size, batch.generator()
     scale = n ** -0.5
@@ -89,13 +108,31 @@ def distributed_bilinear(n: int = 50, *, workers: int | None = None, lam: float 
     L_m = torch.sqrt(lam**2 + torch.linalg.matrix_norm(A_m, ord=2) ** 2)
     held = list(group.workers)
     p = batch.place
+    components, L_hat, name = None, None, f"distributed_bilinear(n={n}, M={M})"
+    if samples is not None:
+        N = samples
+        rows = torch.zeros(N, n, dtype=torch.float64)
+        for j, block in enumerate(torch.arange(n).tensor_split(N)):
+            rows[j, block] = float(N)
+        A_j = rows.view(1, 1, N, n, 1) * A_m[:, held].unsqueeze(2)            # N P_j A_m: (B, m, N, n, n)
+        a_j = rows.view(1, 1, N, n) * a_m[:, held].unsqueeze(2)
+        eye_j = lam * torch.eye(n, dtype=torch.float64).expand(*A_j.shape)
+        mats_j = torch.cat([torch.cat([eye_j, A_j], -1), torch.cat([-A_j.mT, eye_j], -1)], -2)
+        offsets_j = torch.cat([a_j, b_m[:, held].unsqueeze(2).expand(B, len(held), N, n)], -1)
+        components = (p(mats_j), p(offsets_j))
+        # Lhat_m over every worker (known to every process): sqrt((1/N) sum_j (lam^2 + N^2 |P_j A_m|^2)).
+        block_norms = torch.stack([torch.linalg.matrix_norm(A_m[:, :, block], ord=2)
+                                   for block in torch.arange(n).tensor_split(N)], -1)   # (B, M, N)
+        L_hat = torch.sqrt(lam**2 + (N * block_norms).square().mean(-1))
+        name = f"distributed_bilinear(n={n}, M={M}, N={N})"
     zeros = torch.zeros(B, n, dtype=torch.float64)
     return DistributedProblem(
-        AffineWorkers(p(mats[:, held]), p(offsets[:, held])), Product(Reals(), Reals()), (p(zeros), p(zeros)),
-        group=group, local_lipschitz=L_m, lipschitz=L, strong_monotonicity=torch.full((B,), lam),
+        AffineWorkers(p(mats[:, held]), p(offsets[:, held]), components), Product(Reals(), Reals()),
+        (p(zeros), p(zeros)), group=group, local_lipschitz=L_m, sample_lipschitz=L_hat, lipschitz=L,
+        strong_monotonicity=torch.full((B,), lam),
         reference=Reference((p(z_star[:, :n]), p(z_star[:, n:])), unique=True,
                             source="closed form (linear solve of the averaged operator)"),
-        name=f"distributed_bilinear(n={n}, M={M})")
+        name=name)
 
 
 @register("distributed_matrix_game")

@@ -5,7 +5,9 @@
 by construction (the right-hand sides come from a point inside the bounds,
 plus a positive slack on the inequalities) and bounded (finite upper bounds).
 The reference is HiGHS (`scipy.optimize.linprog`): the optimal value, the
-primal solution and the duals (``y = -marginals``).
+primal solution and the duals (``y = -marginals``). The saddle-point form is the
+Lagrangian of LP duality (Dantzig 1963, *Linear Programming and Extensions*), the
+problem class of PDLP (Applegate et al. 2021, arXiv 2106.04756).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 The value and an equilibrium come from HiGHS solving the game's LP through
 `scipy.optimize.linprog` (`problems.reference.matrix_game_lp`), computed for
 each instance the first time ``problem.reference`` is read. Named games have
-closed-form equilibria.
+closed-form equilibria. Von Neumann's minimax theorem (von Neumann 1928) gives
+the value; the entropic geometry is that of mirror-prox (Nemirovski 2004).
 """
 
 from __future__ import annotations

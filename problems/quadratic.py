@@ -8,7 +8,9 @@ symmetric positive definite, i.e. a `saddle.BilinearProblem` with
 
 References: unconstrained, the linear solve ``M z* = -q``; on a box, cvxpy
 (Clarabel) on the dual reformulation of the inner maximization, polished on
-its active set (`problems.reference.box_quadratic_saddle`).
+its active set (`problems.reference.box_quadratic_saddle`). Linear convergence of
+gradient methods on this class: Facchinei and Pang 2003 (the VI book, Ch. 12);
+Mokhtari, Ozdaglar and Pattathil 2020 (arXiv 1901.08511).
 """
 
 from __future__ import annotations

@@ -47,12 +47,15 @@ class Coupling:
     linear_in_y: bool = False
 
     def value(self, x: Tensor, y: Tensor) -> Tensor:
+        """``phi(x, y)`` per instance: ``(B, n), (B, m) -> (B,)``."""
         raise NotImplementedError
 
     def grad_x(self, x: Tensor, y: Tensor) -> Tensor:
+        """``grad_x phi(x, y)``, shape ``(B, n)``."""
         raise NotImplementedError
 
     def grad_y(self, x: Tensor, y: Tensor) -> Tensor:
+        """``grad_y phi(x, y)``, shape ``(B, m)``."""
         raise NotImplementedError
 
     def lipschitz(self) -> dict[str, Tensor | None]:
@@ -96,10 +99,12 @@ class Bilinear(Coupling):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of K."""
         return self.K.dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of K."""
         return self.K.device
 
     def mv(self, x: Tensor) -> Tensor:

@@ -21,9 +21,10 @@ Two interchangeable backends:
   rank 0 prints progress and the final table.
 
 Random decisions (compressor draws, the full-synchronization coin, the
-participating workers) come from counter-based hashes of shared seeds
-(`saddle.compress.uniform`), so every process makes them identically without
-communicating, and the two backends produce the same iterates.
+participating workers, the minibatches of finite-sum workers) come from
+counter-based hashes of shared seeds (`saddle.compress.uniform`), so every
+process makes them identically without communicating, and the two backends
+produce the same iterates.
 """
 
 from __future__ import annotations
@@ -215,23 +216,59 @@ def make_group(group=None, workers: int | None = None) -> WorkerGroup:
 class AffineWorkers:
     """Affine local operators ``F_m(z) = A_m z + c_m`` on flattened points (the workers held here).
 
+    Optionally a finite sum per worker, ``F_m = (1/N) sum_j F_{m,j}`` with affine
+    components ``F_{m,j}(z) = A_{m,j} z + c_{m,j}`` (N samples per worker), for the
+    minibatch variants of the compressed solvers. The full ``F_m`` is always
+    computed from ``A_m, c_m`` (the components' average must equal it).
+
     Args:
         A: ``(B, m, d, d)`` the local matrices of the workers held by this process.
         c: ``(B, m, d)`` the local offsets.
+        components: None, or ``(A_j, c_j)`` of shapes ``(B, m, N, d, d)`` and ``(B, m, N, d)``:
+            every held worker's N sample operators.
     """
 
-    def __init__(self, A: Tensor, c: Tensor):
+    def __init__(self, A: Tensor, c: Tensor, components: tuple[Tensor, Tensor] | None = None):
         if A.dim() != 4 or c.dim() != 3 or A.shape[:3] != c.shape or A.shape[-1] != A.shape[-2]:
             raise ValueError(f"A must be (B, m, d, d) and c (B, m, d); got {tuple(A.shape)} and {tuple(c.shape)}")
-        self.A, self.c = A, c
+        if components is not None:
+            Aj, cj = components
+            B, m, d = c.shape
+            if Aj.dim() != 5 or cj.dim() != 4 or Aj.shape[:2] != (B, m) or Aj.shape[3:] != (d, d) or \
+                    cj.shape != Aj.shape[:4]:
+                raise ValueError(f"components must be (B, m, N, d, d) and (B, m, N, d) with (B, m, d) = {(B, m, d)}; "
+                                 f"got {tuple(Aj.shape)} and {tuple(cj.shape)}")
+        self.A, self.c, self.components = A, c, components
+
+    @property
+    def samples(self) -> int:
+        """N, the number of samples (components) per worker (1: no finite-sum structure)."""
+        return 1 if self.components is None else self.components[0].shape[2]
 
     def __call__(self, v: Tensor) -> Tensor:
         """``(B, d) -> (B, m, d)``: every held worker's ``F_m`` at the common point ``v``."""
         return (self.A @ v[:, None, :, None]).squeeze(-1) + self.c
 
+    def sample(self, v: Tensor, idx: Tensor) -> Tensor:
+        """The held workers' minibatch means ``(1/b) sum_i F_{m, idx[:, m, i]}(v)``: ``(B, m, d)``.
+
+        Args:
+            v: ``(B, d)`` the common point.
+            idx: ``(B, m, b)`` int64 sample indices in ``[0, N)``, per instance and held worker.
+        """
+        if self.components is None:
+            return self(v)  # N = 1: the only sample is F_m
+        Aj, cj = self.components
+        B, m = idx.shape[:2]
+        bi = torch.arange(B, device=idx.device).view(B, 1, 1)
+        mi = torch.arange(m, device=idx.device).view(1, m, 1)
+        values = (Aj[bi, mi, idx] @ v[:, None, None, :, None]).squeeze(-1) + cj[bi, mi, idx]  # (B, m, b, d)
+        return values.mean(2)
+
     def select(self, i: int) -> "AffineWorkers":
         """Instance i alone (batch size 1)."""
-        return AffineWorkers(self.A[i:i + 1], self.c[i:i + 1])
+        comp = None if self.components is None else tuple(t[i:i + 1] for t in self.components)
+        return AffineWorkers(self.A[i:i + 1], self.c[i:i + 1], comp)
 
 
 class DistributedProblem(VIProblem):
@@ -249,12 +286,16 @@ class DistributedProblem(VIProblem):
         group: the `WorkerGroup`.
         local_lipschitz: ``(B, M)`` Lipschitz constants ``L_m`` of every worker's
             operator (known to every process), if known.
+        sample_lipschitz: ``(B, M)`` for a finite-sum local operator (one with
+            ``samples`` N > 1 and ``sample(v, idx)``, e.g. `AffineWorkers` with
+            components): ``Lhat_m = sqrt((1/N) sum_j L_{m,j}^2)``, the mean-square
+            Lipschitz constant of worker m's samples, if known.
         **kwargs: passed to `VIProblem` (``lipschitz``, ``strong_monotonicity``,
             ``reference``, ``name``, ...).
     """
 
     def __init__(self, local_operator: Callable[[Tensor], Tensor], domain, z0, *, group: WorkerGroup,
-                 local_lipschitz=None, **kwargs):
+                 local_lipschitz=None, sample_lipschitz=None, **kwargs):
         if not isinstance(group, WorkerGroup):
             raise TypeError(f"group must be a WorkerGroup, got {type(group).__name__}")
         if not callable(local_operator):
@@ -268,6 +309,14 @@ class DistributedProblem(VIProblem):
                 raise ValueError(f"local_lipschitz must have shape (B, M) = ({self.batch_size}, {group.size}), "
                                  f"got {tuple(local_lipschitz.shape)}")
         self._local_lipschitz = local_lipschitz
+        if self.samples > 1 and not callable(getattr(local_operator, "sample", None)):
+            raise TypeError("a local operator with samples > 1 needs a sample(v, idx) method")
+        if sample_lipschitz is not None:
+            sample_lipschitz = torch.as_tensor(sample_lipschitz, dtype=torch.float64).cpu()
+            if sample_lipschitz.shape != (self.batch_size, group.size):
+                raise ValueError(f"sample_lipschitz must have shape (B, M) = ({self.batch_size}, {group.size}), "
+                                 f"got {tuple(sample_lipschitz.shape)}")
+        self._sample_lipschitz = sample_lipschitz
 
     @property
     def workers(self) -> int:
@@ -279,9 +328,24 @@ class DistributedProblem(VIProblem):
         """The flattened dimension d = sum of the block sizes."""
         return sum(self.dims)
 
+    @property
+    def samples(self) -> int:
+        """N, the samples per worker of a finite-sum local operator ``F_m = (1/N) sum_j F_{m,j}`` (1 if none)."""
+        N = getattr(self.local_operator, "samples", 1)
+        return 1 if N is None else int(N)
+
     def local_F(self, v: Tensor) -> Tensor:
         """The held workers' operators at the flattened point ``v`` ``(B, d)``: ``(B, m, d)``."""
         return self.local_operator(v)
+
+    def local_sample(self, v: Tensor, idx: Tensor) -> Tensor:
+        """The held workers' minibatch means ``(1/b) sum_i F_{m, idx[:, m, i]}(v)``, ``(B, m, d)``.
+
+        ``idx`` is ``(B, m, b)`` int64 in ``[0, N)``; with N = 1 the only sample is ``F_m``.
+        """
+        if self.samples == 1 and not callable(getattr(self.local_operator, "sample", None)):
+            return self.local_F(v)
+        return self.local_operator.sample(v, idx)
 
     def _full_operator(self, z: Point) -> Point:
         return unflatten(self.group.mean(self.local_F(flatten(z))), self.dims)
@@ -295,6 +359,15 @@ class DistributedProblem(VIProblem):
         if self._local_lipschitz is not None:
             return self._local_lipschitz.square().mean(-1).sqrt()
         return self.lipschitz()
+
+    def mean_square_sample_lipschitz(self) -> Tensor | None:
+        """``(B,)`` ``Lhat = sqrt((1/M) sum_m Lhat_m^2)`` over all workers' samples, or None if unknown.
+
+        With one sample per worker it is `mean_square_lipschitz`.
+        """
+        if self._sample_lipschitz is not None:
+            return self._sample_lipschitz.square().mean(-1).sqrt()
+        return self.mean_square_lipschitz() if self.samples == 1 else None
 
     def select(self, i: int) -> "DistributedProblem":
         """Instance i alone, as a problem of batch size 1 (needs ``local_operator.select``)."""
@@ -315,6 +388,7 @@ class DistributedProblem(VIProblem):
             self.local_operator.select(i), Product(*[row(s) for s in self.domain]), tuple(b[i:i + 1] for b in self.z0),
             group=self.group, name=self.name,
             local_lipschitz=None if self._local_lipschitz is None else self._local_lipschitz[i:i + 1],
+            sample_lipschitz=None if self._sample_lipschitz is None else self._sample_lipschitz[i:i + 1],
             lipschitz=None if L is None else L[i:i + 1], strong_monotonicity=None if mu is None else mu[i:i + 1],
             solution=None if sol is None else tuple(b[i:i + 1] for b in sol))
 
@@ -341,6 +415,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--step-size", type=float, default=None)
     p.add_argument("--sync-prob", type=float, default=None, help="full-synchronization probability p")
     p.add_argument("--participation", type=int, default=None, help="workers per round (partial participation)")
+    p.add_argument("--minibatch", type=int, default=None, metavar="b",
+                   help="samples per worker per round (the minibatch variants of masha1 / masha2; needs --samples)")
+    p.add_argument("--samples", type=int, default=None, metavar="N",
+                   help="split each worker's operator into N samples (distributed_bilinear)")
     p.add_argument("--size", type=int, default=None, help="the problem's size parameter n")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--seed", type=int, default=0, help="problem and solver seed")
@@ -374,6 +452,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     kw = dict(group=group, workers=group.size, seed=args.seed, batch_size=args.batch_size, device=device)
     if args.size is not None:
         kw["n"] = args.size
+    if args.samples is not None:
+        kw["samples"] = args.samples
     problem = problems.get(args.problem, **kw)
 
     settings = {}
@@ -386,7 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings["compressor"] = comp
     if args.server_compressor is not None:
         settings["server_compressor"] = get_compressor(args.server_compressor, "server_compressor")
-    for name, value in (("step_size", args.step_size), ("p", args.sync_prob), ("participation", args.participation)):
+    for name, value in (("step_size", args.step_size), ("p", args.sync_prob), ("participation", args.participation),
+                        ("batch_size", args.minibatch)):
         if value is not None:
             settings[name] = value
     if args.solver in ("masha1", "masha2", "compressed_eg"):

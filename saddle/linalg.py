@@ -40,7 +40,8 @@ class CGResult(NamedTuple):
     converged: Tensor
 
 
-def _per_instance(value, name: str, B: int, like: Tensor, *, integer: bool = False) -> Tensor:
+def _per_instance(value, name: str, B: int, like: Tensor, pending: list, *, integer: bool = False) -> Tensor:
+    """``value`` as a ``(B,)`` tensor; a tensor's values are checked later, with one read (``pending``)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and (not integer or isinstance(value, int)):
         # A plain Python number (the common case): checked on the host, no device round trip.
         if not value >= 0 or (not integer and not math.isfinite(value)):
@@ -57,9 +58,24 @@ def _per_instance(value, name: str, B: int, like: Tensor, *, integer: bool = Fal
     if t.dim() > 1 or (t.dim() == 1 and t.shape[0] not in (1, B)):
         raise ValueError(f"conjugate_gradient: {name} must be a number or a (B,) = ({B},) tensor, "
                          f"got shape {tuple(t.shape)}")
-    if (t < 0).any() or (not integer and not torch.isfinite(t).all()):
-        raise ValueError(f"conjugate_gradient: {name} must be finite and >= 0, got {value!r}")
+    # The values are checked on the host together with the first convergence test (one read):
+    # see `_setup_read`.
+    bad = (t < 0).any() if integer else ((t < 0) | ~torch.isfinite(t)).any()
+    pending.append((bad, name, value))
     return t.expand(B)
+
+
+def _setup_read(pending: list, *values: Tensor) -> list:
+    """One host read for the setup of a solve: the value checks of tensor arguments and ``values``.
+
+    Raises the argument checks' ``ValueError``; returns the ``values`` as Python numbers.
+    """
+    flags = [bad for bad, _, _ in pending]
+    read = torch.stack([v.to(torch.int64) for v in (*flags, *values)]).tolist()  # flags and counts: integers
+    for is_bad, (_, name, value) in zip(read, pending):
+        if is_bad:
+            raise ValueError(f"conjugate_gradient: {name} must be finite and >= 0, got {value!r}")
+    return read[len(flags):]
 
 
 def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor | None = None, *,
@@ -77,10 +93,17 @@ def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor
             ``|r_i| <= tol_i |b_i|``.
         max_iters: the iteration cap, an int or ``(B,)`` ints.
         check_every: how often (in iterations) the loop asks the device whether
-            every instance has stopped (the only host synchronization). A single
-            instance (B = 1) on the CPU, where asking costs nothing, is asked every
-            iteration and runs without the batch's masks (the same result, about
-            half the operations per iteration).
+            every instance has stopped. The host reads are one at the start (the
+            checks of tensor-valued ``tol`` and ``max_iters``, the loop's length and
+            whether any instance needs an iteration) and one every ``check_every``
+            iterations after it: ``1 + ceil(N / check_every)`` at most for a
+            solve whose slowest instance takes N iterations. The result does not
+            depend on it (a stopped instance is frozen by the masks until the
+            loop notices); a larger value trades reads for masked iterations,
+            each of which still costs a product. A single instance (B = 1) on
+            the CPU, where a read costs nothing, is asked once per iteration and
+            runs without the batch's masks (the same result, about half the
+            operations per iteration, and no product wasted past its stop).
 
     Returns:
         `CGResult`. With ``x_{k+1} = x_k + alpha_k p_k``, ``r_{k+1} = r_k - alpha_k A p_k``,
@@ -99,8 +122,9 @@ def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor
     if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
         raise ValueError(f"conjugate_gradient: check_every must be a positive int, got {check_every!r}")
     B = b.shape[0]
-    tol = _per_instance(tol, "tol", B, b)
-    cap = _per_instance(max_iters, "max_iters", B, b, integer=True)
+    pending: list = []
+    tol = _per_instance(tol, "tol", B, b, pending)
+    cap = _per_instance(max_iters, "max_iters", B, b, pending, integer=True)
     zeros = torch.zeros(B, dtype=torch.int64, device=b.device)
     if x0 is None:
         x, r, matvecs = torch.zeros_like(b), b, zeros
@@ -116,13 +140,19 @@ def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor
         matvecs = zeros + 1
     threshold = tol * torch.linalg.vector_norm(b, dim=-1)
     rs = (r * r).sum(-1)
+    active = (rs.sqrt() > threshold) & (cap > 0)
+    # The setup's one host read: the checks of tensor arguments, the loop's length and whether any
+    # instance needs an iteration at all (the first convergence test).
+    cap_max, any_active = _setup_read(pending, cap.max(), active.any())
     if B == 1 and b.device.type == "cpu":
-        return _single(matvec, x, r, rs, threshold, int(cap[0]), matvecs)
+        return _single(matvec, x, r, rs, threshold, int(cap_max), bool(any_active), matvecs)
     p = r
     iterations = zeros
-    active = (rs.sqrt() > threshold) & (cap > 0)
-    for k in range(int(cap.max())):
-        if k % check_every == 0 and not bool(active.any()):
+    for k in range(int(cap_max) if any_active else 0):
+        # The early exit is tested every check_every iterations (a host read); in between, the
+        # instances that have stopped are frozen by the masks, so testing less often changes no
+        # result, only how many masked iterations run before the loop ends.
+        if k > 0 and k % check_every == 0 and not bool(active.any()):
             break
         Ap = matvec(p)
         iterations = iterations + active.long()  # the product is spent whether or not the step is taken
@@ -143,29 +173,32 @@ def conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor
 
 
 def _single(matvec: Callable[[Tensor], Tensor], x: Tensor, r: Tensor, rs: Tensor, threshold: Tensor, cap: int,
-            matvecs: Tensor) -> CGResult:
-    """The loop of `conjugate_gradient` for one instance (B = 1) on the CPU, where a host check is cheap.
+            active: bool, matvecs: Tensor) -> CGResult:
+    """The loop of `conjugate_gradient` for one instance (B = 1) on the CPU, where a host read is free.
 
     The same arithmetic on the same ``(1, n)`` tensors as the batched loop, so the same bits, but
-    without its masks: the instance's stopping tests are asked every iteration, and the loop ends
-    at the first that holds (the batched loop would only freeze the instance there). About half
-    the operations per iteration, which is most of CG's own cost on small problems.
+    without its masks: the instance's stopping tests (positive curvature, then the residual) are
+    read together once per iteration, and the loop ends at the first that holds (the batched loop
+    would only freeze the instance there). About half the operations per iteration, which is most
+    of CG's own cost on small problems; each masked iteration it saves is a product, which costs
+    more than a read on the CPU.
     """
     iterations = 0
-    if cap > 0 and bool(rs.sqrt() > threshold):
+    if cap > 0 and active:
         p = r
         while True:
             Ap = matvec(p)
             iterations += 1  # the product is spent whether or not the step is taken
             curvature = (p * Ap).sum(-1)
-            if not bool(curvature > 0):  # not positive definite, or not finite: stop where it is
-                break
             a = (rs / curvature).unsqueeze(-1)
-            x, r = x + a * p, r - a * Ap
-            rs_new = (r * r).sum(-1)
+            x_new, r_new = x + a * p, r - a * Ap
+            rs_new = (r_new * r_new).sum(-1)
+            positive, above = torch.cat([curvature > 0, rs_new.sqrt() > threshold]).tolist()  # the one read
+            if not positive:  # not positive definite, or not finite: stop where it is
+                break
             beta = rs_new / rs  # rs > 0: it was above the threshold
-            rs = rs_new
-            if iterations >= cap or not bool(rs.sqrt() > threshold):
+            x, r, rs = x_new, r_new, rs_new
+            if iterations >= cap or not above:
                 break
             p = r + beta.unsqueeze(-1) * p
     residual = rs.sqrt()

@@ -36,6 +36,7 @@ def lerp(x: Point, y: Point, t) -> Point:
 
 
 def sub(x: Point, y: Point) -> Point:
+    """Blockwise difference ``x - y`` of two points with the same ``(B, n_i)`` blocks."""
     return tuple(xi - yi for xi, yi in zip(x, y))
 
 

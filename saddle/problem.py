@@ -112,18 +112,22 @@ class VIProblem:
     # -- shape ---------------------------------------------------------------------------
     @property
     def batch_size(self) -> int:
+        """The number of instances B (the first dimension of every block)."""
         return self.z0[0].shape[0]
 
     @property
     def dims(self) -> tuple[int, ...]:
+        """The block sizes ``(n_1, ..., n_k)``: block i has shape ``(B, n_i)``."""
         return tuple(b.shape[1] for b in self.z0)
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the points (that of ``z0``)."""
         return self.z0[0].dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the points (that of ``z0``)."""
         return self.z0[0].device
 
     # -- the VI --------------------------------------------------------------------------
@@ -214,6 +218,7 @@ class VIProblem:
 
     @property
     def solution(self) -> Point | None:
+        """The reference solution ``z*`` (blocks ``(B, n_i)``) if the problem has a `Reference`, else None."""
         ref = self.reference
         return None if ref is None else ref.solution
 

@@ -103,6 +103,7 @@ class ConstraintSet:
     geometry: str = "euclidean"
 
     def project(self, u: Tensor) -> Tensor:
+        """The Euclidean projection ``argmin_{v in C} |v - u|`` of each row of ``u``: ``(B, n) -> (B, n)``."""
         raise NotImplementedError
 
     def prox_step(self, z: Tensor, g: Tensor, step: Tensor | float) -> Tensor:
@@ -117,6 +118,7 @@ class ConstraintSet:
         return 0.5 * (u - z).square().sum(-1)
 
     def lmo(self, g: Tensor) -> Tensor:
+        """The linear minimization oracle ``argmin_{u in C} <g, u>``: ``(B, n) -> (B, n)`` (bounded sets only)."""
         raise ValueError(f"{type(self).__name__} is unbounded: it has no linear minimization oracle")
 
     def support(self, v: Tensor) -> Tensor:
@@ -385,24 +387,31 @@ class Product:
 
     @property
     def bounded(self) -> bool:
+        """Whether every factor is bounded."""
         return all(s.bounded for s in self.sets)
 
     def project(self, z: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """The Euclidean projection, block by block."""
         return tuple(s.project(u) for s, u in zip(self.sets, z))
 
     def prox_step(self, z, g, step) -> tuple[Tensor, ...]:
+        """Each factor's `ConstraintSet.prox_step` (in its own geometry) on its block."""
         return tuple(s.prox_step(zi, gi, step) for s, zi, gi in zip(self.sets, z, g))
 
     def bregman(self, u, z) -> Tensor:
+        """The sum over blocks of the factors' Bregman divergences ``D_i(u_i, z_i)``, shape ``(B,)``."""
         return sum(s.bregman(ui, zi) for s, ui, zi in zip(self.sets, u, z))
 
     def lmo(self, g) -> tuple[Tensor, ...]:
+        """``argmin_{u in C_1 x ... x C_k} <g, u>``, block by block (every factor bounded)."""
         return tuple(s.lmo(gi) for s, gi in zip(self.sets, g))
 
     def support(self, v) -> Tensor:
+        """``sup_{u in C_1 x ... x C_k} <v, u>``: the sum of the factors' support functions, shape ``(B,)``."""
         return sum(s.support(vi) for s, vi in zip(self.sets, v))
 
     def contains(self, z, atol: float = 1e-9) -> Tensor:
+        """Whether every block of each instance lies in its set up to ``atol``, shape ``(B,)``."""
         out = None
         for s, u in zip(self.sets, z):
             c = s.contains(u, atol)
@@ -410,6 +419,7 @@ class Product:
         return out
 
     def check(self, batch_size: int, dims: tuple[int, ...]) -> None:
+        """Raise ``ValueError`` unless there is one set per block and each fits its ``(batch_size, n_i)`` block."""
         if len(dims) != len(self.sets):
             raise ValueError(f"domain has {len(self.sets)} blocks but the point has {len(dims)}")
         for i, (s, n) in enumerate(zip(self.sets, dims)):

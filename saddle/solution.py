@@ -28,6 +28,7 @@ class Status(IntEnum):
 
     @property
     def message(self) -> str:
+        """A sentence saying what the status means, e.g. "the convergence measure reached the tolerance"."""
         return _MESSAGES[self]
 
 
@@ -124,6 +125,7 @@ class Solution:
 
     @property
     def message(self) -> str:
+        """The count of instances per status, e.g. ``"62 CONVERGED, 2 MAX_ITERS"``."""
         return ", ".join(f"{n} {name}" for name, n in self.status_counts().items())
 
     def __repr__(self) -> str:

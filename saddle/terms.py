@@ -39,9 +39,11 @@ class Term:
     smooth: bool = True
 
     def value(self, x: Tensor) -> Tensor:
+        """The term ``g(x)`` per instance: ``(B, n) -> (B,)``."""
         raise NotImplementedError
 
     def grad(self, x: Tensor) -> Tensor:
+        """The gradient ``grad g(x)``: ``(B, n) -> (B, n)`` (smooth terms only)."""
         raise NotImplementedError(f"{type(self).__name__} is not differentiable")
 
     def split(self) -> tuple["Term", "Term"]:
@@ -82,7 +84,7 @@ class Term:
 
 
 class Zero(Term):
-    """g(x) = 0."""
+    """The zero term ``g(x) = 0``: no regularization; its prox is the projection onto the domain."""
 
     def value(self, x: Tensor) -> Tensor:
         return x.new_zeros(x.shape[0])

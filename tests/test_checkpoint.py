@@ -46,8 +46,18 @@ def test_every_solver_is_covered():
 
 @pytest.mark.parametrize("solver", sorted(ALL))
 def test_resumed_solve_is_bit_identical(solver, tmp_path):
-    problem = problem_for(solver)
-    settings = settings_for(solver)
+    assert_resume_is_bit_identical(problem_for(solver), solver, settings_for(solver), tmp_path)
+
+
+@pytest.mark.parametrize("solver", ["masha1", "masha2"])
+def test_resumed_full_operator_masha_is_bit_identical(solver, tmp_path):
+    # The conformance settings run MASHA on minibatches (and MASHA2 with partial participation);
+    # the default full-operator, all-worker variant has its own state path.
+    settings = {k: v for k, v in settings_for(solver).items() if k not in ("batch_size", "participation")}
+    assert_resume_is_bit_identical(distributed_problem(), solver, settings, tmp_path)
+
+
+def assert_resume_is_bit_identical(problem, solver: str, settings: dict, tmp_path):
     # Different tolerances: some instances stop before the interruption, some after, one never.
     r0 = saddle.merit.residual(problem, problem.z0)
     tol = r0 * torch.tensor([0.3, 1e-3, 0.0], dtype=torch.float64)

@@ -262,3 +262,207 @@ def test_distributed_problem_checks_its_arguments():
     same = problems.get("distributed_bilinear", n=3, workers=3, heterogeneity=0.0)
     F = same.local_F(torch.randn(1, 6, dtype=torch.float64))
     torch.testing.assert_close(F[:, 0], F[:, 2], rtol=0, atol=0)
+
+
+# -- minibatch variants and MASHA2 partial participation -----------------------------------------
+
+def _samples_problem(**kw):
+    base = dict(n=6, workers=3, lam=1.0, batch_size=2, seed=5, samples=4)
+    base.update(kw)
+    return problems.get("distributed_bilinear", **base)
+
+
+class _RecordingWorkers:
+    """Wraps a local operator and records every minibatch index tensor it is asked for."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+        self.samples = inner.samples
+
+    def __call__(self, v):
+        return self.inner(v)
+
+    def sample(self, v, idx):
+        self.calls.append(idx.clone())
+        return self.inner.sample(v, idx)
+
+
+def test_samples_split_each_worker_operator_exactly():
+    n, M, N = 6, 3, 4
+    plain = problems.get("distributed_bilinear", n=n, workers=M, batch_size=2, seed=5)
+    split = problems.get("distributed_bilinear", n=n, workers=M, batch_size=2, seed=5, samples=N)
+    # Same data, same full operator, same exact solution.
+    assert torch.equal(plain.local_operator.A, split.local_operator.A)
+    assert torch.equal(plain.local_operator.c, split.local_operator.c)
+    for a, b in zip(plain.reference.solution, split.reference.solution):
+        assert torch.equal(a, b)
+    assert plain.samples == 1 and split.samples == N
+    A_j, c_j = split.local_operator.components
+    A, c = split.local_operator.A, split.local_operator.c
+    torch.testing.assert_close(A_j.mean(2), A, rtol=0, atol=1e-14)
+    torch.testing.assert_close(c_j.mean(2), c, rtol=0, atol=1e-14)
+    # Sample j holds rows (n/N blocks) of the x-equations, scaled by N; lam and b_m are shared.
+    block = torch.arange(n).tensor_split(N)[1]
+    others = torch.tensor([i for i in range(n) if i not in block.tolist()])
+    torch.testing.assert_close(A_j[:, :, 1, block, n:], N * A[:, :, block, n:], rtol=0, atol=1e-14)
+    assert (A_j[:, :, 1, others, n:] == 0).all()
+    torch.testing.assert_close(A_j[:, :, 1, :n, :n], A[:, :, :n, :n], rtol=0, atol=0)
+    torch.testing.assert_close(c_j[:, :, 1, n:], c[:, :, n:], rtol=0, atol=0)
+    # The minibatch mean of all samples is F_m; the samples' mean-square Lipschitz constant.
+    v = torch.randn(2, 2 * n, dtype=torch.float64)
+    everything = torch.arange(N).expand(2, M, N)
+    torch.testing.assert_close(split.local_sample(v, everything), split.local_F(v), rtol=0, atol=1e-13)
+    L_j = torch.linalg.matrix_norm(A_j, ord=2)  # (B, M, N), from the component matrices themselves
+    torch.testing.assert_close(split.mean_square_sample_lipschitz(), L_j.square().mean((1, 2)).sqrt(),
+                               rtol=1e-12, atol=0)
+    assert "N=4" in split.name
+
+
+@pytest.mark.parametrize("solver,compressor", [("masha1", RandK(k=3)), ("masha2", TopK(k=6))])
+def test_minibatch_masha_converges_linearly_to_the_exact_solution(solver, compressor):
+    problem = _samples_problem()
+    z_star = _exact_solution(problem)
+    sol = saddle.solve(problem, solver, compressor=compressor, batch_size=1, tol=1e-7, measure="distance",
+                       max_iters=5000, check_every=20)
+    assert (sol.status == Status.CONVERGED).all(), sol
+    assert _distance(sol.z, z_star).max() <= 1e-6
+    # A linear rate: per-round contraction factors over the first and second halves of the run are
+    # both well below 1 and agree (a sublinear method slows down in the second half).
+    dist = sol.history["distance"]
+    its = sol.history["iteration"].to(torch.float64)
+    T = len(its) - 1
+    rate1 = (dist[T // 2] / dist[0]) ** (1 / (its[T // 2] - its[0]))
+    rate2 = (dist[T] / dist[T // 2]) ** (1 / (its[T] - its[T // 2]))
+    assert (rate1 < 0.995).all() and (rate2 < 0.995).all(), (rate1, rate2)
+    assert ((rate2.log() / rate1.log() - 1).abs() < 0.5).all(), (rate1, rate2)
+    # Defaults: p = min(compressor's p, b / N) = 1/4 here, every round costs 2 b = 2 sample evaluations.
+    assert torch.equal(sol.counts["sample_calls"], 4 + 2 * sol.iterations + 4 * sol.state.syncs)
+
+
+@pytest.mark.parametrize("solver", ["masha1", "masha2"])
+def test_minibatch_counts_bits_and_samples_exactly(solver):
+    M, n, N, b, k, R = 3, 6, 4, 2, 3, 200
+    d, vb, ib = 2 * n, 64, math.ceil(math.log2(2 * n))
+    problem = _samples_problem(n=n, workers=M, samples=N, batch_size=3)
+    recorder = _RecordingWorkers(problem.local_operator)
+    problem.local_operator = recorder
+    r = M if solver == "masha1" else 2
+    kw = {"compressor": RandK(k=k)} if solver == "masha1" else {"compressor": TopK(k=k), "participation": r}
+    s = saddle.get_solver(solver, batch_size=b, seed=torch.tensor([0, 1, 2]), **kw)
+    state, syncs = _run(problem, s, R)
+    assert torch.equal(state.syncs, syncs)
+    p = min(k / d, b / N)  # the default: the compressor's p capped by b / N
+    assert p == 1 - float(state.tau[0])
+    assert (syncs - R * p).abs().max() <= 4 * math.sqrt(R * p * (1 - p))
+    full = M * d * vb
+    assert torch.equal(state.bits_up, full + R * r * k * (vb + ib) + syncs * full)
+    assert torch.equal(state.bits_down, full + R * M * d * vb + syncs * full)
+    assert torch.equal(state.bits_sent, state.bits_up + state.bits_down)
+    assert torch.equal(state.operator_calls, 1 + R + syncs)
+    assert torch.equal(state.sample_calls, N + 2 * b * R + N * syncs)
+    # The minibatches: per round one draw at z_half and the same one at w, b distinct samples per worker.
+    assert len(recorder.calls) == 2 * R
+    for first, second in zip(recorder.calls[::2], recorder.calls[1::2]):
+        assert torch.equal(first, second) and first.shape == (3, M, b)
+        assert (first >= 0).all() and (first < N).all() and (first[..., 0] != first[..., 1]).all()
+    drawn = torch.stack(recorder.calls[::2])
+    assert not torch.equal(drawn[0], drawn[1])  # fresh every round
+    assert not torch.equal(drawn[:, :, 0], drawn[:, :, 1])  # different workers draw differently
+    freq = torch.stack([(drawn == j).sum() for j in range(N)]).double() / drawn.numel()
+    assert ((freq - 1 / N).abs() < 0.03).all(), freq  # uniform over the samples
+
+
+@pytest.mark.parametrize("solver,kw", [("masha1", {"compressor": RandK(k=3), "participation": 2}),
+                                       ("masha2", {"compressor": TopK(k=4), "server_compressor": TopK(k=8)})])
+def test_full_batch_reproduces_the_full_operator_iterates(solver, kw):
+    # b = N: the minibatch is every sample, so the estimate is F_m(z_half) - F_m(w) (computed as the mean of
+    # the samples: equal up to rounding), with the same default step and p and the same random draws.
+    N, R = 4, 150
+    problem = _samples_problem(samples=N)
+    full_s, mini_s = saddle.get_solver(solver, **kw), saddle.get_solver(solver, batch_size=N, **kw)
+    z_full, z_mini = problem.z0, problem.z0
+    full, mini = full_s.init(problem, z_full), mini_s.init(problem, z_mini)
+    assert torch.equal(full.step_size, mini.step_size) and torch.equal(full.tau, mini.tau)
+    for _ in range(R):
+        z_full, full = full_s.step(problem, z_full, full)
+        z_mini, mini = mini_s.step(problem, z_mini, mini)
+    z_star = _exact_solution(problem)
+    assert _distance(z_full, z_star).max() < 0.5 * _distance(problem.z0, z_star).min()  # it moved
+    for a, b in zip(z_full, z_mini):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    for name in ("bits_up", "bits_down", "syncs", "operator_calls"):
+        assert torch.equal(getattr(full, name), getattr(mini, name)), name
+    # The minibatch variant evaluates the samples at w again each round: 2 N instead of N.
+    assert torch.equal(mini.sample_calls - full.sample_calls, torch.full((2,), N * R))
+
+
+def test_masha2_partial_participation_converges_and_counts_participants_only():
+    M, n, k, r, R = 5, 6, 6, 2, 150
+    d, vb, ib = 2 * n, 64, math.ceil(math.log2(2 * n))
+    problem = _problem(n=n, workers=M, batch_size=1)
+    solver = saddle.get_solver("masha2", compressor=TopK(k=k), participation=r, p=0.25)
+    # Only the r participants update their error buffers each round; the others keep theirs.
+    z, state = problem.z0, solver.init(problem, problem.z0)
+    changed = []
+    for _ in range(R):
+        before = state.error
+        z, state = solver.step(problem, z, state)
+        changed.append(int((state.error != before).any(-1).sum()))
+    assert changed == [r] * R
+    syncs = state.syncs
+    assert torch.equal(state.bits_up, M * d * vb + R * r * k * (vb + ib) + syncs * M * d * vb)
+    assert torch.equal(state.bits_down, M * d * vb + R * M * d * vb + syncs * M * d * vb)
+    sol = saddle.solve(problem, solver, tol=1e-7, measure="distance", max_iters=20_000, check_every=20)
+    assert sol.status[0] == Status.CONVERGED, sol
+    assert _distance(sol.z, _exact_solution(problem))[0] <= 1e-6
+
+
+@pytest.mark.parametrize("solver,kw", [("masha1", {"compressor": RandK(k=3)}),
+                                       ("masha2", {"compressor": TopK(k=3), "server_compressor": TopK(k=5)})])
+def test_full_operator_masha_batched_solve_equals_loop_of_single_solves(solver, kw):
+    # (the conformance suite runs MASHA with minibatches; this is the full-operator variant)
+    problem = _problem(n=5, workers=3, batch_size=3, seed=4)
+    steps = 0.05 * torch.tensor([0.5, 1.0, 1.5], dtype=torch.float64)
+    seeds = torch.tensor([3, 0, 7])
+    batched = saddle.solve(problem, solver, step_size=steps, seed=seeds, tol=0.0, max_iters=100, **kw)
+    for i in range(3):
+        single = saddle.solve(problem.select(i), solver, step_size=float(steps[i]), seed=int(seeds[i]), tol=0.0,
+                              max_iters=100, **kw)
+        for a, b in zip(batched.z, single.z):
+            torch.testing.assert_close(a[i:i + 1], b, rtol=0, atol=1e-12)
+        for name, value in batched.counts.items():
+            assert value[i] == single.counts[name][0], name
+
+
+@pytest.mark.parametrize("solver", ["masha1", "masha2"])
+def test_minibatch_and_participation_settings_are_checked(solver):
+    problem = _samples_problem(samples=4)
+    for bad in (0, -2):
+        with pytest.raises(ValueError, match=f"{solver}: batch_size must be a positive integer"):
+            saddle.get_solver(solver, batch_size=bad)
+    for bad in (2.0, "2", True):
+        with pytest.raises(TypeError, match=f"{solver}: batch_size must be a positive integer"):
+            saddle.get_solver(solver, batch_size=bad)
+    with pytest.raises(ValueError, match=r"batch_size \(5\) must be at most the number of samples per worker N = 4"):
+        saddle.solve(problem, solver, batch_size=5)
+    with pytest.raises(ValueError, match=r"batch_size \(2\) must be at most .* N = 1"):
+        saddle.solve(_problem(), solver, batch_size=2)
+    with pytest.raises(ValueError, match=r"participation \(4\) must be at most the number of workers \(3\)"):
+        saddle.solve(problem, solver, participation=4)
+    with pytest.raises(ValueError, match="participation must be a positive integer"):
+        saddle.get_solver(solver, participation=0)
+    # A finite-sum problem without the samples' Lipschitz constants: the default step cannot be set.
+    bare = DistributedProblem(problem.local_operator, problem.domain, problem.z0, group=problem.group,
+                              lipschitz=problem.lipschitz(), local_lipschitz=problem.local_lipschitz())
+    with pytest.raises(ValueError, match="needs the samples' mean-square Lipschitz constant"):
+        saddle.solve(bare, solver, batch_size=2)
+    saddle.solve(bare, solver, batch_size=2, step_size=0.01, max_iters=5)  # fine with a step size
+    saddle.solve(bare, solver, batch_size=4, max_iters=5)  # b = N: no sampling variance, no Lhat needed
+
+
+def test_samples_are_checked():
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="samples must be"):
+            problems.get("distributed_bilinear", n=4, samples=bad)
+    with pytest.raises(ValueError, match="samples must be at most n = 4"):
+        problems.get("distributed_bilinear", n=4, samples=5)

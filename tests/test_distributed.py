@@ -58,6 +58,27 @@ def test_gloo_processes_reproduce_the_simulated_iterates(tmp_path, nproc, solver
     assert (local.state.syncs > 0).all()
 
 
+def test_gloo_processes_reproduce_minibatch_masha2_with_partial_participation(tmp_path):
+    # --samples N splits each worker's operator into N samples; --minibatch b draws b of them per worker and
+    # round from the shared seed (keyed by the global worker index, so the backends draw alike).
+    save = tmp_path / "run.pt"
+    args = ["--problem", "distributed_bilinear", "--size", "6", "--samples", "3", "--batch-size", "2", "--seed", "3",
+            "--solver", "masha2", "--compressor", "topk", "--keep", "3", "--participation", "2", "--minibatch", "1",
+            "--max-iters", "100", "--tol", "0", "--check-every", "50", "--backend", "gloo", "--timeout", "30",
+            "--save", str(save)]
+    out, _ = _torchrun(3, args)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    remote = torch.load(save)
+    problem = problems.get("distributed_bilinear", n=6, workers=3, samples=3, batch_size=2, seed=3)
+    local = saddle.solve(problem, "masha2", compressor=TopK(k=3), participation=2, batch_size=1, seed=3,
+                         max_iters=100, tol=0.0, check_every=50)
+    for a, b in zip(remote["z"], local.z):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    for name, value in local.counts.items():
+        assert torch.equal(remote["counts"][name], value), name
+    assert "sample_calls" in local.counts and (local.state.syncs > 0).all()
+
+
 @pytest.mark.parametrize("mode", ["raise", "exit", "hang"])
 def test_a_failing_worker_fails_the_whole_run_quickly(mode):
     args = ["--size", "6", "--max-iters", "1000000", "--tol", "0", "--check-every", "20", "--timeout", "5",

@@ -17,6 +17,8 @@ run of the library): with ``F(z) = M z``, ``M = [[0, 1], [-1, 0]]``,
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -32,15 +34,35 @@ X0, Y0 = 0.7, -1.3
 RTOL = 1e-10
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_executes(path: Path):
+def _execute(path: Path) -> BaseException | None:
+    """Run one notebook in a fresh one-thread kernel; the exception of its first failing cell, or None."""
     import nbclient
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(path.parent)}})
-    client.execute()  # raises nbclient.exceptions.CellExecutionError with the failing cell
+    try:
+        client.execute(env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    except Exception as error:  # nbclient.exceptions.CellExecutionError names the failing cell
+        return error
+    return None
+
+
+@pytest.fixture(scope="module")
+def executed(request) -> dict[Path, BaseException | None]:
+    # The selected notebooks run side by side, one kernel per core, each kernel on one thread:
+    # their work is mostly small tensor operations, so this halves the wall time on two cores.
+    selected = [item.callspec.params["path"] for item in request.session.items
+                if item.originalname == "test_notebook_executes"]
+    with ThreadPoolExecutor(max_workers=max(1, min(len(selected), os.cpu_count() or 1))) as pool:
+        return dict(zip(selected, pool.map(_execute, selected)))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_executes(path: Path, executed):
+    if executed[path] is not None:
+        raise executed[path]
 
 
 def _norms(solver: str, eta: float, iterations: int) -> torch.Tensor:

@@ -8,6 +8,7 @@ Daskalakis et al.'s one-sequence recursion w~_{t+1} = w~_t - 2 lr d_t + lr d_{t-
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import re
@@ -562,6 +563,298 @@ def test_saved_copy_is_reused():
         iterate(opt, lambda: (w ** 2).sum())
         ptrs.add(opt._workspace[w].data_ptr())
     assert len(ptrs) == 1
+
+
+# ------------------------------------------------------------- (8) mixed precision: torch.amp.GradScaler
+def scaled_iterate(opt, loss, scaler, *, inject=None):
+    """One iteration of the documented GradScaler loop; ``inject(pass_index)`` may corrupt a gradient."""
+    if not isinstance(opt, OptimisticAdam):
+        opt.zero_grad()
+        scaler.scale(loss()).backward()
+        if inject:
+            inject(0)
+        scaler.step(opt.first_pass, zero_grad=True)
+    else:  # OptimisticAdam: the extrapolation needs no gradient
+        opt.extrapolation()
+        opt.zero_grad()
+    scaler.scale(loss()).backward()
+    if inject:
+        inject(1)
+    scaler.step(opt)
+    scaler.update()
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_grad_scaler_iterates_equal_the_unscaled_ones_bit_for_bit(name):
+    """Scaling by 2^k and unscaling is exact: the scaled loop is the plain loop, whatever the scale does."""
+    plain, amp = make_model(), make_model()
+    opt_plain, opt_amp = OPTIMIZERS[name](plain.parameters()), OPTIMIZERS[name](amp.parameters())
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=1)  # the scale doubles each time
+    for _ in range(6):
+        iterate(opt_plain, model_loss(plain))
+        scaled_iterate(opt_amp, model_loss(amp), scaler)
+    assert scaler.get_scale() == 2.0 ** 16
+    for p, q in zip(plain.parameters(), amp.parameters()):
+        assert torch.equal(p, q)
+        for key, value in opt_plain.state[p].items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(opt_amp.state[q][key])), key
+
+
+@pytest.mark.parametrize("cls", [ExtraSGD, ExtraAdam])
+def test_grad_scaler_iterates_equal_the_formulas(cls):
+    """Against the hand-written extragradient on flat float64 vectors (the analytic gradient), per group."""
+    prob = Smooth()
+    params = prob.params()
+    lr, eps = per_coord(LRS), 1e-3
+    if cls is ExtraSGD:
+        opt = ExtraSGD([{"params": [params[0]], "lr": LRS[0]}, {"params": [params[1]], "lr": LRS[1]}], lr=1.0)
+        direction = lambda g: g  # noqa: E731
+    else:
+        opt = ExtraAdam(groups(params), eps=eps)
+        direction, _ = adam_reference(False, eps)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 20)
+    w = prob.w0.clone()
+    for _ in range(8):
+        w_half = w - lr * direction(prob.grad(w))
+        w = w - lr * direction(prob.grad(w_half))
+        opt.zero_grad()
+        scaler.scale(prob.loss(params)).backward()
+        scaler.step(opt.first_pass, zero_grad=True)
+        torch.testing.assert_close(flat(params), w_half, rtol=0, atol=ATOL)
+        scaler.scale(prob.loss(params)).backward()
+        scaler.step(opt)
+        scaler.update()
+        torch.testing.assert_close(flat(params), w, rtol=0, atol=ATOL)
+
+
+def _poison(model, which, value=float("inf")):
+    def inject(pass_index):
+        if pass_index == which:
+            next(model.parameters()).grad.view(-1)[0] = value
+    return inject
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_grad_scaler_inf_in_the_first_gradient_skips_the_iteration(name, value):
+    model = make_model()
+    opt = OPTIMIZERS[name](model.parameters())
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
+    for _ in range(2):
+        scaled_iterate(opt, model_loss(model), scaler)
+    w = [p.detach().clone() for p in model.parameters()]
+    state = {k: {kk: torch.as_tensor(vv).clone() for kk, vv in v.items()} for k, v in opt.state.items()}
+    loss = model_loss(model)
+    if name == "OptimisticAdam":  # its one gradient is the second pass: the skip is the step's
+        opt.extrapolation()
+        opt.zero_grad()
+        scaler.scale(loss()).backward()
+        _poison(model, 1, value)(1)
+        scaler.step(opt)
+    else:
+        opt.zero_grad()
+        scaler.scale(loss()).backward()
+        _poison(model, 0, value)(0)
+        scaler.step(opt.first_pass, zero_grad=True)
+        # Not moved along the non-finite direction: the second pass runs at w.
+        assert all(torch.equal(p, q) for p, q in zip(model.parameters(), w))
+        scaler.scale(loss()).backward()
+        scaler.step(opt)
+    scaler.update()
+    assert scaler.get_scale() == 2.0 ** 11  # backed off
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), w))  # bitwise unchanged
+    for p, values in state.items():  # no state change either (moments, step counts, momentum)
+        for key, value_before in values.items():
+            assert torch.equal(torch.as_tensor(opt.state[p][key]), value_before), key
+    # ...and the next iteration is the plain one from there.
+    twin = make_model()
+    twin.load_state_dict(model.state_dict())
+    opt_twin = OPTIMIZERS[name](twin.parameters())
+    opt_twin.load_state_dict(copy.deepcopy(opt.state_dict()))  # load_state_dict would share the tensors
+    scaled_iterate(opt, model_loss(model), scaler)
+    iterate(opt_twin, model_loss(twin))
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters()))
+
+
+@pytest.mark.parametrize("name", ["ExtraSGD", "ExtraAdam"])
+def test_grad_scaler_inf_in_the_second_gradient_restores_w(name):
+    model = make_model()
+    opt = OPTIMIZERS[name](model.parameters())
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
+    scaled_iterate(opt, model_loss(model), scaler)
+    w = [p.detach().clone() for p in model.parameters()]
+    twin = make_model()
+    twin.load_state_dict(model.state_dict())
+    opt_twin = OPTIMIZERS[name](twin.parameters())
+    opt_twin.load_state_dict(copy.deepcopy(opt.state_dict()))  # load_state_dict would share the tensors
+    scaled_iterate(opt, model_loss(model), scaler, inject=_poison(model, 1))
+    assert scaler.get_scale() == 2.0 ** 11
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), w))  # back at w, bitwise
+    # As documented, the first (finite) gradient's update of the moments / momentum is kept: the state
+    # is that of a plain extrapolation from w.
+    opt_twin.zero_grad()
+    model_loss(twin)().backward()
+    opt_twin.extrapolation()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        for key, value in opt_twin.state[q].items():
+            assert torch.equal(torch.as_tensor(opt.state[p][key]), torch.as_tensor(value)), key
+
+
+def test_grad_scaler_with_two_players_sharing_a_backward_pass():
+    """The GAN loop of docs/optimizers.md with a scaler equals the plain loop; each player skips on its own."""
+    def players(seed=0):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2)), nn.Sequential(nn.Linear(2, 8), nn.ReLU(),
+                                                                                      nn.Linear(8, 1))
+
+    gen = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(16, 2, generator=gen) + 2, torch.randn(16, 2, generator=gen)) for _ in range(5)]
+
+    def value(G, D, real, z):
+        return -F.softplus(-D(real)).mean() - F.softplus(D(G(z))).mean()
+
+    runs = []
+    for scaled in (False, True):
+        G, D = players()
+        opt_g = ExtraAdam(G.parameters(), lr=1e-2, betas=(0.5, 0.9))
+        opt_d = ExtraAdam(D.parameters(), lr=1e-2, betas=(0.5, 0.9), maximize=True)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8, growth_interval=2, enabled=scaled)
+        for real, z in batches:
+            opt_g.zero_grad()
+            opt_d.zero_grad()
+            scaler.scale(value(G, D, real, z)).backward()
+            scaler.step(opt_g.first_pass, zero_grad=True)
+            scaler.step(opt_d.first_pass, zero_grad=True)
+            scaler.scale(value(G, D, real, z)).backward()
+            scaler.step(opt_g)
+            scaler.step(opt_d)
+            scaler.update()
+        runs.append(torch.cat([flat(G.parameters()), flat(D.parameters())]))
+        if scaled:
+            assert scaler.get_scale() == 2.0 ** 10
+            # An overflow in the discriminator's gradients only: it skips, the generator steps.
+            g_before, d_before = flat(G.parameters()), flat(D.parameters())
+            opt_g.zero_grad()
+            opt_d.zero_grad()
+            scaler.scale(value(G, D, *batches[0])).backward()
+            D[0].weight.grad[0, 0] = float("inf")
+            scaler.step(opt_g.first_pass, zero_grad=True)
+            scaler.step(opt_d.first_pass, zero_grad=True)
+            scaler.scale(value(G, D, *batches[0])).backward()
+            scaler.step(opt_g)
+            scaler.step(opt_d)
+            scaler.update()
+            assert torch.equal(flat(D.parameters()), d_before)
+            assert not torch.equal(flat(G.parameters()), g_before)
+            assert scaler.get_scale() == 2.0 ** 9
+    assert torch.equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_grad_scaler_under_autocast(dtype):
+    """Autocast on the CPU: bfloat16 scales exactly (the plain autocast loop bit for bit); float16 with a too
+    large initial scale overflows, skips with the weights unchanged and backs off until it fits."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 3)
+    target = x.sum(1, keepdim=True).sin()
+
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(3, 32), nn.Tanh(), nn.Linear(32, 1))
+
+    def loss_of(model):
+        def loss():
+            with torch.autocast("cpu", dtype=dtype):
+                out = model(x)
+            return F.mse_loss(out.float(), target)
+        return loss
+
+    plain, amp = make(), make()
+    opt_plain, opt_amp = ExtraAdam(plain.parameters(), lr=1e-2), ExtraAdam(amp.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 24)
+    steps = 0
+    for _ in range(14):
+        before, scale = flat(amp.parameters()), scaler.get_scale()
+        scaled_iterate(opt_amp, loss_of(amp), scaler)
+        if scaler.get_scale() < scale:  # skipped: nothing moved
+            assert torch.equal(flat(amp.parameters()), before)
+        else:
+            steps += 1
+            iterate(opt_plain, loss_of(plain))
+    if dtype == torch.bfloat16:
+        assert steps == 14
+        assert torch.equal(flat(plain.parameters()), flat(amp.parameters()))
+    else:
+        # 2^24 overflows float16 (max 65504) until the scale has backed off (measured: 8 skips, to 2^16).
+        assert 0 < steps < 14
+        # Scaled float16 keeps small gradients that the unscaled float16 loop loses: close, not equal
+        # (measured 2e-6 apart).
+        torch.testing.assert_close(flat(amp.parameters()), flat(plain.parameters()), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("cls", [ExtraSGD, ExtraAdam])
+def test_grad_scaler_misuse_is_refused_with_w_restored(cls):
+    model = make_model()
+    opt = cls(model.parameters(), lr=0.1)
+    loss = model_loss(model)
+    w = flat(model.parameters())
+    scaler = torch.amp.GradScaler("cpu")
+    # The direct call moves with the scaled gradients: scaler.step(opt) restores w and refuses.
+    scaler.scale(loss()).backward()
+    opt.extrapolation()
+    opt.zero_grad()
+    scaler.scale(loss()).backward()
+    with pytest.raises(RuntimeError, match="first_pass"):
+        scaler.step(opt)
+    assert torch.equal(flat(model.parameters()), w)
+    assert not hasattr(opt, "found_inf") and not hasattr(opt, "grad_scale")
+    scaler = torch.amp.GradScaler("cpu")
+    # A scaled extrapolation must be finished by the scaler.
+    opt.zero_grad()
+    scaler.scale(loss()).backward()
+    scaler.step(opt.first_pass, zero_grad=True)
+    scaler.scale(loss()).backward()
+    with pytest.raises(RuntimeError, match=r"scaler.step\(opt\)"):
+        opt.step()
+    scaler.step(opt)
+    scaler.update()
+    # OptimisticAdam's extrapolation reads no gradient: it is not a scaler's pass.
+    with pytest.raises(RuntimeError, match="uses no gradient"):
+        OptimisticAdam(model.parameters()).first_pass.step()
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_a_disabled_grad_scaler_is_the_plain_loop(name):
+    plain, amp = make_model(), make_model()
+    opt_plain, opt_amp = OPTIMIZERS[name](plain.parameters()), OPTIMIZERS[name](amp.parameters())
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    for _ in range(3):
+        iterate(opt_plain, model_loss(plain))
+        scaled_iterate(opt_amp, model_loss(amp), scaler)
+    assert all(torch.equal(p, q) for p, q in zip(plain.parameters(), amp.parameters()))
+
+
+def test_grad_scaler_unscale_for_clipping():
+    """scaler.unscale_ on either pass (to clip the unscaled gradients) works as for any torch optimizer."""
+    runs = []
+    for scaled in (False, True):
+        model = make_model()
+        opt = ExtraSGD(model.parameters(), lr=0.5, momentum=0.5)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12, enabled=scaled)
+        loss = model_loss(model)
+        for _ in range(4):
+            opt.zero_grad()
+            scaler.scale(loss()).backward()
+            scaler.unscale_(opt.first_pass)
+            nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+            scaler.step(opt.first_pass, zero_grad=True)
+            scaler.scale(loss()).backward()
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+            scaler.step(opt)
+            scaler.update()
+        runs.append(flat(model.parameters()))
+    assert torch.equal(runs[0], runs[1])
 
 
 # ------------------------------------------------------------- the documentation's examples run

@@ -138,11 +138,14 @@ def test_linprog_batch_equals_the_loop_and_highs():
         single = saddle.linprog(c[i], A[i], b[i], bounds=(-1, 3), tol=1e-9)
         assert single.status == 0 and abs(single.fun.item() - res.fun[i].item()) <= 1e-7 * abs(ref.fun)
     # Iterate by iterate, a batch and the loop agree as long as no accept/restart decision
-    # falls within round-off (batched and single products differ in the last bits).
+    # falls within round-off (batched and single products differ in the last bits, and the
+    # adaptive steps amplify that: measured 1.2e-13, 4.5e-13 and 2.0e-12 after 20, 40 and 60
+    # iterations with one BLAS build, below 1e-12 at 60 with another). A batching bug moves
+    # iterates by far more than 1e-10.
     short = saddle.linprog(c, A, b, bounds=(-1, 3), tol=0.0, max_iters=60)
     for i in range(B):
         single = saddle.linprog(c[i], A[i], b[i], bounds=(-1, 3), tol=0.0, max_iters=60)
-        torch.testing.assert_close(single.x, short.x[i], rtol=0, atol=1e-12)
+        torch.testing.assert_close(single.x, short.x[i], rtol=0, atol=1e-10)
 
 
 def test_linprog_sparse_equals_dense():

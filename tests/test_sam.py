@@ -325,3 +325,173 @@ def test_sam_is_held_at_a_strict_saddle_that_gradient_descent_escapes():
     # outside; gradient descent escapes from the same start.
     assert float(ys[20:, 0].abs().max()) <= lr * rho + 1e-12
     assert float(ys[-1, 1]) > 10.0 and float(ys[-1, 2]) > 10.0
+
+
+# ---------------------------------------------------------------- mixed precision: torch.amp.GradScaler
+def scaled_sam_step(model, opt, scaler, X, Y, *, inject=None, autocast=None):
+    """The documented loop: both passes scaled, the first through ``opt.first_pass``."""
+    def loss():
+        if autocast is None:
+            return cross_entropy(model(X), Y)
+        with torch.autocast("cpu", dtype=autocast):
+            out = model(X)
+        return cross_entropy(out.float(), Y)
+
+    scaler.scale(loss()).backward()
+    if inject:
+        inject(0)
+    scaler.step(opt.first_pass, zero_grad=True)
+    scaler.scale(loss()).backward()
+    if inject:
+        inject(1)
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad()
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_grad_scaler_iterates_equal_the_formula_and_the_unscaled_optimizer(adaptive, momentum):
+    X, Y = data(torch.float32)
+    settings = dict(rho=0.1, lr=0.3, momentum=momentum, adaptive=adaptive, weight_decay=1e-3)
+    want = formula_steps(small_mlp(torch.float32), X, Y, 6, **settings)  # the independent answer
+    plain = optimizer_steps(small_mlp(torch.float32), X, Y, 6, **settings)
+    model = small_mlp(torch.float32)
+    opt = SAMOptimizer(model.parameters(), torch.optim.SGD, rho=0.1, adaptive=adaptive, lr=0.3, momentum=momentum,
+                       weight_decay=1e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=1)  # a new scale every step
+    for _ in range(6):
+        scaled_sam_step(model, opt, scaler, X, Y)
+    assert scaler.get_scale() == 2.0 ** 16
+    torch.testing.assert_close(flat(model), want, rtol=0, atol=1e-6)
+    assert torch.equal(flat(model), plain)  # scaling by 2^k and unscaling is exact
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+@pytest.mark.parametrize("which", [0, 1])
+def test_grad_scaler_skips_a_step_with_a_non_finite_gradient(value, which):
+    X, Y = data(torch.float32)
+    model = small_mlp(torch.float32)
+    opt = SAMOptimizer(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.3, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
+    for _ in range(2):
+        scaled_sam_step(model, opt, scaler, X, Y)
+    w = flat(model)
+    base_state = copy.deepcopy(opt.base_optimizer.state_dict())
+    seen = []
+
+    def inject(pass_index):
+        if pass_index == which:
+            model[0].weight.grad[1, 2] = value
+        if pass_index == 1:
+            seen.append(flat(model))  # where the second gradient was taken
+
+    scaled_sam_step(model, opt, scaler, X, Y, inject=inject)
+    if which == 0:  # the perturbation was skipped: the second pass ran at w, not along a NaN direction
+        assert torch.equal(seen[0], w)
+    else:
+        assert torch.isfinite(seen[0]).all() and not torch.equal(seen[0], w)
+    assert torch.equal(flat(model), w)  # bitwise unchanged
+    assert scaler.get_scale() == 2.0 ** 11  # backed off
+    after = opt.base_optimizer.state_dict()
+    for key, buf in base_state["state"].items():
+        assert torch.equal(after["state"][key]["momentum_buffer"], buf["momentum_buffer"])
+    # The next step is the plain one from there.
+    twin = small_mlp(torch.float32)
+    twin.load_state_dict(model.state_dict())
+    opt_twin = SAMOptimizer(twin.parameters(), torch.optim.SGD, rho=0.1, lr=0.3, momentum=0.9)
+    opt_twin.load_state_dict(copy.deepcopy(opt.state_dict()))
+    scaled_sam_step(model, opt, scaler, X, Y)
+    cross_entropy(twin(X), Y).backward()
+    opt_twin.step(lambda: cross_entropy(twin(X), Y).backward())
+    assert torch.equal(flat(model), flat(twin))
+
+
+def test_grad_scaler_under_bfloat16_autocast_is_the_unscaled_autocast_loop():
+    X, Y = data(torch.float32)
+    runs = []
+    for scaled in (False, True):
+        model = small_mlp(torch.float32)
+        opt = SAMOptimizer(model.parameters(), torch.optim.SGD, rho=0.05, adaptive=True, lr=0.3)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16, enabled=scaled)
+        for _ in range(5):
+            scaled_sam_step(model, opt, scaler, X, Y, autocast=torch.bfloat16)
+        runs.append(flat(model))
+    assert torch.equal(runs[0], runs[1])  # a disabled scaler is the plain loop; bfloat16 scales exactly
+
+
+def test_grad_scaler_float16_overflow_backs_off_without_moving():
+    """A float16 autocast with a too large scale: the overflowing steps leave the weights exactly where they were."""
+    X, Y = data(torch.float32)
+    model = small_mlp(torch.float32)
+    opt = SAMOptimizer(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 24)
+    skipped = 0
+    for _ in range(12):
+        before, scale = flat(model), scaler.get_scale()
+        scaled_sam_step(model, opt, scaler, X, Y, autocast=torch.float16)
+        assert torch.isfinite(flat(model)).all()
+        if scaler.get_scale() < scale:
+            skipped += 1
+            assert torch.equal(flat(model), before)
+        else:
+            assert not torch.equal(flat(model), before)
+    assert 0 < skipped < 12
+
+
+def test_grad_scaler_misuse_is_refused():
+    X, Y = data(torch.float32)
+    model = small_mlp(torch.float32)
+    opt = SAMOptimizer(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.3)
+    w = flat(model)
+    scaler = torch.amp.GradScaler("cpu")
+    # unscale_(opt) before a direct first_step: the second gradient would reach SGD scaled.
+    scaler.scale(cross_entropy(model(X), Y)).backward()
+    scaler.unscale_(opt)
+    opt.first_step(zero_grad=True)
+    scaler.scale(cross_entropy(model(X), Y)).backward()
+    with pytest.raises(RuntimeError, match="first_pass"):
+        scaler.step(opt)
+    assert torch.equal(flat(model), w)  # back at w
+    assert not hasattr(opt, "found_inf") and not hasattr(opt, "grad_scale")
+    # A scaled first pass must be finished by the scaler, and step() refuses a closure under it.
+    scaler = torch.amp.GradScaler("cpu")
+    opt.zero_grad()
+    scaler.scale(cross_entropy(model(X), Y)).backward()
+    scaler.step(opt.first_pass, zero_grad=True)
+    scaler.scale(cross_entropy(model(X), Y)).backward()
+    with pytest.raises(RuntimeError, match=r"scaler.step\(opt\)"):
+        opt.second_step()
+    with pytest.raises(RuntimeError, match=r"scaler.step\(opt\)"):
+        opt.step()
+    scaler.step(opt)
+    scaler.update()
+    assert not torch.equal(flat(model), w)
+    # Without a scaler, step() after first_step() is second_step().
+    opt.zero_grad()
+    cross_entropy(model(X), Y).backward()
+    opt.first_step(zero_grad=True)
+    cross_entropy(model(X), Y).backward()
+    opt.step()
+    assert opt._saved is None
+
+
+def test_grad_scaler_unscale_to_clip_the_second_gradient():
+    """scaler.unscale_(opt) after the second backward pass hands over unscaled gradients, as for any optimizer."""
+    X, Y = data(torch.float32)
+    runs = []
+    for scaled in (False, True):
+        model = small_mlp(torch.float32)
+        opt = SAMOptimizer(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.5, momentum=0.5)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 14, enabled=scaled)
+        for _ in range(4):
+            scaler.scale(cross_entropy(model(X), Y)).backward()
+            scaler.step(opt.first_pass, zero_grad=True)
+            scaler.scale(cross_entropy(model(X), Y)).backward()
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+        runs.append(flat(model))
+    assert torch.equal(runs[0], runs[1])

@@ -276,6 +276,10 @@ class _Competitive(Optimizer):
         if self.warm_start and all("cg_solution" in self.state[t] for t in params[solved]):
             x0 = _flat([self.state[t]["cg_solution"] for t in params[solved]], params[solved], dtype).unsqueeze(0)
         cap = rhs.numel() if self.max_cg_iters is None else self.max_cg_iters
+        # One system (B = 1): test CG's early exit after every iteration. An iteration run past the
+        # stop would be masked (the result and counts are the same), but it still costs two
+        # Hessian-vector products through both players, far more than the host read that
+        # avoids it (on the CPU the loop runs unmasked with one free read per iteration).
         result = conjugate_gradient(matvec, rhs.unsqueeze(0), x0, tol=self.tol, max_iters=cap, check_every=1)
         c = {solved: result.x[0]}
         d = {solved: sign * root[solved] * c[solved]}
@@ -289,12 +293,17 @@ class _Competitive(Optimizer):
                                      _unflat(c[player], params[player])):
                     t.add_(dt)
                     self.state[t]["cg_solution"] = ct
-        iterations = result.iterations.item()
+        # The step's diagnostics in one host read, in the solve's dtype and at least float32 (every value
+        # exactly: counts below 2^24, the residuals in their own precision).
+        dtype = torch.promote_types(result.residual.dtype, torch.float32)
+        read = torch.stack([result.iterations[0].to(dtype), result.matvecs[0].to(dtype), result.residual[0],
+                            result.converged[0].to(dtype), torch.linalg.vector_norm(rhs).to(dtype)]).tolist()
+        iterations, matvecs, residual, converged, rhs_norm = read
+        iterations = int(iterations)
         self.counts["steps"] += 1
         self.counts["cg_iterations"] += iterations
-        self.info = {"solved_for": solved, "cg_iterations": iterations, "cg_matvecs": result.matvecs.item(),
-                     "cg_residual": result.residual.item(), "cg_converged": result.converged.item(),
-                     "rhs_norm": torch.linalg.vector_norm(rhs).item()}
+        self.info = {"solved_for": solved, "cg_iterations": iterations, "cg_matvecs": int(matvecs),
+                     "cg_residual": residual, "cg_converged": bool(converged), "rhs_norm": rhs_norm}
         return loss
 
 

@@ -24,6 +24,12 @@ update direction, so one gradient evaluation per iteration.
 The optimizers run on multi-tensor ``torch._foreach_*`` kernels, one call per
 parameter group, and keep the saved copy of ``w`` in a buffer allocated at
 the first iteration and reused.
+
+Mixed precision (``torch.amp.GradScaler``): ``scaler.step(opt.first_pass)``
+is ``extrapolation()`` with the first gradient unscaled and checked by the
+scaler, and ``scaler.step(opt)`` is ``step()`` with the second one unscaled and
+checked; on inf/NaN in either, the parameters are left at ``w`` and the update
+is skipped (see `_Extrapolating.first_pass` and docs/optimizers.md).
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+
+from ._amp import FirstPass, any_inf, forget_scaler, scaler_call, unscale_grads
 
 __all__ = ["ExtraSGD", "ExtraAdam", "OptimisticAdam"]
 
@@ -78,6 +86,12 @@ class _Extrapolating(Optimizer):
     to ``params``), and may override ``_extrapolate``.
     """
 
+    # GradScaler.step(opt) always calls step(), with grad_scale and found_inf set: step() unscales,
+    # and on inf/NaN restores w and skips the update (see saddle/optim/_amp.py).
+    _step_supports_amp_scaling = True
+    # Whether extrapolation() reads the gradients (OptimisticAdam's reuses the previous direction).
+    _extrapolation_reads_gradients = True
+
     def __init__(self, params, defaults: dict[str, Any]):
         name = type(self).__name__
         for key, value in defaults.items():
@@ -85,12 +99,57 @@ class _Extrapolating(Optimizer):
         self._saved: list[tuple[list[Tensor], list[Tensor]]] | None = None  # (params, copies of w) per group
         # Not part of state_dict: scratch space (the copy of w) reused by every iteration.
         self._workspace: dict[Tensor, Tensor] = {}
+        self._amp_first: str | None = None  # "moved" / "skipped" after scaler.step(opt.first_pass)
+        self._first_pass_handle: FirstPass | None = None
         super().__init__(params, defaults)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_saved", None)
         self.__dict__.setdefault("_workspace", {})
+        self.__dict__.setdefault("_amp_first", None)
+        self.__dict__.setdefault("_first_pass_handle", None)
+
+    @property
+    def first_pass(self) -> FirstPass:
+        """``extrapolation()`` as an optimizer of its own, for ``GradScaler.step``.
+
+        With mixed precision, after the first (scaled) backward pass,
+        ``scaler.step(opt.first_pass)`` unscales the gradients, checks them for
+        inf/NaN (recorded for ``scaler.update()``) and calls ``extrapolation()``;
+        on inf/NaN it moves nothing and changes no state, and the
+        ``scaler.step(opt)`` after the second backward pass skips the update.
+        ``scaler.step(opt.first_pass, zero_grad=True)`` also zeroes the
+        gradients. With no scaler or a disabled one it is ``extrapolation()``.
+        One host read (the scaler's verdict), as ``GradScaler.step`` makes for
+        any optimizer.
+        """
+        handle = self.__dict__.get("_first_pass_handle")
+        if handle is None:
+            handle = self._first_pass_handle = FirstPass(self)
+        return handle
+
+    def _first_pass(self, zero_grad: bool, scaler) -> None:  # called by FirstPass.step
+        name = type(self).__name__
+        if not self._extrapolation_reads_gradients:
+            raise RuntimeError(f"{name}: extrapolation() uses no gradient; with a GradScaler call "
+                               f"opt.extrapolation() before the backward pass and scaler.step(opt) after it")
+        if scaler is None:
+            self.extrapolation()
+        else:
+            if self._saved is not None:
+                raise RuntimeError(f"{name}: extrapolation() was called twice without step() in between")
+            self._check_grads("scaler.step(opt.first_pass)")
+            grad_scale, found_inf = scaler
+            if any_inf(found_inf):  # the one host read: the state must not see a non-finite gradient
+                self._saved = [([], []) for _ in self.param_groups]
+                self._amp_first = "skipped"
+            else:
+                unscale_grads((p for g in self.param_groups for p in g["params"]), grad_scale)
+                self.extrapolation()
+                self._amp_first = "moved"
+        if zero_grad:
+            self.zero_grad()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a parameter group; its own hyperparameters (``lr``, ``betas``...) are checked."""
@@ -204,10 +263,52 @@ class _Extrapolating(Optimizer):
         Raises:
             RuntimeError: without a preceding ``extrapolation()``.
         """
+        scaler = scaler_call(self)
+        if scaler is not None:
+            return self._scaled_step(closure, scaler)
         name = type(self).__name__
         if self._saved is None:
             raise RuntimeError(f"{name}.step: call extrapolation() first; an iteration is extrapolation(), "
                                f"new gradients at the extrapolated point, then step()")
+        if self._amp_first is not None:
+            raise RuntimeError(f"{name}: the extrapolation went through a GradScaler (scaler.step(opt.first_pass)); "
+                               f"finish the iteration with scaler.step(opt), which unscales the new gradients and "
+                               f"skips the update on inf/NaN")
+        return self._update(closure)
+
+    def _restore(self) -> None:
+        with torch.no_grad():
+            for moved, copies in self._saved:
+                if moved:
+                    torch._foreach_copy_(moved, copies)
+        self._saved = None
+
+    def _scaled_step(self, closure, scaler) -> None:
+        """`step` called by ``GradScaler.step(opt)``: unscale and update, or restore ``w`` and skip on inf/NaN."""
+        name = type(self).__name__
+        grad_scale, found_inf = scaler
+        try:
+            if closure is not None:
+                raise RuntimeError(f"{name}: GradScaler.step(opt) takes no closure; run the backward pass yourself")
+            if self._saved is None:
+                raise RuntimeError(f"{name}.step: call extrapolation() first (with a GradScaler: "
+                                   f"scaler.step(opt.first_pass) after the first backward pass)")
+            first, self._amp_first = self._amp_first, None
+            if first is None and self._extrapolation_reads_gradients:
+                self._restore()
+                raise RuntimeError(f"{name}: extrapolation() was called directly while a GradScaler is in use, "
+                                   f"with scaled gradients; call scaler.step(opt.first_pass) instead (the "
+                                   f"parameters are back at w)")
+            if first == "skipped" or any_inf(found_inf):  # the step's one host read
+                self._restore()  # w, exactly; no state changes
+            else:
+                unscale_grads((p for g in self.param_groups for p in g["params"]), grad_scale)
+                self._update(None)
+        except BaseException:
+            forget_scaler(self)
+            raise
+
+    def _update(self, closure):
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -455,6 +556,7 @@ class OptimisticAdam(_AdamMoments):
     """
 
     _buffers = ("exp_avg", "exp_avg_sq", "prev_direction")
+    _extrapolation_reads_gradients = False
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.5, 0.9), eps: float = 1e-8,
                  weight_decay: float = 0, maximize: bool = False):

@@ -26,6 +26,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ..solvers.sam import perturbation_norm, sam_perturbation
+from ._amp import FirstPass, any_inf, forget_scaler, scaler_call, unscale_grads
 
 __all__ = ["SAM"]
 
@@ -67,6 +68,24 @@ class SAM(Optimizer):
 
     or, after the first backward, ``opt.step(closure)`` with a closure that
     recomputes the loss and calls ``backward()`` (it runs at ``w + e``).
+    ``step()`` without a closure after ``first_step()`` is ``second_step()``.
+
+    Mixed precision (``torch.amp.GradScaler``): run the first pass through the
+    scaler too, as `first_pass`::
+
+        scaler.scale(loss_fn(model(x), y)).backward()
+        scaler.step(opt.first_pass, zero_grad=True)   # unscale, check; w -> w + e, or stay at w on inf/NaN
+        scaler.scale(loss_fn(model(x), y)).backward()
+        scaler.step(opt)                              # back to w; base step unless either pass had inf/NaN
+        scaler.update()
+        opt.zero_grad()
+
+    The iterates are those of the unscaled loop (bit for bit in float32: the
+    scales are powers of two). An inf/NaN in either gradient leaves the
+    weights and the base optimizer's state bitwise unchanged, and ``update()``
+    lowers the scale. Do not call ``scaler.unscale_(opt)`` before the first
+    step, nor ``first_step()`` directly with an enabled scaler: ``scaler.step(opt)``
+    raises then, since the second gradient would reach the base optimizer scaled.
 
     Memory: one buffer the size of the parameters (the saved ``w``),
     allocated at the first step and reused.
@@ -78,6 +97,10 @@ class SAM(Optimizer):
     second forward pass runs at ``w + e``; put BatchNorm layers in ``eval()``
     (or momentum 0) for it if they must only see ``w``.
     """
+
+    # GradScaler.step(opt) always calls step(), with grad_scale and found_inf set: step() unscales the
+    # second gradient, restores w and skips the base step on inf/NaN (see saddle/optim/_amp.py).
+    _step_supports_amp_scaling = True
 
     def __init__(self, params, base_optimizer: type[Optimizer], rho: float = 0.05, adaptive: bool = False,
                  adaptive_eta: float = 0.01, **base_kwargs):
@@ -99,6 +122,24 @@ class SAM(Optimizer):
         self._saved: list[tuple[list[Tensor], list[Tensor]]] | None = None  # (params, copies of w) per group
         # Not part of state_dict: scratch space (a copy of the parameters) reused by every step.
         self._workspace: dict[Tensor, Tensor] = {}
+        self._first_ok: Tensor | None = None  # after a scaled first pass: its gradient was finite (on device)
+        self._first_pass_handle: FirstPass | None = None
+
+    @property
+    def first_pass(self) -> FirstPass:
+        """`first_step` as an optimizer of its own, for ``GradScaler.step`` (see the class docstring).
+
+        ``scaler.step(opt.first_pass, zero_grad=...)`` unscales the gradients,
+        checks them for inf/NaN (recorded for ``scaler.update()``) and calls
+        ``first_step``; on inf/NaN the parameters stay at ``w`` (no move along a
+        non-finite direction; decided on the device, no host read) and the
+        ``scaler.step(opt)`` that follows skips the base step. With no scaler or
+        a disabled one it is ``first_step``.
+        """
+        handle = getattr(self, "_first_pass_handle", None)
+        if handle is None:
+            handle = self._first_pass_handle = FirstPass(self)
+        return handle
 
     def _copies(self, params: list[Tensor]) -> list[Tensor]:
         """Persistent buffers for the copy of ``w``, per parameter (allocated once: on CPU a fresh
@@ -114,11 +155,21 @@ class SAM(Optimizer):
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> None:
         """Move the parameters from ``w`` to ``w + e`` using the gradients in ``.grad``."""
+        self._first_step(zero_grad, None)
+
+    def _first_pass(self, zero_grad: bool, scaler) -> None:  # called by FirstPass.step
+        self._first_step(zero_grad, scaler)
+
+    @torch.no_grad()
+    def _first_step(self, zero_grad: bool, scaler: tuple | None) -> None:
+        """`first_step`; ``scaler = (grad_scale, found_inf)`` when called through ``GradScaler.step``."""
         if self._saved is not None:
             raise RuntimeError("SAM: first_step was called twice without second_step in between")
         groups = [(g, self._with_grads(g)) for g in self.param_groups]
         if not any(params for _, params in groups):
             raise RuntimeError("SAM: no parameter has a gradient; call loss.backward() before first_step/step")
+        if scaler is not None:
+            unscale_grads((p for _, params in groups for p in params), scaler[0])
         scaled, pieces = [], []
         for group, params in groups:
             grads = [p.grad for p in params]
@@ -138,6 +189,16 @@ class SAM(Optimizer):
             torch._foreach_copy_(copies, params)  # w, restored exactly by second_step
             sam_perturbation(grads, group["rho"], scales=scales, norm=norm.to(grads[0].dtype), add_to=params)
             saved.append((params, copies))
+        if scaler is not None:
+            # On inf/NaN (found by the scaler, or an overflowing norm) stay at w: a device-side select,
+            # so no host read here; scaler.step(opt) then skips the base step.
+            found_inf = scaler[1]
+            ok = torch.isfinite(norm)
+            ok = ok & (torch.as_tensor(found_inf, device=ok.device) == 0)
+            for params, copies in saved:
+                for p, w in zip(params, copies):
+                    torch.where(ok.to(p.device), p, w, out=p)
+            self._first_ok = ok
         self._saved = saved
         if zero_grad:
             self.zero_grad()
@@ -147,23 +208,63 @@ class SAM(Optimizer):
         """Restore ``w`` exactly and take the base optimizer's step with the gradients at ``w + e``."""
         if self._saved is None:
             raise RuntimeError("SAM: second_step needs a first_step before it")
+        if self._first_ok is not None:
+            raise RuntimeError("SAM: the first step went through a GradScaler (scaler.step(opt.first_pass)); "
+                               "finish it with scaler.step(opt), which unscales the second gradient and skips the "
+                               "step on inf/NaN")
+        self._restore()
+        self.base_optimizer.step()
+        if zero_grad:
+            self.zero_grad()
+
+    def _restore(self) -> None:
         for params, copies in self._saved:
             if params:
                 torch._foreach_copy_(params, copies)
         self._saved = None
-        self.base_optimizer.step()
-        if zero_grad:
-            self.zero_grad()
+
+    @torch.no_grad()
+    def _scaled_second_step(self, closure, scaler: tuple) -> None:
+        """`second_step` called by ``GradScaler.step(opt)``: restore ``w``; unscale and step unless inf/NaN."""
+        grad_scale, found_inf = scaler
+        try:
+            if closure is not None:
+                raise RuntimeError("SAM: GradScaler.step(opt) takes no closure; run the second backward pass "
+                                   "yourself (see the SAM docstring's mixed-precision recipe)")
+            if self._saved is None:
+                raise RuntimeError("SAM: scaler.step(opt) needs a first step before it: "
+                                   "scaler.step(opt.first_pass) after the first backward pass")
+            first_ok, self._first_ok = self._first_ok, None
+            self._restore()
+            if first_ok is None:
+                raise RuntimeError("SAM: first_step() was called directly while a GradScaler is in use; call "
+                                   "scaler.step(opt.first_pass) instead, so that the scaler checks the first "
+                                   "gradient and the second one is unscaled (the weights are back at w)")
+            skip = torch.as_tensor(found_inf, dtype=torch.float32, device=first_ok.device) + (~first_ok).float()
+            if not any_inf(skip):  # the step's one host read, as GradScaler.step makes for any optimizer
+                unscale_grads((p for g in self.param_groups for p in g["params"]), grad_scale)
+                self.base_optimizer.step()
+        except BaseException:
+            forget_scaler(self)
+            raise
 
     def step(self, closure: Callable[[], Tensor] | None = None):
         """One SAM step: `first_step`, ``closure()`` at ``w + e`` (it must call ``backward()``), `second_step`.
 
         The gradient at ``w`` must already be in ``.grad``. Returns the
-        closure's loss (at ``w + e``).
+        closure's loss (at ``w + e``). Without a closure, after `first_step`,
+        it is `second_step` (so that ``GradScaler.step(opt)`` works, see the class
+        docstring).
         """
+        scaler = scaler_call(self)
+        if scaler is not None:
+            return self._scaled_second_step(closure, scaler)
         if closure is None:
-            raise RuntimeError("SAM.step needs a closure that recomputes the loss and calls backward() (or call "
-                               "first_step() and second_step() yourself)")
+            if self._saved is None:
+                raise RuntimeError("SAM.step needs a closure that recomputes the loss and calls backward() (or "
+                                   "call first_step() and second_step() yourself)")
+            self.second_step()
+            return None
         self.first_step(zero_grad=True)
         with torch.enable_grad():
             loss = closure()

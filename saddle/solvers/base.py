@@ -37,9 +37,15 @@ class Solver:
     name: str = ""
 
     def init(self, problem, z0: Point) -> Any:
+        """The solver's initial state at ``z0`` (blocks ``(B, n_i)``): a NamedTuple of ``(B, ...)`` tensors.
+
+        It has an ``operator_calls`` field, a ``(B,)`` int64 count of the
+        evaluations of F made so far (including any made here).
+        """
         raise NotImplementedError
 
     def step(self, problem, z: Point, state: Any) -> tuple[Point, Any]:
+        """One iteration on every instance: ``(z, state) -> (z+, state+)``, pure and without host syncs."""
         raise NotImplementedError
 
     def output(self, problem, z: Point, state: Any) -> Point:

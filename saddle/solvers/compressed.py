@@ -28,24 +28,52 @@ S is every worker, or ``participation`` workers drawn uniformly each round
 ``Z = R^d``)::
 
     z_bar  = tau z + (1 - tau) w,     z_half = z_bar - gamma F(w)
-    v_m    = gamma (F_m(z_half) - F_m(w)) + e_m;   worker m sends c_m = C_m(v_m);  e_m <- v_m - c_m
-    server: v = (1/M) sum_m c_m + e;   sends c = C_s(v);  e <- v - c     (C_s = I unless bidirectional)
+    v_m    = gamma (F_m(z_half) - F_m(w)) + e_m;   worker m in S sends c_m = C_m(v_m);  e_m <- v_m - c_m
+    server: v = (1/|S|) sum_{m in S} c_m + e;   sends c = C_s(v);  e <- v - c     (C_s = I unless bidirectional)
     z+     = z_half - c,   and the same coin for w as MASHA1.
 
-**Baselines** with the same machinery: `DistributedEG` (uncompressed
-extragradient: every call exchanges full ``F_m`` and ``F``) and
-`CompressedEG` (extragradient on ``(1/M) sum_m Q_m(F_m(.))``, no variance
-reduction: it stalls at a distance set by the compression noise at the solution).
+With ``participation`` r the r workers of S are drawn as for MASHA1; a worker
+outside S computes and sends nothing and keeps its ``e_m``. (Each worker's
+message over the rounds it takes part in is its accumulated ``gamma (F_m(z_half)
+- F_m(w))`` less its current error, and it takes part with probability r/M:
+weighted 1/r, the aggregate is unbiased, and the errors vanish with the
+differences as z, w -> z*.)
+
+**Minibatch (stochastic) variants** (``batch_size`` b, MASHA1 and MASHA2). When
+each worker's operator is a finite sum ``F_m = (1/N) sum_j F_{m,j}`` (a
+`DistributedProblem` whose ``samples`` N > 1, e.g.
+``distributed_bilinear(samples=N)``), the difference ``F_m(z_half) - F_m(w)``
+above is replaced by its same-sample minibatch estimate::
+
+    D_m = (1/b) sum_{j in J_m} (F_{m,j}(z_half) - F_{m,j}(w)),
+
+with ``J_m`` a fresh subset of b of the N samples (without replacement), drawn
+per worker and round from the shared seed. ``F_m(w)`` and ``F(w)`` are full
+passes, computed only at the start and on the coin's synchronizations: the
+loopless variance reduction of Alacaoglu and Malitsky, "Stochastic Variance
+Reduction for Variational Inequality Methods" (COLT 2022; `saddle.solvers.VREG`),
+inside MASHA. ``D_m`` is unbiased for ``F_m(z_half) - F_m(w)`` and vanishes as
+z_half, w -> z*, so the rate stays linear; b = N is the full-operator method
+(the same iterates up to rounding: ``D_m`` is then the mean over all samples).
 
 **Step sizes** (defaults). ``L`` is the Lipschitz constant of F,
 ``Lbar^2 = (1/M) sum_m L_m^2``, ``omega`` the worker compressor's variance
-constant, ``q_s = 1 + omega_s`` the server's, r the participating workers::
+constant, ``q_s = 1 + omega_s`` the server's, r the participating workers,
+``sigma_r = (M - r) / (r (M - 1))`` the variance factor of drawing r of M
+workers; with minibatches ``Lhat^2 = (1/(M N)) sum_{m,j} L_{m,j}^2`` (the
+problem's ``mean_square_sample_lipschitz``) and ``s_b = (N - b) / (b (N - 1))``
+the variance factor of b of N samples without replacement (``s_b = 0`` for the
+full operator and for b = N)::
 
-    L_Q^2 = q_s (L^2 + (omega / r + (M - r) / (r (M - 1))) Lbar^2)     (mean-square Lipschitz constant
-                                                                         of the compressed difference)
-    MASHA1:          gamma = sqrt(1 - tau) / (2 L_Q),   p = 1 / (1 + omega)     (p = k/d for RandK)
-    MASHA2:          gamma = min(sqrt(1 - tau) / (2 L), delta / (4 Lbar)),  p = delta   (delta = k/d for TopK;
-                     delta = delta_worker delta_server when bidirectional)
+    L_Q^2 = q_s (L^2 + (omega / r + sigma_r) Lbar^2 + (1 + omega) s_b Lhat^2 / r)
+                    (a mean-square Lipschitz constant of the compressed, sampled difference:
+                     E|g - (F(z_half) - F(w))|^2 + |F(z_half) - F(w)|^2 <= L_Q^2 |z_half - w|^2)
+    MASHA1:          gamma = sqrt(1 - tau) / (2 L_Q),
+                     p = 1 / (1 + omega)  (k/d for RandK),  min(1 / (1 + omega), b / N) with minibatches
+    MASHA2:          gamma = min(sqrt(1 - tau) / (2 L_2), (r / M) delta / (4 Lbar_2)),
+                     L_2^2 = L^2 + sigma_r Lbar^2 + s_b Lhat^2 / r,   Lbar_2^2 = Lbar^2 + s_b Lhat^2,
+                     p = delta  (k/d for TopK; delta_worker delta_server when bidirectional),
+                         min(delta, b / N) with minibatches
     DistributedEG:   gamma = 1 / (2 L)
     CompressedEG:    gamma = 1 / (2 L_Q) with tau = 0
 
@@ -53,19 +81,40 @@ These have the form of the paper's theorems (``gamma ~ sqrt(1 - tau) / L`` for
 the variance-reduced extragradient, the compression constants entering through
 ``L_Q`` and ``delta``, ``p`` balancing compressed and full rounds); the numerical
 constants are ours, chosen for guaranteed (not tuned) linear convergence on
-strongly monotone problems.
+strongly monotone problems. The paper's constants for its minibatch and
+partial-participation variants were not available to us; ours follow from
+the same arguments: the linear-rate proofs of MASHA1 and of loopless VR-EG use
+only that the correction g is conditionally unbiased for ``F(z_half) - F(w)``
+and that its second moment is at most ``L_Q^2 |z_half - w|^2``. Sampling workers
+and samples keeps the first and enters the second through ``sigma_r`` and
+``s_b``, so the rate stays linear (about ``min(p, gamma mu)`` per round) for
+any p in (0, 1]. p only sets the cost of a round: on average ``k + p d``
+values sent and ``2 b + p N`` sample evaluations per worker, and
+``p = min(k/d, b/N)`` keeps both within twice those of a compressed minibatch
+round (VR-EG's ``p = b / N``, MASHA's ``p = k / d``). MASHA2's error of worker
+m contracts only in the rounds it takes part in (probability r/M), hence
+``(r / M) delta``. All defaults reduce to the full-participation,
+full-operator ones for r = M and b = N.
 
 **Accounting**, per instance: ``operator_calls`` counts rounds of local
-evaluations (every worker evaluating its ``F_m`` once, in parallel):
-MASHA 1 per round plus 1 per full synchronization (the coin); the baselines 2
-per round (and 1 at init for the methods that start with full ``F_m(z_0)``).
+oracle calls (every worker evaluating its ``F_m``, or its minibatch, once, in
+parallel): MASHA 1 per round plus 1 per full synchronization (the coin); the
+baselines 2 per round (and 1 at init for the methods that start with full
+``F_m(z_0)``). ``sample_calls`` counts the sample evaluations ``F_{m,j}`` of
+one (participating) worker, the unit in which minibatch and full-operator runs
+compare (as `saddle.solvers.stochastic` counts per-sample evaluations): N per
+full ``F_m`` (N = 1 without samples), ``2 b`` per minibatch round (``D_m``
+evaluates the b samples at z_half and at w). So MASHA makes ``N + R N + S N``
+sample evaluations in R rounds with S synchronizations, and
+``N + 2 b R + S N`` with minibatches.
 (To avoid host synchronizations, ``F_m(z+)`` is evaluated at every round and
 used only when the coin says so; counts follow the algorithm.) ``bits_up``
-counts the bits all workers send to the server and ``bits_down`` the bits the
-server sends (one message to each of the M workers), with the compressors'
+counts the bits the (participating) workers send to the server and
+``bits_down`` the bits the server sends (one message to each of the M workers), with the compressors'
 exact `saddle.compress.Compressor.bits`; ``bits_sent = bits_up + bits_down``;
-``syncs`` counts full synchronizations. The coin and the participating
-workers come from the shared seed and cost no bits. The counts are the
+``syncs`` counts full synchronizations (all M workers send full vectors). The
+coin, the participating workers and the minibatches come from the shared
+seed and cost no bits. The counts are the
 algorithm's communication (what sparse or quantized messages cost on the
 wire, as in the paper); the `torch.distributed` backend reduces the
 compressed messages with dense ``all_reduce`` calls, so the bytes it moves
@@ -90,7 +139,7 @@ from .competitive import _batch
 __all__ = ["CompressedState", "MASHA1", "MASHA2", "DistributedEG", "CompressedEG"]
 
 # Streams of the counter-based random numbers (see saddle.compress.uniform).
-_UP, _UP2, _DOWN, _DOWN2, _COIN, _PART = 1, 2, 3, 4, 5, 6
+_UP, _UP2, _DOWN, _DOWN2, _COIN, _PART, _SAMPLE = 1, 2, 3, 4, 5, 6, 7
 
 
 class CompressedState(NamedTuple):
@@ -100,12 +149,13 @@ class CompressedState(NamedTuple):
         w: the reference point (MASHA) or None.
         Fw: ``(B, d)`` ``F(w)`` (MASHA) or ``F(z)`` (`DistributedEG`), flattened; None for `CompressedEG`.
         Fw_local: ``(B, m, d)`` the held workers' ``F_m(w)`` (MASHA) or None.
-        error: ``(B, m, d)`` the workers' error-feedback accumulators ``e_m`` (MASHA2) or None.
+        error: ``(B, m, d)`` the held workers' error-feedback accumulators ``e_m`` (MASHA2) or None.
         server_error: ``(B, d)`` the server's accumulator ``e`` (bidirectional MASHA2) or None.
         step_size: ``(B,)`` gamma.
         tau: ``(B,)`` ``1 - p``.
         seed: ``(B,)`` int64 seeds of the shared random numbers.
-        operator_calls: ``(B,)`` rounds of local operator evaluations.
+        operator_calls: ``(B,)`` rounds of local oracle calls (full ``F_m`` or a minibatch).
+        sample_calls: ``(B,)`` sample evaluations ``F_{m,j}`` per worker (N per full ``F_m``).
         bits_up: ``(B,)`` bits sent by all workers to the server.
         bits_down: ``(B,)`` bits sent by the server to the workers.
         bits_sent: ``(B,)`` ``bits_up + bits_down``.
@@ -122,6 +172,7 @@ class CompressedState(NamedTuple):
     tau: Tensor
     seed: Tensor
     operator_calls: Tensor
+    sample_calls: Tensor
     bits_up: Tensor
     bits_down: Tensor
     bits_sent: Tensor
@@ -172,6 +223,14 @@ class _Distributed(Solver):
         r = getattr(self, "participation", None)
         if r is not None and (isinstance(r, bool) or not isinstance(r, Integral) or r < 1):
             raise ValueError(f"{self.name}: participation must be a positive integer (workers per round), got {r!r}")
+        b = getattr(self, "batch_size", None)
+        if b is not None:
+            if isinstance(b, bool) or not isinstance(b, Integral):
+                raise TypeError(f"{self.name}: batch_size must be a positive integer (samples per minibatch) or None "
+                                f"(the full local operator), got {type(b).__name__} {b!r}")
+            if b < 1:
+                raise ValueError(f"{self.name}: batch_size must be a positive integer (samples per minibatch), "
+                                 f"got {b!r}")
         seed = getattr(self, "seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, (Integral, Tensor)) or \
                 (isinstance(seed, Integral) and seed < 0):
@@ -203,6 +262,10 @@ class _Distributed(Solver):
         if r is not None and r > problem.workers:
             raise ValueError(f"{self.name}: participation ({r}) must be at most the number of workers "
                              f"({problem.workers})")
+        b = getattr(self, "batch_size", None)
+        if b is not None and b > problem.samples:
+            raise ValueError(f"{self.name}: batch_size ({b}) must be at most the number of samples per worker "
+                             f"N = {problem.samples} (a finite-sum problem, e.g. distributed_bilinear(samples=N))")
         if self._unconstrained and not all(isinstance(s, Reals) for s in problem.domain):
             raise ValueError(f"{self.name} needs an unconstrained problem (Z = R^d, as in the paper's "
                              f"Algorithm 2); got {problem.domain!r}: use masha1")
@@ -219,12 +282,38 @@ class _Distributed(Solver):
         srv = self._server_compressor()
         return 1.0 if srv is None else 1.0 + (srv.omega(problem.dim, 1) or 0.0)
 
+    def _sampling(self, problem) -> float:
+        """``(M - r) / (r (M - 1))``: the variance factor of averaging r of M workers drawn without replacement."""
+        M, r = problem.workers, self._participants(problem)
+        return 0.0 if M == 1 else (M - r) / (r * (M - 1))
+
+    def _minibatch(self, problem) -> float:
+        """``s = (N - b) / (b (N - 1))``: the variance factor of a minibatch of b of N samples (0: full batch)."""
+        b, N = getattr(self, "batch_size", None), problem.samples
+        return 0.0 if b is None or N == 1 else (N - b) / (b * (N - 1))
+
+    def _sample_variance(self, problem) -> Tensor | float:
+        """``s Lhat^2``: bounds the minibatch's mean-square error per unit distance (0 for the full operator)."""
+        s = self._minibatch(problem)
+        if s == 0.0:
+            return 0.0
+        Lhat = problem.mean_square_sample_lipschitz()
+        if Lhat is None:
+            raise ValueError(f"{self.name}: the default step size with batch_size needs the samples' mean-square "
+                             "Lipschitz constant (DistributedProblem(sample_lipschitz=...)); or pass step_size")
+        return s * Lhat**2
+
     def _L_Q(self, problem) -> Tensor:
         """``(B,)`` the mean-square Lipschitz constant of the compressed difference (module docstring)."""
         L, Lbar = self._constants(problem)
-        M, r = problem.workers, self._participants(problem)
-        sampling = 0.0 if M == 1 else (M - r) / (r * (M - 1))
-        return torch.sqrt(self._q_server(problem) * (L**2 + (self._omega(problem) / r + sampling) * Lbar**2))
+        r, omega = self._participants(problem), self._omega(problem)
+        return torch.sqrt(self._q_server(problem) * (L**2 + (omega / r + self._sampling(problem)) * Lbar**2
+                                                     + (1.0 + omega) * self._sample_variance(problem) / r))
+
+    def _minibatch_p(self, problem, p: float) -> float:
+        """The compressor's p, capped by ``b / N`` with minibatches (a full pass per N / b rounds on average)."""
+        b = getattr(self, "batch_size", None)
+        return p if b is None else min(p, b / problem.samples)
 
     def _constants(self, problem) -> tuple[Tensor, Tensor]:
         L = problem.lipschitz()
@@ -262,8 +351,8 @@ class _Distributed(Solver):
             seed = torch.full((B,), int(seed), dtype=torch.int64, device=dev)
         zeros = torch.zeros(B, dtype=torch.int64, device=dev)
         return dict(step_size=gamma.to(device=dev, dtype=problem.dtype), tau=tau.to(device=dev, dtype=problem.dtype),
-                    seed=seed, operator_calls=zeros, bits_up=zeros, bits_down=zeros, bits_sent=zeros, syncs=zeros,
-                    steps=zeros)
+                    seed=seed, operator_calls=zeros, sample_calls=zeros, bits_up=zeros, bits_down=zeros,
+                    bits_sent=zeros, syncs=zeros, steps=zeros)
 
     def _full_bits(self, problem) -> int:
         """Bits of one uncompressed vector of d values."""
@@ -298,6 +387,34 @@ class _Distributed(Solver):
         chosen.scatter_(-1, u.topk(r, dim=-1).indices, 1.0)
         return chosen / r
 
+    def _participating(self, problem, weights: Tensor) -> Tensor:
+        """``(B, m, 1)`` bool: which of the workers held here take part in this round."""
+        return (weights[:, list(problem.group.workers)] > 0).unsqueeze(-1)
+
+    def _sample_indices(self, problem, state) -> Tensor | None:
+        """``(B, m, b)`` this round's minibatch of every held worker (b of N samples without replacement), or None.
+
+        The b largest of N shared-seed uniforms per worker (`saddle.compress.uniform` keyed by the
+        seed, the round, the stream and the global worker index): a uniformly random b-subset, the
+        same on every backend, with no host synchronization.
+        """
+        b = getattr(self, "batch_size", None)
+        if b is None:
+            return None
+        u = uniform(state.seed, state.steps, _SAMPLE, problem.group.worker_index(problem.device), problem.samples)
+        return u.topk(b, dim=-1).indices
+
+    def _local_difference(self, problem, state, z_half: Tensor, idx: Tensor | None) -> Tensor:
+        """``(B, m, d)``: ``F_m(z_half) - F_m(w)``, or its same-sample minibatch estimate on ``idx``."""
+        if idx is None:
+            return problem.local_F(z_half) - state.Fw_local
+        return problem.local_sample(z_half, idx) - problem.local_sample(_flat(state.w), idx)
+
+    def _round_samples(self, problem) -> int:
+        """Sample evaluations per worker in one compressed round: N (full ``F_m``) or 2 b (minibatch at two points)."""
+        b = getattr(self, "batch_size", None)
+        return problem.samples if b is None else 2 * b
+
     def _coin(self, state) -> Tensor:
         """``(B,)`` bool: this round's full synchronization, with probability ``p = 1 - tau``."""
         u = uniform(state.seed, state.steps, _COIN, None, 1)[:, 0, 0]
@@ -313,9 +430,9 @@ class _Distributed(Solver):
             return g
         return srv.compress(g.unsqueeze(1), self._key(problem, state, stream, server=True)).squeeze(1)
 
-    def _count(self, state, *, calls, up, down, syncs=None) -> dict:
-        return dict(operator_calls=state.operator_calls + calls, bits_up=state.bits_up + up,
-                    bits_down=state.bits_down + down, bits_sent=state.bits_sent + up + down,
+    def _count(self, state, *, calls, samples, up, down, syncs=None) -> dict:
+        return dict(operator_calls=state.operator_calls + calls, sample_calls=state.sample_calls + samples,
+                    bits_up=state.bits_up + up, bits_down=state.bits_down + down, bits_sent=state.bits_sent + up + down,
                     syncs=state.syncs if syncs is None else state.syncs + syncs, steps=state.steps + 1)
 
 
@@ -329,8 +446,9 @@ def _masha_init(solver, problem, z0: Point, *, error: bool) -> CompressedState:
     Fw_local = problem.local_F(_flat(z0))
     Fw = problem.group.mean(Fw_local)
     full = solver._full_bits(problem) * problem.workers
-    common.update(operator_calls=common["operator_calls"] + 1, bits_up=common["bits_up"] + full,
-                  bits_down=common["bits_down"] + full, bits_sent=common["bits_sent"] + 2 * full)
+    common.update(operator_calls=common["operator_calls"] + 1, sample_calls=common["sample_calls"] + problem.samples,
+                  bits_up=common["bits_up"] + full, bits_down=common["bits_down"] + full,
+                  bits_sent=common["bits_sent"] + 2 * full)
     srv_err = torch.zeros_like(Fw) if error and solver._server_compressor() is not None else None
     return CompressedState(w=z0, Fw=Fw, Fw_local=Fw_local, error=torch.zeros_like(Fw_local) if error else None,
                            server_error=srv_err, **common)
@@ -358,9 +476,12 @@ class MASHA1(_Distributed):
             (bidirectional compression), or None (the reply is sent in full).
         step_size: gamma, a float or ``(B,)`` tensor (default from the theory, see above).
         p: the probability of a full synchronization (``tau = 1 - p``; default
-            ``1 / (1 + omega)``, which is ``k / d`` for `RandK`).
+            ``1 / (1 + omega)``, which is ``k / d`` for `RandK`; ``min(1 / (1 + omega), b / N)``
+            with minibatches).
         participation: workers drawn uniformly per round (partial participation), or None (all).
         seed: the seed of the shared random numbers, an int or a ``(B,)`` int64 tensor.
+        batch_size: b, the samples per worker and round of the minibatch variant
+            (``1 <= b <= N`` for a problem whose workers hold N samples), or None (the full ``F_m``).
     """
 
     compressor: Compressor = RandK(ratio=0.1)
@@ -369,12 +490,13 @@ class MASHA1(_Distributed):
     p: float | None = None
     participation: int | None = None
     seed: object = 0
+    batch_size: int | None = None
 
     def __post_init__(self):
         _check_compressor_field(self)
 
     def _default_p(self, problem):
-        return 1.0 / (1.0 + self._omega(problem))
+        return self._minibatch_p(problem, 1.0 / (1.0 + self._omega(problem)))
 
     def _default_step(self, problem, tau):
         return torch.sqrt(1.0 - tau) / (2.0 * self._L_Q(problem))
@@ -387,7 +509,7 @@ class MASHA1(_Distributed):
         z_bar = tau * _flat(z) + (1 - tau) * _flat(state.w)
         z_bar_p = _split(z_bar, dims)
         z_half = problem.prox(z_bar_p, _split(state.Fw, dims), gamma)
-        delta = problem.local_F(_flat(z_half)) - state.Fw_local
+        delta = self._local_difference(problem, state, _flat(z_half), self._sample_indices(problem, state))
         q = self._worker_compressor().compress(delta, self._key(problem, state, _UP))
         weights = self._weights(problem, state)
         g = self._compress_reply(problem, state, problem.group.weighted_sum(q, weights), _DOWN)
@@ -395,8 +517,10 @@ class MASHA1(_Distributed):
         coin = self._coin(state)
         w, Fw, Fw_local = _synchronize(self, problem, state, z_new, coin)
         full = self._full_bits(problem) * problem.workers * coin.long()
-        counts = self._count(state, calls=1 + coin.long(), up=self._uplink(problem, weights) + full,
-                             down=self._down_bits(problem) + full, syncs=coin.long())
+        counts = self._count(state, calls=1 + coin.long(),
+                             samples=self._round_samples(problem) + problem.samples * coin.long(),
+                             up=self._uplink(problem, weights) + full, down=self._down_bits(problem) + full,
+                             syncs=coin.long())
         return z_new, state._replace(w=w, Fw=Fw, Fw_local=Fw_local, **counts)
 
 
@@ -405,7 +529,8 @@ class MASHA1(_Distributed):
 class MASHA2(_Distributed):
     """MASHA2: variance-reduced extragradient with contractive compression and error feedback (Algorithm 2).
 
-    For unconstrained problems (``Z = R^d``). See the module docstring for the
+    Beznosikov, Richtárik, Diskin, Ryabinin and Gasnikov 2022 (arXiv 2110.03313),
+    Algorithm 2. For unconstrained problems (``Z = R^d``). See the module docstring for the
     step, the default step size and the accounting.
 
     Args:
@@ -413,8 +538,13 @@ class MASHA2(_Distributed):
         server_compressor: a contractive compressor for the server's reply, with
             its own error feedback (bidirectional compression), or None.
         step_size: gamma, a float or ``(B,)`` tensor (default from the theory).
-        p: the probability of a full synchronization (default ``delta``, ``k / d`` for `TopK`).
-        seed: the seed of the shared random numbers (the coin).
+        p: the probability of a full synchronization (default ``delta``, ``k / d`` for `TopK`;
+            ``min(delta, b / N)`` with minibatches).
+        seed: the seed of the shared random numbers (the coin, the participants, the minibatches).
+        participation: workers drawn uniformly per round (partial participation; the others
+            send nothing and keep their errors), or None (all).
+        batch_size: b, the samples per worker and round of the minibatch variant
+            (``1 <= b <= N``), or None (the full ``F_m``).
     """
 
     compressor: Compressor = TopK(ratio=0.1)
@@ -422,6 +552,8 @@ class MASHA2(_Distributed):
     step_size: object = None
     p: float | None = None
     seed: object = 0
+    participation: int | None = None
+    batch_size: int | None = None
 
     _needs = "contractive"
     _unconstrained = True
@@ -435,11 +567,15 @@ class MASHA2(_Distributed):
         return d * (1.0 if srv is None else srv.delta(problem.dim))
 
     def _default_p(self, problem):
-        return self._delta(problem)
+        return self._minibatch_p(problem, self._delta(problem))
 
     def _default_step(self, problem, tau):
         L, Lbar = self._constants(problem)
-        return torch.minimum(torch.sqrt(1.0 - tau) / (2.0 * L), self._delta(problem) / (4.0 * Lbar))
+        r, M = self._participants(problem), problem.workers
+        var = self._sample_variance(problem)
+        L2 = torch.sqrt(L**2 + self._sampling(problem) * Lbar**2 + var / r)
+        Lbar2 = torch.sqrt(Lbar**2 + var)
+        return torch.minimum(torch.sqrt(1.0 - tau) / (2.0 * L2), self._delta(problem) * r / M / (4.0 * Lbar2))
 
     def init(self, problem, z0):
         return _masha_init(self, problem, z0, error=True)
@@ -448,9 +584,15 @@ class MASHA2(_Distributed):
         dims, gamma, tau = problem.dims, state.step_size.unsqueeze(-1), state.tau.unsqueeze(-1)
         z_bar = tau * _flat(z) + (1 - tau) * _flat(state.w)
         z_half = z_bar - gamma * state.Fw
-        v = gamma.unsqueeze(-1) * (problem.local_F(z_half) - state.Fw_local) + state.error
+        delta = self._local_difference(problem, state, z_half, self._sample_indices(problem, state))
+        v = gamma.unsqueeze(-1) * delta + state.error
         c = self._worker_compressor().compress(v, self._key(problem, state, _UP))
-        g = problem.group.mean(c)
+        weights = self._weights(problem, state)
+        if self._participants(problem) == problem.workers:
+            g, error = problem.group.mean(c), v - c
+        else:  # the server averages the participants' messages; the others keep their errors and send nothing
+            g = problem.group.weighted_sum(c, weights)
+            error = torch.where(self._participating(problem, weights), v - c, state.error)
         server_error = state.server_error
         if server_error is not None:
             vs = g + server_error
@@ -460,10 +602,11 @@ class MASHA2(_Distributed):
         coin = self._coin(state)
         w, Fw, Fw_local = _synchronize(self, problem, state, z_new, coin)
         full = self._full_bits(problem) * problem.workers * coin.long()
-        weights = torch.ones(problem.batch_size, problem.workers, device=problem.device)
-        counts = self._count(state, calls=1 + coin.long(), up=self._uplink(problem, weights) + full,
-                             down=self._down_bits(problem) + full, syncs=coin.long())
-        return z_new, state._replace(w=w, Fw=Fw, Fw_local=Fw_local, error=v - c, server_error=server_error,
+        counts = self._count(state, calls=1 + coin.long(),
+                             samples=self._round_samples(problem) + problem.samples * coin.long(),
+                             up=self._uplink(problem, weights) + full, down=self._down_bits(problem) + full,
+                             syncs=coin.long())
+        return z_new, state._replace(w=w, Fw=Fw, Fw_local=Fw_local, error=error, server_error=server_error,
                                      **counts)
 
 
@@ -472,6 +615,8 @@ class MASHA2(_Distributed):
 class DistributedEG(_Distributed):
     """Uncompressed distributed extragradient: the baseline that sends every ``F_m`` in full.
 
+    Extragradient (Korpelevich 1976) on ``F = (1/M) sum_m F_m``, the baseline of
+    Beznosikov et al. (arXiv 2110.03313).
     ``z_half = prox(z - gamma F(z))``, ``z+ = prox(z - gamma F(z_half))``, each
     ``F = (1/M) sum_m F_m`` one exchange of full vectors (d values up from each
     worker and d values back to each). Two operator calls per round (``F(z+)``
@@ -496,7 +641,8 @@ class DistributedEG(_Distributed):
         self.check(problem)
         common = self._common(problem)
         full = self._full_bits(problem) * problem.workers
-        common.update(operator_calls=common["operator_calls"] + 1, bits_up=common["bits_up"] + full,
+        common.update(operator_calls=common["operator_calls"] + 1,
+                      sample_calls=common["sample_calls"] + problem.samples, bits_up=common["bits_up"] + full,
                       bits_down=common["bits_down"] + full, bits_sent=common["bits_sent"] + 2 * full)
         Fz = problem.group.mean(problem.local_F(_flat(z0)))
         return CompressedState(w=None, Fw=Fz, Fw_local=None, error=None, server_error=None, **common)
@@ -508,7 +654,7 @@ class DistributedEG(_Distributed):
         z_new = problem.prox(z, _split(F_half, dims), gamma)
         F_new = problem.group.mean(problem.local_F(_flat(z_new)))
         full = 2 * self._full_bits(problem) * problem.workers
-        counts = self._count(state, calls=2, up=full, down=full)
+        counts = self._count(state, calls=2, samples=2 * problem.samples, up=full, down=full)
         return z_new, state._replace(Fw=F_new, **counts)
 
 
@@ -517,6 +663,8 @@ class DistributedEG(_Distributed):
 class CompressedEG(_Distributed):
     """Compressed distributed extragradient without variance reduction (a baseline).
 
+    Extragradient (Korpelevich 1976) on compressed averages, the no-variance-reduction
+    baseline of Beznosikov et al. (arXiv 2110.03313).
     ``g(z) = Q_s((1/|S|) sum_{m in S} Q_m(F_m(z)))``;  ``z_half = prox(z - gamma g(z))``,
     ``z+ = prox(z - gamma g(z_half))``: two compressed exchanges and two operator
     calls per round. The compression noise does not vanish at the solution
@@ -559,6 +707,7 @@ class CompressedEG(_Distributed):
         z_half = problem.prox(z, _split(g1, dims), gamma)
         g2, w2 = self._estimate(problem, state, _flat(z_half), _UP2, _DOWN2)
         z_new = problem.prox(z, _split(g2, dims), gamma)
-        counts = self._count(state, calls=2, up=self._uplink(problem, w1) + self._uplink(problem, w2),
+        counts = self._count(state, calls=2, samples=2 * problem.samples,
+                             up=self._uplink(problem, w1) + self._uplink(problem, w2),
                              down=2 * self._down_bits(problem))
         return z_new, state._replace(**counts)

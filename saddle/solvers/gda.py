@@ -47,7 +47,12 @@ def _gda_step_size(solver, problem) -> Tensor:
 @register("gda")
 @dataclass(frozen=True)
 class GDA(Solver):
-    """Simultaneous gradient descent-ascent ``z+ = P_Z(z - eta F(z))``.
+    """Simultaneous gradient descent-ascent ``z+ = P_Z(z - eta F(z))`` (Arrow, Hurwicz and Uzawa 1958).
+
+    The projected forward step of the VI (the "Arrow-Hurwicz" method of
+    *Studies in Linear and Non-Linear Programming*, 1958). Linear convergence
+    on mu-strongly monotone L-Lipschitz F for ``eta < 2 mu / L^2``; divergence
+    on ``f = x y`` for every ``eta > 0``.
 
     Args:
         step_size: a float or ``(B,)`` tensor; default ``mu / L^2`` when the
@@ -72,13 +77,16 @@ class GDA(Solver):
 @register("alternating_gda")
 @dataclass(frozen=True)
 class AlternatingGDA(Solver):
-    """Alternating (Gauss-Seidel) gradient descent-ascent.
+    """Alternating (Gauss-Seidel) gradient descent-ascent (Bailey, Gidel and Piliouras, COLT 2020).
 
     The blocks move in turn, each against the others' latest values; for a
     saddle problem ``x+ = P_X(x - eta grad_x f(x, y))``, then
     ``y+ = P_Y(y + eta grad_y f(x+, y))``. On ``f = x y`` its iterates stay on a
     bounded orbit (the iteration matrix has determinant 1): it cycles instead of
-    diverging, and does not converge.
+    diverging, and does not converge (Bailey, Gidel and Piliouras, "Finite
+    regret and cycles with fixed step-size via alternating gradient
+    descent-ascent", 2020; Gidel et al., "Negative momentum for improved game
+    dynamics", 2019).
 
     Args:
         step_size: as for `GDA`.

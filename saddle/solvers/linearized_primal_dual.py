@@ -363,26 +363,6 @@ class _LinearizedPrimalDual(Solver):
         return state.x_bar, state.y_bar
 
 
-_SETTINGS_DOC = """
-    Args:
-        mu: the strong convexity of h (float or ``(B,)``; default
-            ``h.strong_convexity()``, of h's smooth part with a linearized dual step).
-        lipschitz_g: L_g of ``grad g`` (default ``g.split()[0].lipschitz()``).
-        lipschitz_xx, lipschitz_xy, lipschitz_yy: L_xx, L_xy, L_yy of the coupling
-            (default ``coupling.lipschitz()``; `Bilinear` gives ``(0, |K|, 0)``,
-            `SemiLinear` and `SmoothCoupling` what they were given).
-        lipschitz_h: L_h of ``grad h``'s smooth part (linearized dual step only;
-            default ``h.split()[0].lipschitz()``).
-        dual_step: ``"prox"`` (the closed-form prox of h over Y), ``"linearized"``
-            (h's smooth part linearized, its non-smooth part by its prox) or
-            ``"auto"`` (prox where h has one over Y).
-
-    A constant that neither the settings nor the problem supply raises a
-    ``ValueError`` naming it; so does mu <= 0. Settings smaller than the true
-    constants void the guarantees; larger ones are safe and slower.
-"""
-
-
 @register("lpd")
 @dataclass(frozen=True)
 class LPD(_LinearizedPrimalDual):
@@ -405,7 +385,28 @@ class LPD(_LinearizedPrimalDual):
     the general schedule (L_yy > 0, linearized h) and the accounting: one
     gradient of g, one ``grad_x phi`` and one ``grad_y phi`` per iteration
     (one operator call).
-    """ + _SETTINGS_DOC
+
+    Args:
+        mu: the strong convexity of h (float or ``(B,)``; default
+            ``h.strong_convexity()``, of h's smooth part with a linearized dual step).
+        lipschitz_g: L_g of ``grad g`` (default ``g.split()[0].lipschitz()``).
+        lipschitz_xx: L_xx of the coupling, the Lipschitz constant of ``grad_x phi``
+            in x (default from ``coupling.lipschitz()``; `Bilinear` gives ``(0, |K|, 0)``,
+            `SemiLinear` and `SmoothCoupling` what they were given).
+        lipschitz_xy: L_xy, the Lipschitz constant of ``grad_x phi`` in y and of
+            ``grad_y phi`` in x (default from ``coupling.lipschitz()``).
+        lipschitz_yy: L_yy, the Lipschitz constant of ``grad_y phi`` in y
+            (default from ``coupling.lipschitz()``).
+        lipschitz_h: L_h of ``grad h``'s smooth part (linearized dual step only;
+            default ``h.split()[0].lipschitz()``).
+        dual_step: ``"prox"`` (the closed-form prox of h over Y), ``"linearized"``
+            (h's smooth part linearized, its non-smooth part by its prox) or
+            ``"auto"`` (prox where h has one over Y).
+
+    A constant that neither the settings nor the problem supply raises a
+    ``ValueError`` naming it; so does mu <= 0. Settings smaller than the true
+    constants void the guarantees; larger ones are safe and slower.
+    """
 
     mu: object = None
     lipschitz_g: object = None
@@ -438,7 +439,28 @@ class ALPD(_LinearizedPrimalDual):
     optimal in L_g and, for semi-linear couplings (L_xx = 0), optimal overall.
     One gradient of g (at x_low), one ``grad_x phi`` and one ``grad_y phi`` per
     iteration. See the module docstring for the general schedule.
-    """ + _SETTINGS_DOC
+
+    Args:
+        mu: the strong convexity of h (float or ``(B,)``; default
+            ``h.strong_convexity()``, of h's smooth part with a linearized dual step).
+        lipschitz_g: L_g of ``grad g`` (default ``g.split()[0].lipschitz()``).
+        lipschitz_xx: L_xx of the coupling, the Lipschitz constant of ``grad_x phi``
+            in x (default from ``coupling.lipschitz()``; `Bilinear` gives ``(0, |K|, 0)``,
+            `SemiLinear` and `SmoothCoupling` what they were given).
+        lipschitz_xy: L_xy, the Lipschitz constant of ``grad_x phi`` in y and of
+            ``grad_y phi`` in x (default from ``coupling.lipschitz()``).
+        lipschitz_yy: L_yy, the Lipschitz constant of ``grad_y phi`` in y
+            (default from ``coupling.lipschitz()``).
+        lipschitz_h: L_h of ``grad h``'s smooth part (linearized dual step only;
+            default ``h.split()[0].lipschitz()``).
+        dual_step: ``"prox"`` (the closed-form prox of h over Y), ``"linearized"``
+            (h's smooth part linearized, its non-smooth part by its prox) or
+            ``"auto"`` (prox where h has one over Y).
+
+    A constant that neither the settings nor the problem supply raises a
+    ``ValueError`` naming it; so does mu <= 0. Settings smaller than the true
+    constants void the guarantees; larger ones are safe and slower.
+    """
 
     mu: object = None
     lipschitz_g: object = None
@@ -482,10 +504,29 @@ class InexactALPD(_LinearizedPrimalDual):
     N_t at ``inner_iterations = 10``; ``inner_iterations=None`` runs the
     schedule of the analysis.
 
-    Args (besides those of `ALPD`):
+    Args:
+        mu: the strong convexity of h (float or ``(B,)``; default
+            ``h.strong_convexity()``, of h's smooth part with a linearized dual step).
+        lipschitz_g: L_g of ``grad g`` (default ``g.split()[0].lipschitz()``).
+        lipschitz_xx: L_xx of the coupling, the Lipschitz constant of ``grad_x phi``
+            in x (default from ``coupling.lipschitz()``; `Bilinear` gives ``(0, |K|, 0)``,
+            `SemiLinear` and `SmoothCoupling` what they were given).
+        lipschitz_xy: L_xy, the Lipschitz constant of ``grad_x phi`` in y and of
+            ``grad_y phi`` in x (default from ``coupling.lipschitz()``).
+        lipschitz_yy: L_yy, the Lipschitz constant of ``grad_y phi`` in y
+            (default from ``coupling.lipschitz()``).
+        lipschitz_h: L_h of ``grad h``'s smooth part (linearized dual step only;
+            default ``h.split()[0].lipschitz()``).
+        dual_step: ``"prox"`` (the closed-form prox of h over Y), ``"linearized"``
+            (h's smooth part linearized, its non-smooth part by its prox) or
+            ``"auto"`` (prox where h has one over Y).
         inner_iterations: the cap on N_t (a positive int), or None for no cap.
         inner_accuracy: p of the schedule.
-    """ + _SETTINGS_DOC
+
+    A constant that neither the settings nor the problem supply raises a
+    ``ValueError`` naming it; so does mu <= 0. Settings smaller than the true
+    constants void the guarantees; larger ones are safe and slower.
+    """
 
     mu: object = None
     lipschitz_g: object = None

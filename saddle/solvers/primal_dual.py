@@ -163,7 +163,13 @@ def _bounds(S, like: Tensor) -> tuple[Tensor, Tensor]:
 @register("pdhg")
 @dataclass(frozen=True)
 class PDHG(Solver):
-    """Primal-dual hybrid gradient with PDLP's machinery (see the module docstring).
+    """Primal-dual hybrid gradient (Chambolle and Pock 2011) with PDLP's machinery (arXiv 2106.04756).
+
+    ``x+ = argmin_{u in X} g(u) + <K^T y, u> + |u - x|^2_{T^-1} / 2``,
+    ``y+ = argmin_{v in Y} h*(v) - <K (2 x+ - x), v> + |v - y|^2_{S^-1} / 2``
+    for a `BilinearProblem` with blocks x ``(B, n)``, y ``(B, m)`` and K
+    ``(B, m, n)``; see the module docstring for the steps, restarts, primal
+    weights and preconditioning of PDLP (Applegate et al. 2021).
 
     Args:
         step_size: None (adaptive steps from ``1 / max |D_r K D_c|``, or

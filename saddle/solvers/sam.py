@@ -124,6 +124,8 @@ def _check_float(value, name: str, solver: str, *, low: float = 0.0, high: float
 class SAM(Solver):
     """Sharpness-aware minimization: the extragradient step preset for ``min_w max_{e in Y} f(w, e)``.
 
+    Foret, Kleiner, Mobahi and Neyshabur 2021 (arXiv 2010.01412); ASAM: Kwon et al. 2021
+    (arXiv 2102.11600).
     Applies to two-block problems whose max player's set ``Y`` is bounded (it
     needs ``Y``'s linear maximizer): the sharpness problems of
     `problems.sharpness` (``f(w, e) = L(w + e)``, ``Y`` a `saddle.Ball`,

@@ -29,8 +29,10 @@ deterministic solvers count in on the same problem.
       w+   = z+ with probability p (one full pass), else w
 
   Linear convergence on strongly monotone finite sums with ``tau ~ sqrt(p) / L``.
-  (Whether any instance refreshes is read on the host once per step, so that the
-  full pass is computed only when needed.)
+  The full pass ``F(z+)`` is either computed only at the steps where some
+  instance refreshes, which takes one host read per step to know (``host_check``),
+  or at every step and kept where an instance refreshes (``torch.where``, no
+  host read, n more evaluations of compute per step); the iterates are the same.
 - `Prospect` (``"prospect"``, Mehta et al. 2024, Algorithm 1): for `problems.dro`
   problems: SAGA-style tables of per-sample losses and gradients, the weights q
   from the loss table in closed form, one learning rate.
@@ -99,11 +101,15 @@ class StochasticState(NamedTuple):
 @register("seg")
 @dataclass(frozen=True)
 class SEG(Solver):
-    """Stochastic extragradient with independent or same-sample minibatches.
+    """Stochastic extragradient with independent or same-sample minibatches (Juditsky et al. 2011).
 
     ``w = P_Z(z - eta g(z; S))``, ``z+ = P_Z(z - eta g(w; S'))`` with ``g(.; S)`` the
     mean of ``F_i`` over the minibatch S of ``batch_size`` uniform indices, and
-    ``S'`` a fresh draw (default) or ``S`` itself (``same_sample=True``).
+    ``S'`` a fresh draw (default; Juditsky, Nemirovski and Tauvel, "Solving
+    variational inequalities with stochastic mirror-prox algorithm", 2011) or
+    ``S`` itself (``same_sample=True``; Mishchenko et al., "Revisiting
+    stochastic extragradient", AISTATS 2020; Gorbunov, Berard, Gidel and
+    Loizou, AISTATS 2022, for the constant-step noise floor).
 
     Args:
         step_size: eta, a float or ``(B,)`` tensor (required).
@@ -226,6 +232,17 @@ class VREG(Solver):
         batch_size: m, the minibatch size of the correction ``g(zh; S) - g(w; S)``.
         probability: p, the snapshot refresh probability (default ``min(1, m / n)``:
             one full pass per n/m steps, so a step costs ``O(m)`` on average).
+        host_check: how a step learns whether to compute the full pass ``F(z+)``.
+            True: read on the host whether any instance refreshes (one host
+            synchronization per step) and compute it only then. False: compute
+            it at every step and keep it where an instance refreshes (no host
+            synchronization; n more per-sample evaluations of compute per step,
+            not counted in ``operator_calls``, which counts what the method
+            uses). The iterates and counts are the same either way. None
+            (default): False when ``p = 1`` (every step refreshes), or off the
+            CPU when the chance that some instance refreshes at a step,
+            ``1 - (1 - p)^B``, is at least 1/2 (the full pass runs on most steps
+            anyway); True otherwise (on the CPU a host read costs nothing).
 
     Per-sample evaluations: n at init (``F(w_0)``), then ``2 m`` per step plus n per refresh.
     """
@@ -233,15 +250,26 @@ class VREG(Solver):
     step_size: object = None
     batch_size: int = 1
     probability: float | None = None
+    host_check: bool | None = None
 
     def __post_init__(self):
         _check_int(self.batch_size, "batch_size", self.name)
         p = self.probability
         if p is not None and (isinstance(p, bool) or not isinstance(p, Real) or not 0 < p <= 1):
             raise ValueError(f"{self.name}: probability must be in (0, 1], got {p!r}")
+        if self.host_check is not None and not isinstance(self.host_check, bool):
+            raise TypeError(f"{self.name}: host_check must be None or a bool, got {type(self.host_check).__name__}")
 
     def _p(self, n: int) -> float:
         return min(1.0, self.batch_size / n) if self.probability is None else float(self.probability)
+
+    def _host_check(self, p: float, batch_size: int, device: torch.device) -> bool:
+        """Whether a step reads on the host if some instance refreshes (see ``host_check``)."""
+        if p >= 1:
+            return False  # every instance refreshes at every step: nothing to ask
+        if self.host_check is not None:
+            return self.host_check
+        return device.type == "cpu" or 1 - (1 - p) ** batch_size < 0.5
 
     def check(self, problem) -> None:
         _positive_steps(self.step_size, "step_size", self.name, problem)
@@ -263,7 +291,9 @@ class VREG(Solver):
         z_next = problem.prox(zbar, g, tau)
         refresh = uniform(state.seeds, state.steps, stream=2, dtype=tau.dtype) < p
         cost = 2 * (m if n > 1 else 1)
-        if bool(refresh.any()):  # the one host read: a full pass only when some instance refreshes
+        # The full pass: only when some instance refreshes (a host read), or at every step, kept by the
+        # mask (no read). The same iterates: the instances are independent in the batched F.
+        if not self._host_check(p, tau.shape[0], tau.device) or bool(refresh.any()):
             w = where(refresh, z_next, w)
             Fw = where(refresh, problem.F(z_next), Fw)
         return z_next, state._replace(snapshot=w, F_snapshot=Fw,
