@@ -303,20 +303,20 @@ class DistributedProblem(VIProblem):
         self.group = group
         self.local_operator = local_operator
         super().__init__(self._full_operator, domain, z0, **kwargs)
-        if local_lipschitz is not None:
-            local_lipschitz = torch.as_tensor(local_lipschitz, dtype=torch.float64).cpu()
-            if local_lipschitz.shape != (self.batch_size, group.size):
-                raise ValueError(f"local_lipschitz must have shape (B, M) = ({self.batch_size}, {group.size}), "
-                                 f"got {tuple(local_lipschitz.shape)}")
-        self._local_lipschitz = local_lipschitz
+        self._local_lipschitz = self._per_worker(local_lipschitz, "local_lipschitz")
         if self.samples > 1 and not callable(getattr(local_operator, "sample", None)):
             raise TypeError("a local operator with samples > 1 needs a sample(v, idx) method")
-        if sample_lipschitz is not None:
-            sample_lipschitz = torch.as_tensor(sample_lipschitz, dtype=torch.float64).cpu()
-            if sample_lipschitz.shape != (self.batch_size, group.size):
-                raise ValueError(f"sample_lipschitz must have shape (B, M) = ({self.batch_size}, {group.size}), "
-                                 f"got {tuple(sample_lipschitz.shape)}")
-        self._sample_lipschitz = sample_lipschitz
+        self._sample_lipschitz = self._per_worker(sample_lipschitz, "sample_lipschitz")
+
+    def _per_worker(self, value, name: str) -> Tensor | None:
+        """A per-instance, per-worker constant as a ``(B, M)`` float64 CPU tensor (None stays None)."""
+        if value is None:
+            return None
+        value = torch.as_tensor(value, dtype=torch.float64).cpu()
+        if value.shape != (self.batch_size, self.group.size):
+            raise ValueError(f"{name} must have shape (B, M) = ({self.batch_size}, {self.group.size}), "
+                             f"got {tuple(value.shape)}")
+        return value
 
     @property
     def workers(self) -> int:

@@ -235,6 +235,22 @@ def test_per_instance_step_sizes(solver):
             torch.testing.assert_close(a[i:i + 1], b, rtol=0, atol=1e-12)
 
 
+def assert_stopped_instances_stay(seen, batch_size: int) -> dict:
+    """Check callback snapshots ``(status, z, operator_calls)``: once an instance stops, its point and
+    count never change again. Returns ``{instance: (z, calls)}`` at each instance's stop."""
+    stopped_at = {}
+    for status, z, calls in seen:
+        for i in range(batch_size):
+            if status[i] != Status.RUNNING and i not in stopped_at:
+                stopped_at[i] = (z, calls)
+            elif i in stopped_at:
+                z_stop, calls_stop = stopped_at[i]
+                for a, b in zip(z, z_stop):
+                    assert torch.equal(a[i], b[i]), f"instance {i} moved after it stopped"
+                assert calls[i] == calls_stop[i]
+    return stopped_at
+
+
 @pytest.mark.parametrize("solver", MONOTONE + SUBLINEAR + STRONGLY_MONOTONE + PRIMAL_DUAL + LINEARIZED_PD +
                          COMPETITIVE + ADAPTIVE_COMPETITIVE)
 def test_stopped_instances_stay_bitwise_unchanged(solver):
@@ -246,16 +262,7 @@ def test_stopped_instances_stay_bitwise_unchanged(solver):
     sol = saddle.solve(problem, solver, tol=tol, max_iters=400, check_every=5, **SOLVER_SETTINGS.get(solver, {}),
                        callback=lambda p: seen.append((p.status.clone(), tuple(b.clone() for b in p.z),
                                                        p.state.operator_calls.clone())))
-    stopped_at = {}
-    for k, (status, z, calls) in enumerate(seen):
-        for i in range(problem.batch_size):
-            if status[i] != Status.RUNNING and i not in stopped_at:
-                stopped_at[i] = (z, calls)
-            elif i in stopped_at:
-                z_stop, calls_stop = stopped_at[i]
-                for a, b in zip(z, z_stop):
-                    assert torch.equal(a[i], b[i]), f"instance {i} moved after it stopped"
-                assert calls[i] == calls_stop[i]
+    stopped_at = assert_stopped_instances_stay(seen, problem.batch_size)
     assert set(stopped_at) >= {0, 1}, "the loose instances should have stopped early"
     for i, (z_stop, _) in stopped_at.items():
         for a, b in zip(sol.z, z_stop):
@@ -550,16 +557,7 @@ def test_stochastic_stopped_instances_stay_bitwise_unchanged(solver):
     sol = saddle.solve(problem, solver, tol=tol, max_iters=400, check_every=5,
                        callback=lambda p: seen.append((p.status.clone(), tuple(b.clone() for b in p.z),
                                                        p.state.operator_calls.clone())), **settings)
-    stopped_at = {}
-    for status, z, calls in seen:
-        for i in range(problem.batch_size):
-            if status[i] != Status.RUNNING and i not in stopped_at:
-                stopped_at[i] = (z, calls)
-            elif i in stopped_at:
-                z_stop, calls_stop = stopped_at[i]
-                for a, b in zip(z, z_stop):
-                    assert torch.equal(a[i], b[i]), f"instance {i} moved after it stopped"
-                assert calls[i] == calls_stop[i]
+    stopped_at = assert_stopped_instances_stay(seen, problem.batch_size)
     assert set(stopped_at) >= {0}, "the loose instance should have stopped early"
     assert sol.status[2] == Status.MAX_ITERS
 

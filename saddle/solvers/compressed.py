@@ -454,13 +454,22 @@ def _masha_init(solver, problem, z0: Point, *, error: bool) -> CompressedState:
                            server_error=srv_err, **common)
 
 
-def _synchronize(solver, problem, state, z_new: Point, coin: Tensor) -> tuple[Point, Tensor, Tensor]:
-    """With the coin, ``w <- z+`` and the workers exchange full ``F_m(w)``; else w stays."""
+def _end_round(solver, problem, state, z_new: Point, weights: Tensor) -> dict:
+    """A MASHA round's end: the coin, the synchronization and the counts, as `CompressedState` fields.
+
+    With the coin, ``w <- z+`` and the workers exchange full ``F_m(w)``; else w stays.
+    """
+    coin = solver._coin(state)
     F_loc = problem.local_F(_flat(z_new))
     F_new = problem.group.mean(F_loc)
     c1, c2 = coin.view(-1, 1), coin.view(-1, 1, 1)
     w = tuple(torch.where(c1, a, b) for a, b in zip(z_new, state.w))
-    return w, torch.where(c1, F_new, state.Fw), torch.where(c2, F_loc, state.Fw_local)
+    full = solver._full_bits(problem) * problem.workers * coin.long()
+    counts = solver._count(state, calls=1 + coin.long(),
+                           samples=solver._round_samples(problem) + problem.samples * coin.long(),
+                           up=solver._uplink(problem, weights) + full, down=solver._down_bits(problem) + full,
+                           syncs=coin.long())
+    return dict(w=w, Fw=torch.where(c1, F_new, state.Fw), Fw_local=torch.where(c2, F_loc, state.Fw_local), **counts)
 
 
 @register("masha1")
@@ -514,14 +523,7 @@ class MASHA1(_Distributed):
         weights = self._weights(problem, state)
         g = self._compress_reply(problem, state, problem.group.weighted_sum(q, weights), _DOWN)
         z_new = problem.prox(z_bar_p, _split(state.Fw + g, dims), gamma)
-        coin = self._coin(state)
-        w, Fw, Fw_local = _synchronize(self, problem, state, z_new, coin)
-        full = self._full_bits(problem) * problem.workers * coin.long()
-        counts = self._count(state, calls=1 + coin.long(),
-                             samples=self._round_samples(problem) + problem.samples * coin.long(),
-                             up=self._uplink(problem, weights) + full, down=self._down_bits(problem) + full,
-                             syncs=coin.long())
-        return z_new, state._replace(w=w, Fw=Fw, Fw_local=Fw_local, **counts)
+        return z_new, state._replace(**_end_round(self, problem, state, z_new, weights))
 
 
 @register("masha2")
@@ -599,15 +601,8 @@ class MASHA2(_Distributed):
             g = self._compress_reply(problem, state, vs, _DOWN)
             server_error = vs - g
         z_new = _split(z_half - g, dims)
-        coin = self._coin(state)
-        w, Fw, Fw_local = _synchronize(self, problem, state, z_new, coin)
-        full = self._full_bits(problem) * problem.workers * coin.long()
-        counts = self._count(state, calls=1 + coin.long(),
-                             samples=self._round_samples(problem) + problem.samples * coin.long(),
-                             up=self._uplink(problem, weights) + full, down=self._down_bits(problem) + full,
-                             syncs=coin.long())
-        return z_new, state._replace(w=w, Fw=Fw, Fw_local=Fw_local, error=error, server_error=server_error,
-                                     **counts)
+        return z_new, state._replace(error=error, server_error=server_error,
+                                     **_end_round(self, problem, state, z_new, weights))
 
 
 @register("distributed_eg")
