@@ -209,7 +209,7 @@ def make(impl: str, method: str, G, D, s):
         return CGDs.BCGD(max_params=D.parameters(), min_params=G.parameters(), lr_max=s.lr, lr_min=s.lr,
                          tol=s.tol, atol=s.atol, collect_info=False)
     solve_for = impl.split("solve_for=")[1] if "solve_for=" in impl else "min"
-    kw = dict(min_params=G.parameters(), max_params=D.parameters(), lr=s.lr, tol=math.sqrt(s.tol),
+    kw = dict(min_params=G.parameters(), max_params=D.parameters(), lr=s.lr, cg_tol=math.sqrt(s.tol),
               solve_for=solve_for)
     if method == "ACGD":
         return saddle.optim.ACGD(beta=s.beta, eps=s.eps, **kw)

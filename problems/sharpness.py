@@ -29,7 +29,7 @@ from torch.func import functional_call, grad, jvp, vmap
 from saddle import Ball, SaddleProblem
 
 from . import register
-from .batch import check_positive, check_positive_int, make_batch
+from .batch import check_positive_int, make_batch
 
 __all__ = ["SharpnessProblem", "sharpness", "classification_data", "largest_hessian_eigenvalue", "accuracy"]
 
@@ -97,7 +97,11 @@ class SharpnessProblem(SaddleProblem):
         super().__init__(f, w0, e0, Y=Ball(self.rho, groups=groups), name=name or "sharpness")
 
     def perturbation_scale(self, w: Tensor) -> Tensor | None:
-        """The diagonal of ASAM's metric ``T_w = |w| + eta``, ``(B, n)``; None for SAM's Euclidean ball."""
+        """The diagonal of ASAM's metric ``T_w = |w| + eta``, ``(B, n)``; None for SAM's Euclidean ball.
+
+        The problem's perturbation geometry (`saddle.VIProblem.perturbation_scale`),
+        which `saddle.SAM` and `saddle.ASAM` use.
+        """
         return w.abs() + self.eta if self.adaptive else None
 
     def sharpness(self, w: Tensor) -> Tensor:
@@ -105,14 +109,11 @@ class SharpnessProblem(SaddleProblem):
 
         ``L(w + e^) - L(w)`` at SAM's perturbation ``e^`` (in the problem's geometry).
         """
-        from saddle.solvers.sam import _batched_perturbation
+        from saddle.solvers.sam import SAM
 
         e0 = torch.zeros_like(self.z0[1])
         _, Fe = self.F((w, e0))
-        scale = self.perturbation_scale(w)
-        if scale is not None and self.groups > 1:
-            scale = scale.repeat(1, self.groups)
-        e = _batched_perturbation(-Fe, self.rho, scale, self.groups)
+        e = SAM().perturbation(self, w, Fe)
         return self.objective((w, e)) - self.objective((w, e0))
 
 

@@ -23,7 +23,10 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["BenchmarkRun", "find_scripts", "run_benchmarks", "ratio_rows", "markdown_tables", "report"]
+__all__ = ["BenchmarkRun", "check_timeout", "find_scripts", "run_benchmarks", "ratio_rows", "markdown_tables",
+           "report"]
+
+MAX_TIMEOUT = 1e6  # seconds (11.6 days); subprocess cannot wait much longer (OverflowError near 2**31 ms)
 
 
 @dataclass
@@ -47,9 +50,19 @@ def find_scripts(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.py") if p.name != "run_all.py" and not p.name.startswith("_"))
 
 
+def check_timeout(timeout) -> float:
+    """``timeout`` as seconds per script: a number in ``(0, MAX_TIMEOUT]`` (``ValueError`` otherwise)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT:
+        raise ValueError(f"timeout must be a number of seconds in (0, {MAX_TIMEOUT:g}], got {timeout!r}")
+    return float(timeout)
+
+
 def _options(script: Path) -> str:
-    """The script's ``--help`` text (to see which options it takes)."""
-    out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+    """The script's ``--help`` text (to see which options it takes); empty if it does not answer in 2 minutes."""
+    try:
+        out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return ""
     return out.stdout
 
 
@@ -64,6 +77,7 @@ def run_benchmarks(scripts: list[Path], *, quick: bool = True, device: str | Non
         timeout: seconds allowed per script.
         echo: print each script's output as it finishes.
     """
+    timeout = check_timeout(timeout)
     runs = []
     for script in scripts:
         options = _options(script)

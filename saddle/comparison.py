@@ -12,14 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+import torch
 from torch import Tensor
 
 from .point import norm, sub
 from .solution import Solution
 from .solve import solve
-from .solvers.base import get_solver
+from .solvers.base import Solver, get_solver
 
-__all__ = ["ComparisonRow", "compare", "format_table", "reference_errors"]
+__all__ = ["ComparisonRow", "compare", "check_comparison", "format_table", "has_gap", "reference_errors"]
 
 
 @dataclass
@@ -61,10 +62,59 @@ def reference_errors(problem, z) -> tuple[Tensor | None, Tensor | None]:
     return value_error, distance
 
 
+def has_gap(problem) -> bool:
+    """Whether ``problem`` computes its exact duality gap (a comparison's default measure then; else the residual)."""
+    return problem.duality_gap(problem.z0) is not None
+
+
+def check_comparison(problem, solvers: Mapping[str, Solver], *, tol: float = 1e-6, measure: str | None = None,
+                     max_iters: int = 10_000, check_every: int = 10, max_operator_calls: int | None = None) -> str:
+    """Check that every solver can run on ``problem`` under these options, running no iteration; return the measure.
+
+    Each solver is started as `compare` starts it and stopped at its first
+    check, where `saddle.solve` has checked every option, the solver's
+    conditions on the problem and the operator's output; the random states
+    (torch's and the problem's) are restored after. So a comparison fails
+    before its first solve, not after some.
+
+    Args:
+        problem: a batched problem (B instances).
+        solvers: ``{label: Solver}``.
+        tol, measure, max_iters, check_every, max_operator_calls: as in `compare`.
+
+    Returns:
+        the measure the comparison stops on: ``measure``, or by default
+        ``"gap"`` where the problem computes it, else ``"residual"``.
+
+    Raises:
+        ValueError, TypeError: what `saddle.solve` raises for the first solver that cannot run.
+    """
+    if measure is None:
+        measure = "gap" if has_gap(problem) else "residual"
+    device = torch.device(problem.device)
+    problem_rng = problem.rng_state() if hasattr(problem, "rng_state") else None
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            for solver in solvers.values():
+                solve(problem, solver, tol=tol, measure=measure, max_iters=max_iters, check_every=check_every,
+                      max_operator_calls=max_operator_calls, history=False, callback=_stop_at_first_check)
+    finally:
+        if problem_rng is not None:
+            problem.set_rng_state(problem_rng)
+    return measure
+
+
+def _stop_at_first_check(progress) -> bool:
+    return True
+
+
 def compare(problem, solvers: Sequence[str] | Mapping[str, object], *, tol: float = 1e-6, measure: str | None = None,
             max_iters: int = 10_000, check_every: int = 10, max_operator_calls: int | None = None,
             warmup: bool = True, progress: bool = False) -> list[ComparisonRow]:
     """Run each solver on ``problem`` under the same stopping rule and collect a row per solver.
+
+    Every solver and option is checked first (`check_comparison`), so a
+    solver that cannot run on the problem fails before any solve.
 
     Args:
         problem: a batched problem (B instances).
@@ -82,17 +132,16 @@ def compare(problem, solvers: Sequence[str] | Mapping[str, object], *, tol: floa
     Returns:
         one `ComparisonRow` per solver, in order.
     """
-    if measure is None:
-        measure = "gap" if problem.duality_gap(problem.z0) is not None else "residual"
     if not isinstance(solvers, Mapping):
         solvers = {name: name for name in solvers}
+    solvers = {label: get_solver(spec) for label, spec in solvers.items()}
+    stopping = dict(tol=tol, max_iters=max_iters, check_every=check_every, max_operator_calls=max_operator_calls)
+    measure = check_comparison(problem, solvers, measure=measure, **stopping)
     rows = []
-    for label, spec in solvers.items():
-        solver = get_solver(spec)
+    for label, solver in solvers.items():
         if warmup:
             solve(problem, solver, max_iters=2, tol=0.0, check_every=1, measure=measure, history=False)
-        sol = solve(problem, solver, tol=tol, measure=measure, max_iters=max_iters, check_every=check_every,
-                    max_operator_calls=max_operator_calls, progress=progress)
+        sol = solve(problem, solver, measure=measure, progress=progress, **stopping)
         final = sol.gap if measure == "gap" else sol.residual
         value_error, distance = reference_errors(problem, sol.z)
         rows.append(ComparisonRow(label, sol, measure, final, value_error, distance))

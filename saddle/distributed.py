@@ -18,7 +18,9 @@ Two interchangeable backends:
   (rank) per worker (``m = 1``); reductions are ``torch.distributed.all_reduce``
   (collectives only). Start with
   ``torchrun --nproc-per-node M -m saddle.distributed --problem distributed_bilinear --solver masha1``;
-  rank 0 prints progress and the final table.
+  rank 0 prints progress and the final table. At start-up every rank sends the others a fixed-size
+  report (a hash of each option that must agree, a digest of its problem, its own setup error), so
+  ranks started with different options, or one that cannot set up, stop every rank with one message.
 
 Random decisions (compressor draws, the full-synchronization coin, the
 participating workers, the minibatches of finite-sum workers) come from
@@ -31,10 +33,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
+import inspect
+import json
+import math
 import os
 import sys
 import time
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -154,16 +160,23 @@ class TorchDistributedGroup(WorkerGroup):
             backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend not in ("gloo", "nccl"):
             raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
-        if not (isinstance(timeout, (int, float)) and timeout > 0):
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if backend == "nccl" and not torch.cuda.is_available():
+            raise ValueError("backend 'nccl' needs CUDA devices and this process sees none: use 'gloo'")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+            raise ValueError(f"timeout must be a positive finite number of seconds, got {timeout!r}")
         if not dist.is_initialized():
             missing = [v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
             if missing:
                 raise RuntimeError(f"no process group and no torchrun environment (missing {', '.join(missing)}); "
                                    "start with `torchrun --nproc-per-node M -m saddle.distributed ...`")
             if backend == "nccl":
-                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+                torch.cuda.set_device(_local_cuda_device())
+            try:
+                dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+            except RuntimeError as err:  # e.g. a peer that never came: one line, not gloo's traceback
+                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise RuntimeError(f"could not start the {backend} process group within {timeout:g} s: "
+                                   f"{reason}") from err
         self._dist = dist
         self.backend = backend
         self.size = dist.get_world_size()
@@ -179,6 +192,12 @@ class TorchDistributedGroup(WorkerGroup):
         self._dist.all_reduce(out, op=self._dist.ReduceOp.SUM)
         return out
 
+    def all_gather(self, local: Tensor) -> Tensor:
+        """``(size, *local.shape)``: every process's ``local`` by rank (the same shape and dtype on every one)."""
+        out = [torch.empty_like(local) for _ in range(self.size)]
+        self._dist.all_gather(out, local)
+        return torch.stack(out)
+
     def check_alive(self) -> None:
         self._dist.barrier()
 
@@ -189,6 +208,15 @@ class TorchDistributedGroup(WorkerGroup):
 
     def __repr__(self) -> str:
         return f"TorchDistributedGroup(backend={self.backend!r}, size={self.size}, rank={self.rank})"
+
+
+def _local_cuda_device() -> int:
+    """This process's CUDA device under torchrun (``LOCAL_RANK``), refused if the machine has fewer devices."""
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if local >= torch.cuda.device_count():
+        raise ValueError(f"backend 'nccl' needs one CUDA device per process: LOCAL_RANK = {local} but this machine "
+                         f"has {torch.cuda.device_count()}; start fewer processes per node or use 'gloo'")
+    return local
 
 
 def make_group(group=None, workers: int | None = None) -> WorkerGroup:
@@ -401,77 +429,349 @@ def _row(t, i):
 
 # -- the torchrun entry point ----------------------------------------------------------------
 
+SOLVERS = ("masha1", "masha2", "distributed_eg", "compressed_eg")
+
+# The options every rank must be started with, in the digest's order: all but --save (only rank 0
+# writes), --timeout (a process's own patience) and --simulate (no ranks).
+SHARED_OPTIONS = ("problem", "size", "samples", "batch_size", "seed", "solver", "compressor", "keep",
+                  "server_compressor", "step_size", "sync_prob", "participation", "minibatch", "max_iters", "tol",
+                  "measure", "check_every", "backend", "fail_rank", "fail_at", "fail_mode")
+# A rank's report has a fixed size whatever the options, so that ranks which disagree (or run other
+# versions of this module) exchange it without a collective mismatch: int64 slots (the options'
+# layout, the problem, an error flag, one hash per shared option), then ASCII JSON of the values and
+# of the rank's error, zero-padded.
+_DIGEST_SLOTS = 32
+_TEXT_BYTES = 4096
+assert 3 + len(SHARED_OPTIONS) <= _DIGEST_SLOTS
+
+
+def _argument_type(convert: Callable, accept: Callable, expected: str) -> Callable[[str], object]:
+    """An argparse ``type``: ``convert(text)`` if ``accept`` takes it, else the error "must be {expected}"."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}")
+        return value
+    return parse
+
+
+_positive_int = _argument_type(int, lambda v: v >= 1, "a positive integer")
+_nonnegative_int = _argument_type(int, lambda v: v >= 0, "a non-negative integer")
+_positive_float = _argument_type(float, lambda v: 0 < v < math.inf, "a positive finite number")
+_nonnegative_float = _argument_type(float, lambda v: 0 <= v < math.inf, "a non-negative finite number")
+_probability = _argument_type(float, lambda v: 0 < v <= 1, "a probability in (0, 1]")
+
+
 def _parser() -> argparse.ArgumentParser:
+    import problems.distributed
+    from .solve import MEASURES
+
     p = argparse.ArgumentParser(
         prog="python -m saddle.distributed",
         description="Solve a distributed VI with one process per worker. Start with "
                     "`torchrun --nproc-per-node M -m saddle.distributed --problem distributed_bilinear "
-                    "--solver masha1`, or add --simulate M to run the M workers in this one process.")
-    p.add_argument("--problem", default="distributed_bilinear", help="a problem from problems.names()")
-    p.add_argument("--solver", default="masha1", help="masha1, masha2, distributed_eg or compressed_eg")
+                    "--solver masha1`, or add --simulate M to run the M workers in this one process. "
+                    "Every rank must get the same options (all but --save and --timeout): they are compared "
+                    "at start-up and a difference ends every rank with a message naming the option.")
+    p.add_argument("--problem", default="distributed_bilinear", choices=problems.distributed.__all__)
+    p.add_argument("--solver", default="masha1", choices=SOLVERS)
     p.add_argument("--compressor", default=None, help="randk, topk, permk, identity, dithering, natural")
-    p.add_argument("--keep", type=int, default=None, help="coordinates kept by randk / topk (k)")
+    p.add_argument("--keep", type=_positive_int, default=None, help="coordinates kept by randk / topk (k)")
     p.add_argument("--server-compressor", default=None, help="compress the server's messages too")
-    p.add_argument("--step-size", type=float, default=None)
-    p.add_argument("--sync-prob", type=float, default=None, help="full-synchronization probability p")
-    p.add_argument("--participation", type=int, default=None, help="workers per round (partial participation)")
-    p.add_argument("--minibatch", type=int, default=None, metavar="b",
+    p.add_argument("--step-size", type=_positive_float, default=None)
+    p.add_argument("--sync-prob", type=_probability, default=None, help="full-synchronization probability p")
+    p.add_argument("--participation", type=_positive_int, default=None,
+                   help="workers per round (partial participation)")
+    p.add_argument("--minibatch", type=_positive_int, default=None, metavar="b",
                    help="samples per worker per round (the minibatch variants of masha1 / masha2; needs --samples)")
-    p.add_argument("--samples", type=int, default=None, metavar="N",
+    p.add_argument("--samples", type=_positive_int, default=None, metavar="N",
                    help="split each worker's operator into N samples (distributed_bilinear)")
-    p.add_argument("--size", type=int, default=None, help="the problem's size parameter n")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0, help="problem and solver seed")
-    p.add_argument("--max-iters", type=int, default=5000)
-    p.add_argument("--tol", type=float, default=1e-6)
-    p.add_argument("--measure", default="distance")
-    p.add_argument("--check-every", type=int, default=10)
-    p.add_argument("--backend", default=None, help="gloo or nccl (default: nccl with CUDA, else gloo)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds a collective may wait")
-    p.add_argument("--simulate", type=int, default=None, metavar="M",
+    p.add_argument("--size", type=_positive_int, default=None, help="the problem's size parameter n")
+    p.add_argument("--batch-size", type=_positive_int, default=1)
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="problem and solver seed")
+    p.add_argument("--max-iters", type=_nonnegative_int, default=5000)
+    p.add_argument("--tol", type=_nonnegative_float, default=1e-6)
+    p.add_argument("--measure", default="distance", choices=MEASURES)
+    p.add_argument("--check-every", type=_positive_int, default=10)
+    p.add_argument("--backend", default=None, choices=("gloo", "nccl"),
+                   help="default: nccl with CUDA, else gloo (not with --simulate)")
+    p.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds a collective may wait")
+    p.add_argument("--simulate", type=_positive_int, default=None, metavar="M",
                    help="run M simulated workers in this process instead of torch.distributed")
-    p.add_argument("--save", default=None, help="rank 0 saves the final point and counts here (torch.save)")
-    p.add_argument("--fail-rank", type=int, default=None, help=argparse.SUPPRESS)   # fault injection (tests)
-    p.add_argument("--fail-at", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--save", default=None,
+                   help="rank 0 saves the final point and counts here (torch.save, written atomically)")
+    p.add_argument("--fail-rank", type=_nonnegative_int, default=None, help=argparse.SUPPRESS)  # fault injection
+    p.add_argument("--fail-at", type=_nonnegative_int, default=None, help=argparse.SUPPRESS)    # (tests)
     p.add_argument("--fail-mode", default="raise", choices=["raise", "exit", "hang"], help=argparse.SUPPRESS)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m saddle.distributed`` (under ``torchrun``): solve and print a table on rank 0."""
+    """Entry point of ``python -m saddle.distributed`` (under ``torchrun``): solve and print a table on rank 0.
+
+    A user error (a bad option value, a ``--save`` path in a missing folder, ranks started with
+    different options) ends every rank before any work with one line on stderr and exit status 2.
+    """
     args = _parser().parse_args(argv)
-    import problems
-
-    from .compress import get_compressor
-    from .solve import solve
-
     torch.set_num_threads(1)
-    group = SimulatedGroup(args.simulate) if args.simulate else TorchDistributedGroup(args.backend, args.timeout)
-    rank = group.rank
-    device = getattr(group, "device", torch.device("cpu"))
-    kw = dict(group=group, workers=group.size, seed=args.seed, batch_size=args.batch_size, device=device)
-    if args.size is not None:
-        kw["n"] = args.size
-    if args.samples is not None:
-        kw["samples"] = args.samples
-    problem = problems.get(args.problem, **kw)
+    try:
+        group = _start_group(args)
+    except (ValueError, RuntimeError) as err:
+        return _refuse(err)
+    try:
+        problem, solver = _agreed_setup(args, group)
+        _run(args, group, problem, solver)
+    except (ValueError, TypeError) as err:
+        return _refuse(err)
+    finally:
+        if isinstance(group, TorchDistributedGroup):
+            group.close()
+    return 0
+
+
+def _refuse(err: Exception) -> int:
+    print(f"python -m saddle.distributed: error: {err}", file=sys.stderr, flush=True)
+    return 2
+
+
+def _start_group(args) -> WorkerGroup:
+    """The worker group the options ask for, refusing combinations that cannot work before starting one."""
+    if args.simulate is None:
+        return TorchDistributedGroup(args.backend, args.timeout)
+    if args.backend is not None:
+        raise ValueError(f"--backend {args.backend} applies to runs under torchrun; --simulate runs every worker "
+                         "in this one process: give one of them")
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world != "1":
+        raise ValueError(f"--simulate {args.simulate} runs every worker in one process, but this process is one of "
+                         f"WORLD_SIZE = {world} started by torchrun: drop --simulate, or run without torchrun")
+    return SimulatedGroup(args.simulate)
+
+
+def _agreed_setup(args, group: WorkerGroup):
+    """The problem and the solver; under torch.distributed, only once every rank has them and agrees.
+
+    Every rank exchanges a fixed-size report (its shared options, a digest of its problem, its own
+    setup error) before any collective whose size depends on the options, and all of them raise the
+    same `ValueError` unless the options and the problems agree and no rank failed.
+    """
+    distributed = isinstance(group, TorchDistributedGroup)
+    problem = solver = error = None
+    try:
+        problem, solver = _setup(args, group)
+    except (ValueError, TypeError) as err:
+        if not distributed:
+            raise
+        error = str(err)
+    if distributed:
+        options = _shared_options(args, group)
+        report = _RankReport(layout=_hash64(" ".join(options)),
+                             problem=0 if problem is None else _problem_digest(problem),
+                             options=tuple(_hash64(v) for v in options.values()), values=options, error=error)
+        reports = [_decode(row) for row in group.all_gather(_encode(report).to(group.device)).cpu()]
+        refusal = _refusal(reports)
+        if refusal is not None:
+            raise ValueError(refusal)
+    return problem, solver
+
+
+def _setup(args, group: WorkerGroup):
+    """Check what this rank can check alone (the output path, the options against the problem) and build."""
+    from .checkpoint import check_writable
+    from .solvers.base import get_solver
+
+    if args.save is not None and group.rank == 0:
+        try:
+            check_writable(args.save)
+        except ValueError as err:
+            raise ValueError(f"--save {args.save}: {str(err).removeprefix('checkpoint: ')}") from None
+    settings = _solver_settings(args)
+    problem = _make_problem(args, group)
+    if args.keep is not None and args.keep > problem.dim:
+        raise ValueError(f"--keep must be at most the dimension d = {problem.dim} of {problem.name}, got {args.keep}")
+    if args.minibatch is not None and args.minibatch > problem.samples:
+        raise ValueError(f"--minibatch must be at most --samples (N = {problem.samples} samples per worker), "
+                         f"got {args.minibatch}")
+    solver = get_solver(args.solver, **settings)
+    solver.check(problem)
+    return problem, solver
+
+
+def _solver_settings(args) -> dict:
+    """The solver's settings from the options (compressors built, ``--keep`` applied)."""
+    from .compress import get_compressor
 
     settings = {}
     if args.compressor is not None:
-        comp = get_compressor(args.compressor)
+        comp = get_compressor(args.compressor, "--compressor")
         if args.keep is not None:
             if not hasattr(comp, "k"):
-                raise SystemExit(f"--keep applies to randk and topk, not {args.compressor}")
+                raise ValueError(f"--keep applies to randk and topk, not {args.compressor}")
             comp = type(comp)(k=args.keep)
         settings["compressor"] = comp
+    elif args.keep is not None:
+        raise ValueError("--keep needs --compressor randk or topk (the solver's default compressor keeps 10%)")
     if args.server_compressor is not None:
-        settings["server_compressor"] = get_compressor(args.server_compressor, "server_compressor")
+        settings["server_compressor"] = get_compressor(args.server_compressor, "--server-compressor")
     for name, value in (("step_size", args.step_size), ("p", args.sync_prob), ("participation", args.participation),
                         ("batch_size", args.minibatch)):
         if value is not None:
             settings[name] = value
     if args.solver in ("masha1", "masha2", "compressed_eg"):
         settings["seed"] = args.seed
+    return settings
+
+
+def _make_problem(args, group: WorkerGroup) -> DistributedProblem:
+    """The ``--problem`` with the workers of ``group`` (no communication)."""
+    import problems.distributed
+
+    kw = dict(group=group, workers=group.size, seed=args.seed, batch_size=args.batch_size,
+              device=getattr(group, "device", torch.device("cpu")))
+    if args.size is not None:
+        kw["n"] = args.size
+    if args.samples is not None:
+        if "samples" not in inspect.signature(getattr(problems.distributed, args.problem)).parameters:
+            raise ValueError(f"--samples applies to distributed_bilinear, not {args.problem}")
+        kw["samples"] = args.samples
+    try:
+        return problems.get(args.problem, **kw)
+    except ValueError as err:  # e.g. samples > n: say which problem the --size / --samples went to
+        raise ValueError(f"--problem {args.problem}: {err}") from err
+
+
+def _shared_options(args, group: WorkerGroup) -> dict[str, str]:
+    """``{"--flag": value}`` of every option in `SHARED_OPTIONS` (the backend as resolved)."""
+    value = dict(vars(args), backend=group.backend)
+    return {"--" + name.replace("_", "-"): str(value[name]) for name in SHARED_OPTIONS}
+
+
+class _RankReport(NamedTuple):
+    """What a rank tells the others at start-up (``values`` is None if its text could not be read)."""
+
+    layout: int
+    problem: int
+    options: tuple[int, ...]
+    values: dict[str, str] | None
+    error: str | None
+
+
+def _hash64(text: str) -> int:
+    return _int64(hashlib.blake2b(text.encode(), digest_size=8).digest())
+
+
+def _int64(digest: bytes) -> int:
+    return int.from_bytes(digest, "little", signed=True)
+
+
+def _problem_digest(problem: DistributedProblem) -> int:
+    """A 64-bit hash of what every rank knows of the whole problem: name, shapes, start and constants.
+
+    The constants come from every worker's data, so ranks that generated different data (another
+    torch version, say) differ here. They are rounded to float32 first, so that last-bit differences
+    between machines' linear algebra libraries do not count.
+    """
+    h = hashlib.blake2b(f"{problem.name} {problem.dims} {problem.batch_size}".encode(), digest_size=8)
+    for t in (*problem.z0, problem.lipschitz(), problem.strong_monotonicity(), problem.local_lipschitz(),
+              problem.mean_square_sample_lipschitz()):
+        if t is not None:
+            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return _int64(h.digest())
+
+
+def _encode(report: _RankReport) -> Tensor:
+    """A report as ``(8 * _DIGEST_SLOTS + _TEXT_BYTES,)`` uint8: the int64 slots, then the JSON text."""
+    slots = torch.zeros(_DIGEST_SLOTS, dtype=torch.int64)
+    head = [report.layout, report.problem, int(report.error is not None), *report.options]
+    slots[:len(head)] = torch.tensor(head, dtype=torch.int64)
+    text = json.dumps({"values": {k: v[:60] for k, v in (report.values or {}).items()},
+                       "error": None if report.error is None else report.error[:1000]}).encode()[:_TEXT_BYTES]
+    buffer = torch.zeros(_TEXT_BYTES, dtype=torch.uint8)
+    buffer[:len(text)] = torch.frombuffer(bytearray(text), dtype=torch.uint8)
+    return torch.cat([slots.view(torch.uint8), buffer])
+
+
+def _decode(row: Tensor) -> _RankReport:
+    """The inverse of `_encode` (a text cut short or unreadable gives ``values=None``)."""
+    slots = row[:8 * _DIGEST_SLOTS].clone().view(torch.int64).tolist()
+    failed = slots[2] != 0
+    try:
+        payload = json.loads(bytes(row[8 * _DIGEST_SLOTS:].tolist()).rstrip(b"\0").decode("ascii"))
+        values, error = payload["values"], payload["error"]
+    except (ValueError, KeyError, TypeError):
+        values, error = None, None
+    if failed and error is None:
+        error = "(its message could not be read)"
+    return _RankReport(slots[0], slots[1], tuple(slots[3:3 + len(SHARED_OPTIONS)]), values, error)
+
+
+def _refusal(reports: Sequence[_RankReport]) -> str | None:
+    """The one message that ends every rank, or None when every rank agrees and none failed."""
+    if len({r.layout for r in reports}) > 1:
+        return ("the ranks run different versions of saddle.distributed (they compare different options): "
+                "install the same version on every machine")
+    parts = []
+    flags = ["--" + name.replace("_", "-") for name in SHARED_OPTIONS]
+    differing = [_describe_option(reports, i, flag) for i, flag in enumerate(flags)
+                 if len({r.options[i] for r in reports}) > 1]
+    if differing:
+        parts.append("the ranks were started with different options: " + "; ".join(differing)
+                     + " (every rank needs the same options)")
+    failed = [(rank, r.error) for rank, r in enumerate(reports) if r.error is not None]
+    if failed:
+        messages = {message for _, message in failed}
+        if len(failed) == len(reports) and len(messages) == 1:
+            parts.append(messages.pop())
+        else:
+            parts.extend(f"{_ranks([rank for rank, m in failed if m == message])}: {message}"
+                         for message in dict.fromkeys(m for _, m in failed))
+    elif not differing and len({r.problem for r in reports}) > 1:
+        groups = _by_value([r.problem for r in reports])
+        parts.append("the ranks built different problems from the same options (their starting points or "
+                     f"constants differ: {' vs '.join(_ranks(g) for g in groups)}); are torch and saddle the "
+                     "same versions on every machine?")
+    return "; ".join(parts) if parts else None
+
+
+def _describe_option(reports: Sequence[_RankReport], i: int, flag: str) -> str:
+    """E.g. ``"--seed 0 on rank 0 vs --seed 1 on ranks 1-3"``."""
+    described = []
+    for ranks in _by_value([r.options[i] for r in reports]):
+        values = reports[ranks[0]].values
+        value = "?" if values is None else values.get(flag, "?")
+        described.append(f"{'no ' + flag if value == 'None' else flag + ' ' + value} on {_ranks(ranks)}")
+    return " vs ".join(described)
+
+
+def _by_value(values: Sequence) -> list[list[int]]:
+    """The indices of equal values, grouped, in order of first appearance."""
+    groups: dict = {}
+    for i, v in enumerate(values):
+        groups.setdefault(v, []).append(i)
+    return list(groups.values())
+
+
+def _ranks(ranks: Sequence[int]) -> str:
+    """``"rank 3"``, ``"ranks 0, 2"``, ``"ranks 0-5, 7"``."""
+    runs: list[list[int]] = []
+    for r in ranks:
+        if runs and r == runs[-1][-1] + 1:
+            runs[-1].append(r)
+        else:
+            runs.append([r])
+    text = ", ".join(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
+    return f"rank {text}" if len(ranks) == 1 else f"ranks {text}"
+
+
+def _run(args, group: WorkerGroup, problem: DistributedProblem, solver) -> None:
+    """Solve, print the table on rank 0 and save there (atomically) if asked."""
+    from .checkpoint import save_checkpoint
+    from .solve import solve
+
+    rank = group.rank
 
     def callback(progress):
         if args.fail_rank is not None and rank == args.fail_rank and progress.iteration >= (args.fail_at or 0):
@@ -485,26 +785,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[rank 0] iteration {progress.iteration:6d}  {args.measure} {worst:.3e}", flush=True)
 
     start = time.perf_counter()
-    sol = solve(problem, args.solver, max_iters=args.max_iters, tol=args.tol, measure=args.measure,
-                check_every=args.check_every, callback=callback, **settings)
+    sol = solve(problem, solver, max_iters=args.max_iters, tol=args.tol, measure=args.measure,
+                check_every=args.check_every, callback=callback)
     wall = time.perf_counter() - start
-    if rank == 0:
-        counts = sol.counts
-        rounds = sol.iterations.max().item()
-        print(f"\n{args.solver} on {problem.name}: {group!r}")
-        print(f"{'status':<12}{'rounds':>8}{'op calls':>10}{'bits sent':>14}{'bits up':>14}{'distance':>12}"
-              f"{'s/round':>10}")
-        for i in range(problem.batch_size):
-            dist = sol.distance[i].item() if sol.distance is not None else float("nan")
-            print(f"{sol.statuses[i].name:<12}{sol.iterations[i].item():>8}{sol.operator_calls[i].item():>10}"
-                  f"{counts['bits_sent'][i].item():>14}{counts['bits_up'][i].item():>14}{dist:>12.3e}"
-                  f"{wall / max(rounds, 1):>10.2e}")
-        if args.save:
-            torch.save({"z": tuple(b.cpu() for b in sol.z), "counts": {k: v.cpu() for k, v in counts.items()},
-                        "iterations": sol.iterations.cpu(), "wall_time": wall, "rounds": rounds}, args.save)
-    if isinstance(group, TorchDistributedGroup):
-        group.close()
-    return 0
+    if rank != 0:
+        return
+    counts = sol.counts
+    rounds = sol.iterations.max().item()
+    print(f"\n{args.solver} on {problem.name}: {group!r}")
+    print(f"{'status':<12}{'rounds':>8}{'op calls':>10}{'bits sent':>14}{'bits up':>14}{'distance':>12}"
+          f"{'s/round':>10}")
+    for i in range(problem.batch_size):
+        dist = sol.distance[i].item() if sol.distance is not None else float("nan")
+        print(f"{sol.statuses[i].name:<12}{sol.iterations[i].item():>8}{sol.operator_calls[i].item():>10}"
+              f"{counts['bits_sent'][i].item():>14}{counts['bits_up'][i].item():>14}{dist:>12.3e}"
+              f"{wall / max(rounds, 1):>10.2e}")
+    if args.save:
+        save_checkpoint(args.save, {"z": tuple(b.cpu() for b in sol.z),
+                                    "counts": {k: v.cpu() for k, v in counts.items()},
+                                    "iterations": sol.iterations.cpu(), "wall_time": wall, "rounds": rounds})
 
 
 if __name__ == "__main__":

@@ -9,12 +9,21 @@ with ``K = [A_eq; A_ub]`` and ``d = [b_eq; b_ub]``: a `BilinearProblem` with
 linear terms on boxes, which `saddle.PDHG` solves (preconditioned, restarted,
 with adaptive steps and infeasibility detection). Convergence is measured by
 the relative KKT error of PDLP (`LinearProgram.kkt`).
+
+Precision: LPs are solved in float64 (default) or float32. float16 and
+bfloat16 are refused: with 11- and 8-bit significands every product is off
+by up to 5e-4 and 4e-3 (relative), three orders of magnitude above LP
+tolerances, and such a solve reported success at points violating a
+constraint by 1.6e-2. A float32 solve is re-checked in float64 at the point
+it returns, against the float64 data, and reports status 4 where it misses
+``tol`` there.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from numbers import Real
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -23,7 +32,8 @@ from torch import Tensor
 from .problem import BilinearProblem
 from .sets import Box
 from .solution import Solution, Status
-from .solve import solve
+from .solve import _tolerance, solve
+from .solvers.base import get_solver
 from .solvers.primal_dual import PDHG
 from .terms import Linear
 
@@ -44,12 +54,15 @@ class LinearProgram(BilinearProblem):
         x0: the primal start ``(B, n)`` (default: 0 projected onto the bounds).
         y0: the dual start ``(B, m)`` (default: 0).
 
+    The data must be float64 or float32 (see `linprog` for why not float16 or bfloat16).
+
     Besides the natural residual it has the measure ``"kkt"``: the largest of
     the relative primal residual, dual residual and duality gap (`kkt`).
     """
 
     def __init__(self, c: Tensor, K: Tensor, d: Tensor, n_eq: int, lo: Tensor, hi: Tensor, *,
                  x0: Tensor | None = None, y0: Tensor | None = None, **kwargs):
+        _check_dtype(c.dtype, "LinearProgram: c.dtype")
         B, m = d.shape
         y_lo = torch.cat([torch.full((1, n_eq), -torch.inf), torch.zeros(1, m - n_eq)], -1).to(d)
         X, Y = Box(lo, hi), Box(y_lo, torch.inf)
@@ -106,13 +119,17 @@ class LinprogResult:
     Attributes:
         x: the primal solution, ``(n,)`` for one LP or ``(B, n)`` for a batch.
         fun: the objective ``c^T x``; NaN where the LP is infeasible or unbounded.
-        status: scipy's codes: 0 solved, 1 iteration limit, 2 infeasible,
-            3 unbounded, 4 numerical difficulties (diverged).
+        status: scipy's codes: 0 solved, 1 iteration limit (or stopped by the
+            callback), 2 infeasible (a certificate, or crossed bounds), 3
+            unbounded, 4 numerical difficulties (diverged, or a float32 solve
+            whose KKT error in float64 misses tol).
         success: ``status == 0``.
         message: a sentence per status (a list for a batch).
         nit: iterations.
         matvecs: products with K or K^T (2 per PDHG iteration, plus the start).
-        primal_residual: relative primal residual (see `LinearProgram.kkt`).
+        primal_residual: relative primal residual (see `LinearProgram.kkt`);
+            it, ``dual_residual``, ``gap`` and ``fun`` are computed in float64
+            at x on the float64 data, whatever the solve's dtype.
         dual_residual: relative dual residual.
         gap: relative duality gap.
         eqlin: marginals of the equality constraints (d fun / d b_eq), like scipy's ``res.eqlin.marginals``.
@@ -120,7 +137,7 @@ class LinprogResult:
         dual_ray: where ``status == 2``, a unit Farkas ray ``(y_eq, y_ub)`` proving
             infeasibility (``y_ub >= 0``, ``A^T y`` absorbed by the bounds,
             ``b^T y`` smaller than the bounds allow; see `saddle.PDHG.certificates`);
-            zeros elsewhere.
+            zeros elsewhere, and where the bounds themselves cross (x is NaN there).
         primal_ray: where ``status == 3``, a unit ray s of the feasible set's
             recession cone with ``c^T s < 0``, proving unboundedness; zeros elsewhere.
         solution: the underlying `saddle.Solution`.
@@ -144,102 +161,259 @@ class LinprogResult:
 
 
 _SCIPY_STATUS = {Status.CONVERGED: 0, Status.MAX_ITERS: 1, Status.BUDGET_EXHAUSTED: 1, Status.STOPPED: 1,
-                 Status.INFEASIBLE: 2, Status.UNBOUNDED: 3, Status.DIVERGED: 4}
-_MESSAGES = {0: "Optimization terminated successfully (relative KKT error below tol).",
-             1: "The iteration limit was reached.",
-             2: "The problem is infeasible (a certificate of primal infeasibility was found).",
-             3: "The problem is unbounded (a certificate of dual infeasibility was found).",
-             4: "Numerical difficulties: the iterates diverged."}
+                 Status.INFEASIBLE: 2, Status.UNBOUNDED: 3, Status.DIVERGED: 4, Status.PRECISION_LOSS: 4}
+_MESSAGES = {Status.CONVERGED: "Optimization terminated successfully (relative KKT error below tol).",
+             Status.MAX_ITERS: "The iteration limit was reached.",
+             Status.BUDGET_EXHAUSTED: "The operator-call budget was used up.",
+             Status.STOPPED: "The callback stopped the solve.",
+             Status.INFEASIBLE: "The problem is infeasible (a certificate of primal infeasibility was found).",
+             Status.UNBOUNDED: "The problem is unbounded (a certificate of dual infeasibility was found).",
+             Status.DIVERGED: "Numerical difficulties: the iterates diverged.",
+             Status.PRECISION_LOSS: "Numerical difficulties: the relative KKT error met tol in {dtype}, but not in "
+                                    "float64 (at x it is {error:.1e}, tol = {tol:.1e}); solve in torch.float64 or "
+                                    "raise tol."}
+_CROSSED_MESSAGE = "The problem is infeasible: a lower bound exceeds its upper bound."
+
+_DTYPES = (torch.float64, torch.float32)
 
 
-def _tensor(a, name: str, dtype, device, dims: tuple[int, ...]) -> Tensor | None:
-    """A dense tensor from an array-like, with one of the allowed numbers of dimensions."""
-    if a is None:
-        return None
+def _check_dtype(dtype, name: str = "dtype") -> None:
+    """LPs are solved in float64 or float32: half precisions cannot meet LP tolerances."""
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"{name} must be torch.float64 or torch.float32, got {dtype!r}")
+    if dtype in (torch.float16, torch.bfloat16):
+        eps = torch.finfo(dtype).eps
+        raise ValueError(f"{name} must be torch.float64 or torch.float32, got {dtype}: its "
+                         f"{1 - math.log2(eps):.0f}-bit significand rounds each operation by up to {eps / 2:.0e} "
+                         "(relative), so constraint violations and the KKT error cannot get near LP tolerances "
+                         "(1e-4 and below)")
+    if dtype not in _DTYPES:
+        raise ValueError(f"{name} must be torch.float64 or torch.float32, got {dtype}")
+
+
+def _solve_device(device, tensors: dict[str, object]) -> torch.device:
+    """``device``, else the one device of the tensor arguments (CPU when there are none).
+
+    Tensor arguments on different devices are an error unless ``device`` says where to move them.
+    """
+    on = {name: t.device for name, t in tensors.items() if isinstance(t, Tensor)}
+    if device is None and len(set(on.values())) > 1:
+        where = ", ".join(f"{name} on {dev}" for name, dev in on.items())
+        raise ValueError(f"the tensor arguments are on different devices ({where}); "
+                         "move them to one device or pass device=")
+    for name, dev in on.items():
+        if dev.type == "meta":
+            raise ValueError(f"{name} is on the meta device, which holds no values")
+    if device is None:
+        return next(iter(on.values()), torch.device("cpu"))
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be a torch.device or a device string such as 'cpu' or 'cuda:0', "
+                         f"got {device!r}") from err
+    if device.type == "meta":
+        raise ValueError("device='meta' holds no values; linprog needs a device that computes")
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as err:
+        raise ValueError(f"device {device} is not available: {err}") from None
+    return device
+
+
+def _float64(a, name: str, device) -> Tensor:
+    """A dense float64 tensor on ``device`` from a real array-like; complex and non-numeric input refused."""
     if isinstance(a, Tensor):
         if a.layout != torch.strided:
             raise TypeError(f"{name} must be dense")
-        t = a.detach().to(device=device, dtype=dtype)
-    else:
-        try:
-            t = torch.as_tensor(np.asarray(a, dtype=np.float64), dtype=dtype, device=device)
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"{name} must be an array of numbers: {err}") from err
+        if a.is_complex():
+            raise TypeError(f"{name} must be real, got a {a.dtype} tensor")
+        return a.detach().to(device=device, dtype=torch.float64)
+    try:
+        arr = np.asarray(a)
+    except ValueError as err:  # ragged nested sequences
+        raise ValueError(f"{name} must be a rectangular array of numbers: {err}") from err
+    if arr.dtype.kind == "c":
+        raise TypeError(f"{name} must be real, got complex values")
+    if arr.dtype.kind not in "biufO":
+        raise TypeError(f"{name} must be an array of real numbers, got dtype {arr.dtype}")
+    try:
+        arr = arr.astype(np.float64)
+    except (TypeError, ValueError) as err:  # None, strings or complex numbers in an object array
+        raise TypeError(f"{name} must be an array of real numbers: {err}") from err
+    return torch.as_tensor(arr, device=device)
+
+
+def _tensor(a, name: str, device, dims: tuple[int, ...]) -> Tensor | None:
+    """A finite dense float64 tensor with one of the allowed numbers of dimensions (None stays None)."""
+    if a is None:
+        return None
+    t = _float64(a, name, device)
     if t.dim() not in dims:
         raise ValueError(f"{name} must have {' or '.join(map(str, dims))} dimensions, got shape {tuple(t.shape)}")
-    if torch.isnan(t).any():
-        raise ValueError(f"{name} contains NaN")
+    _check_finite(t, name)
     return t
 
 
-def _matrix(A, name: str, dtype, device):
-    """``(matrix, sparse?)``: a dense ``(B or 1, m, n)`` tensor or a 2-D sparse tensor."""
+def _check_finite(t: Tensor, name: str) -> None:
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or inf (it must be finite)")
+
+
+def _matrix(A, name: str, device) -> tuple[Tensor | None, bool]:
+    """``(matrix, sparse?)`` in float64: a dense ``(B or 1, m, n)`` tensor or a 2-D sparse tensor."""
     if A is None:
         return None, False
     try:
         import scipy.sparse as sp
 
         if sp.issparse(A):
+            if np.iscomplexobj(A.data):
+                raise TypeError(f"{name} must be real, got complex values")
             A = A.tocoo()
             idx = torch.as_tensor(np.vstack([A.row, A.col]), dtype=torch.int64)
-            A = torch.sparse_coo_tensor(idx, torch.as_tensor(A.data), A.shape, check_invariants=True)
+            A = torch.sparse_coo_tensor(idx, torch.as_tensor(A.data, dtype=torch.float64), A.shape,
+                                        check_invariants=True)
     except ImportError:  # pragma: no cover - scipy is a dependency
         pass
     if isinstance(A, Tensor) and A.layout != torch.strided:
-        A = A.to(device=device, dtype=dtype).coalesce() if A.layout == torch.sparse_coo else A.to(device=device,
-                                                                                                 dtype=dtype)
+        if A.is_complex():
+            raise TypeError(f"{name} must be real, got a {A.dtype} tensor")
         if A.dim() != 2:
-            raise ValueError(f"a sparse {name} must be 2-D (one matrix shared by the batch), got shape {tuple(A.shape)}")
-        vals = A.values()
-        if not torch.isfinite(vals).all():
-            raise ValueError(f"{name} contains NaN or inf")
+            raise ValueError(f"a sparse {name} must be 2-D (one matrix shared by the batch), "
+                             f"got shape {tuple(A.shape)}")
+        A = A.to(device=device, dtype=torch.float64)
+        A = A.coalesce() if A.layout == torch.sparse_coo else A
+        _check_finite(A.values(), name)
         return A, True
-    t = _tensor(A, name, dtype, device, (2, 3))
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} contains NaN or inf")
+    t = _tensor(A, name, device, (2, 3))
     return (t.unsqueeze(0) if t.dim() == 2 else t), False
 
 
-def _rhs(b, name: str, m: int, B: int, dtype, device) -> Tensor:
-    t = _tensor(b, name, dtype, device, (1, 2))
+def _rhs(b, name: str, m: int, B: int, device) -> Tensor:
+    """The right-hand side ``(B, m)`` of m constraint rows (None allowed when m = 0, as in scipy)."""
+    if b is None and m == 0:
+        return torch.zeros(B, 0, dtype=torch.float64, device=device)
+    t = _tensor(b, name, device, (1, 2))
     if t is None:
         raise ValueError(f"{name} is required with its matrix")
     t = t.unsqueeze(0) if t.dim() == 1 else t
     if t.shape[-1] != m or t.shape[0] not in (1, B):
         raise ValueError(f"{name} must have shape ({m},) or (B, {m}) = ({B}, {m}), got {tuple(t.shape)}")
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} must be finite")
     return t.expand(B, m)
 
 
-def _bounds(bounds, n: int, B: int, dtype, device) -> tuple[Tensor, Tensor]:
-    """scipy's ``bounds``: None, one ``(lo, hi)`` pair, n pairs, or an ``(n, 2)`` / ``(B, n, 2)`` array."""
-    if bounds is None:
-        bounds = (0, None)
-    if isinstance(bounds, tuple) and len(bounds) == 2 and all(b is None or isinstance(b, Real) for b in bounds):
-        pairs = np.array([[-np.inf if bounds[0] is None else bounds[0],
-                           np.inf if bounds[1] is None else bounds[1]]] * n, dtype=np.float64)
-    else:
-        try:
-            if isinstance(bounds, Tensor):
-                pairs = bounds.detach().cpu().double().numpy()
-            else:
-                pairs = np.array([[(-np.inf if lo is None else lo), (np.inf if hi is None else hi)]
-                                  for lo, hi in bounds], dtype=np.float64) if not isinstance(bounds, np.ndarray) \
-                    else bounds.astype(np.float64)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"bounds must be a (lo, hi) pair, n pairs or an (n, 2) array: {err}") from err
-    if pairs.shape[-2:] != (n, 2) or pairs.ndim not in (2, 3):
-        raise ValueError(f"bounds must give n = {n} (lo, hi) pairs, got shape {pairs.shape}")
-    if np.isnan(pairs).any():
+def _bound(value, default: float) -> float:
+    """One entry of a (lo, hi) pair: a real number, or None for ``default`` (unbounded)."""
+    if value is None:
+        return default
+    if isinstance(value, (str, bytes)) or np.iscomplexobj(value):
+        raise TypeError(f"bounds must hold real numbers or None, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"bounds must hold real numbers or None, got {value!r}") from err
+
+
+def _bound_pairs(bounds, device) -> Tensor:
+    """scipy's ``bounds`` as a float64 array of (lo, hi) pairs, shape ``(..., 2)``, None mapped to -inf / inf."""
+    if isinstance(bounds, Tensor) or (isinstance(bounds, np.ndarray) and bounds.dtype.kind != "O"):
+        return _float64(bounds, "bounds", device)
+    try:
+        arr = np.array(bounds, dtype=object)
+    except ValueError as err:
+        raise ValueError(f"bounds must be a (lo, hi) pair, n pairs or an (n, 2) array: {err}") from err
+    if arr.ndim == 0 or arr.shape[-1] != 2:
+        raise ValueError(f"bounds must be a (lo, hi) pair, n pairs or an (n, 2) array, got {bounds!r}")
+    pairs = [(_bound(lo, -math.inf), _bound(hi, math.inf)) for lo, hi in arr.reshape(-1, 2)]
+    return torch.tensor(pairs, dtype=torch.float64, device=device).reshape(arr.shape)
+
+
+def _bounds(bounds, n: int, B: int, device) -> tuple[Tensor, Tensor]:
+    """scipy's ``bounds`` as ``(lo, hi)``, each ``(B or 1, n)`` float64.
+
+    Accepted: None (x >= 0), one pair ``(lo, hi)`` (or ``[(lo, hi)]``) for every
+    variable, n pairs, or an ``(n, 2)`` / ``(B, n, 2)`` array; None or an
+    infinity means unbounded on that side.
+    """
+    pairs = _bound_pairs((0, None) if bounds is None else bounds, device)
+    if pairs.shape in ((2,), (1, 2)):
+        pairs = pairs.reshape(1, 2).expand(n, 2)
+    if pairs.shape[-2:] != (n, 2) or pairs.dim() not in (2, 3):
+        raise ValueError(f"bounds must give one (lo, hi) pair or n = {n} pairs, got shape {tuple(pairs.shape)}")
+    if pairs.dim() == 3 and pairs.shape[0] not in (1, B):
+        raise ValueError(f"bounds have batch size {pairs.shape[0]}, but c has {B}")
+    if bool(torch.isnan(pairs).any()):
         raise ValueError("bounds contain NaN")
-    if (pairs[..., 0] > pairs[..., 1]).any():
-        raise ValueError("bounds: some lower bound exceeds its upper bound")
-    if (pairs[..., 0] == np.inf).any() or (pairs[..., 1] == -np.inf).any():
+    lo, hi = pairs[..., 0].reshape(-1, n), pairs[..., 1].reshape(-1, n)
+    if bool((lo == math.inf).any()) or bool((hi == -math.inf).any()):
         raise ValueError("bounds: a lower bound of +inf or an upper bound of -inf")
-    t = torch.as_tensor(pairs, dtype=dtype, device=device)
-    t = t.unsqueeze(0) if t.dim() == 2 else t
-    return t[..., 0], t[..., 1]
+    return lo, hi
+
+
+class _StandardForm(NamedTuple):
+    """An LP batch as `LinearProgram` takes it (float64): ``K = [A_eq; A_ub]``, ``d = [b_eq; b_ub]``."""
+
+    c: Tensor
+    K: Tensor
+    d: Tensor
+    n_eq: int
+    m_ub: int
+    lo: Tensor
+    hi: Tensor
+
+    def to(self, dtype: torch.dtype) -> _StandardForm:
+        return self._replace(c=self.c.to(dtype), K=self.K.to(dtype), d=self.d.to(dtype), lo=self.lo.to(dtype),
+                             hi=self.hi.to(dtype))
+
+
+def _standard_form(c, A_ub, b_ub, A_eq, b_eq, bounds, device) -> _StandardForm:
+    """Check and convert scipy's arguments (see `linprog`); rows of zero-row matrices are dropped."""
+    c_t = _tensor(c, "c", device, (1, 2))
+    if c_t is None:
+        raise ValueError("c is required")
+    c_t = c_t.unsqueeze(0) if c_t.dim() == 1 else c_t
+    B, n = c_t.shape
+    if n == 0 or B == 0:
+        raise ValueError(f"c must have at least one variable and one LP, got shape {tuple(c_t.shape)}")
+    blocks, rhs, sparse, rows = [], [], [], {}
+    for A, b, name, b_name in ((A_eq, b_eq, "A_eq", "b_eq"), (A_ub, b_ub, "A_ub", "b_ub")):
+        M, is_sparse = _matrix(A, name, device)
+        rows[name] = 0 if M is None else M.shape[-2]
+        if M is None:
+            if b is not None:
+                raise ValueError(f"{b_name} given without {name}")
+            continue
+        if M.shape[-1] != n:
+            raise ValueError(f"{name} must have n = {n} columns (the length of c), got shape {tuple(M.shape)}")
+        if not is_sparse and M.shape[0] not in (1, B):
+            raise ValueError(f"{name} has batch size {M.shape[0]}, but c has {B}")
+        d = _rhs(b, b_name, rows[name], B, device)
+        if rows[name] > 0:  # a zero-row matrix means no such constraints, as in scipy
+            blocks.append(M)
+            rhs.append(d)
+            sparse.append(is_sparse)
+    if not blocks:  # only bounds: one trivial row 0 <= 0 keeps the shapes uniform
+        blocks, rhs, sparse = [torch.zeros(1, 1, n, dtype=torch.float64, device=device)], [
+            torch.zeros(B, 1, dtype=torch.float64, device=device)], [False]
+    if any(sparse):
+        if not all(s or b.shape[0] == 1 for b, s in zip(blocks, sparse)):
+            raise ValueError("a sparse constraint matrix needs the other one shared by the batch (2-D) as well")
+        K = torch.cat([b.to_sparse_coo() if s else b[0].to_sparse_coo() for b, s in zip(blocks, sparse)], 0)
+        K = K.coalesce()
+    else:
+        Bk = max(b.shape[0] for b in blocks)
+        K = torch.cat([b.expand(Bk, -1, -1) for b in blocks], 1)
+    lo, hi = _bounds(bounds, n, B, device)
+    return _StandardForm(c_t, K, torch.cat(rhs, -1), rows["A_eq"], rows["A_ub"], lo, hi)
+
+
+def _check_linprog_options(method, progress, callback) -> None:
+    if method != "pdhg":
+        raise ValueError(f"method must be 'pdhg', got {method!r}")
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be True or False, got {progress!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be None or a function of a saddle.Progress, got {type(callback).__name__}")
 
 
 def linprog(c, A_ub=None, b_ub=None, A_eq=None, b_eq=None, bounds=(0, None), *, method: str = "pdhg",
@@ -251,22 +425,30 @@ def linprog(c, A_ub=None, b_ub=None, A_eq=None, b_eq=None, bounds=(0, None), *, 
     ``min c^T x  s.t.  A_ub x <= b_ub,  A_eq x = b_eq,  bounds[i][0] <= x_i <= bounds[i][1]``
 
     Args:
-        c: ``(n,)`` or ``(B, n)`` costs (a batch of B LPs when 2-D).
+        c: ``(n,)`` or ``(B, n)`` costs (a batch of B LPs when 2-D), n >= 1.
         A_ub: ``(m1, n)``, ``(B, m1, n)``, a scipy.sparse matrix or a 2-D
             ``torch.sparse`` tensor (sparse matrices are shared by the batch).
+            A zero-row ``(0, n)`` matrix means no inequality constraints.
         b_ub: ``(m1,)`` or ``(B, m1)``.
         A_eq: like ``A_ub``.
         b_eq: like ``b_ub``.
         bounds: scipy's forms: one ``(lo, hi)`` pair for every variable, a
             sequence of n pairs, or an ``(n, 2)`` (or ``(B, n, 2)``) array; None
-            means unbounded on that side. Default ``(0, None)``: x >= 0.
+            or an infinity means unbounded on that side. Default ``(0, None)``:
+            x >= 0. A lower bound above its upper bound makes that LP
+            infeasible (status 2), as in scipy.
         method: ``"pdhg"`` (the only one).
         tol: relative KKT tolerance (primal residual, dual residual and gap,
             each relative, as PDLP: 1e-4 is moderate, 1e-8 high accuracy).
         max_iters: iteration limit.
         check_every: iterations between convergence checks.
-        device: torch device (default CPU).
-        dtype: float64 (default) or float32.
+        device: torch device; default: the device of the tensor arguments
+            (which must agree), else the CPU. Given, every input is moved there.
+        dtype: ``torch.float64`` (default) or ``torch.float32``; float16 and
+            bfloat16 are refused (their significands cannot meet LP
+            tolerances). A float32 solve is verified in float64 at the
+            returned point: where the KKT error there exceeds tol, the status
+            is 4 (numerical difficulties) instead of 0.
         x0: a primal start ``(n,)`` or ``(B, n)``.
         callback: passed to `saddle.solve`.
         progress: show a progress bar.
@@ -275,78 +457,66 @@ def linprog(c, A_ub=None, b_ub=None, A_eq=None, b_eq=None, bounds=(0, None), *, 
 
     Returns:
         a `LinprogResult`; for a 1-D ``c`` its fields are unbatched.
-    """
-    if method != "pdhg":
-        raise ValueError(f"method must be 'pdhg', got {method!r}")
-    device = torch.device("cpu" if device is None else device)
-    c_t = _tensor(c, "c", dtype, device, (1, 2))
-    if c_t is None:
-        raise ValueError("c is required")
-    if not torch.isfinite(c_t).all():
-        raise ValueError("c must be finite")
-    single = c_t.dim() == 1
-    c_t = c_t.unsqueeze(0) if single else c_t
-    B, n = c_t.shape
-    blocks, rhs, sparse = [], [], []
-    n_eq = 0
-    for A, b, name in ((A_eq, b_eq, "A_eq"), (A_ub, b_ub, "A_ub")):
-        M, is_sparse = _matrix(A, name, dtype, device)
-        if M is None:
-            if b is not None:
-                raise ValueError(f"{name[0]}_{name[2:]} given without {name}")
-            continue
-        if M.shape[-1] != n:
-            raise ValueError(f"{name} must have n = {n} columns (the length of c), got shape {tuple(M.shape)}")
-        if not is_sparse and M.shape[0] not in (1, B):
-            raise ValueError(f"{name} has batch size {M.shape[0]}, but c has {B}")
-        m = M.shape[-2]
-        rhs.append(_rhs(b, "b_eq" if name == "A_eq" else "b_ub", m, B, dtype, device))
-        blocks.append(M)
-        sparse.append(is_sparse)
-        if name == "A_eq":
-            n_eq = m
-    if not blocks:  # only bounds: one trivial row 0 <= 0 keeps the shapes uniform
-        blocks, rhs, sparse = [torch.zeros(1, 1, n, dtype=dtype, device=device)], [
-            torch.zeros(B, 1, dtype=dtype, device=device)], [False]
-    if any(sparse):
-        K = torch.cat([b.to_sparse_coo() if s else b[0].to_sparse_coo() for b, s in zip(blocks, sparse)], 0) \
-            if all(s or b.shape[0] == 1 for b, s in zip(blocks, sparse)) else None
-        if K is None:
-            raise ValueError("a sparse constraint matrix needs the other one shared by the batch (2-D) as well")
-        K = K.coalesce()
-    else:
-        Bk = max(b.shape[0] for b in blocks)
-        K = torch.cat([b.expand(Bk, -1, -1) for b in blocks], 1)
-    d = torch.cat(rhs, -1)
-    lo, hi = _bounds(bounds, n, B, dtype, device)
-    if lo.shape[0] not in (1, B):
-        raise ValueError(f"bounds have batch size {lo.shape[0]}, but c has {B}")
-    x0_t = _tensor(x0, "x0", dtype, device, (1, 2))
-    if x0_t is not None:
-        x0_t = x0_t.unsqueeze(0).expand(B, n) if x0_t.dim() == 1 else x0_t
-        if x0_t.shape != (B, n):
-            raise ValueError(f"x0 must have shape ({n},) or ({B}, {n}), got {tuple(x0_t.shape)}")
-        x0_t = torch.minimum(torch.maximum(x0_t, lo), hi)
 
-    problem = LinearProgram(c_t, K, d, n_eq, lo, hi, x0=x0_t, name=f"linear program (m={d.shape[1]}, n={n})")
-    solver = PDHG(**pdhg_settings)
-    sol = solve(problem, solver, tol=tol, measure="kkt", max_iters=max_iters, check_every=check_every,
-                callback=callback, progress=progress)
+    Raises:
+        TypeError, ValueError: naming the argument, for input of the wrong type,
+            shape, device or value (complex, NaN or inf data, unknown options).
+    """
+    _check_linprog_options(method, progress, callback)
+    _check_dtype(dtype)
+    solver = get_solver("pdhg", **pdhg_settings)
+    device = _solve_device(device, dict(c=c, A_ub=A_ub, b_ub=b_ub, A_eq=A_eq, b_eq=b_eq, bounds=bounds, x0=x0))
+    lp64 = _standard_form(c, A_ub, b_ub, A_eq, b_eq, bounds, device)
+    B, n = lp64.c.shape
+    crossed = (lp64.lo > lp64.hi).any(-1).expand(B)  # infeasible bounds: solved as lo = hi, reported as status 2
+    lp64 = lp64._replace(hi=torch.maximum(lp64.lo, lp64.hi))
+    x0_t = _tensor(x0, "x0", device, (1, 2))
+    if x0_t is not None:
+        if x0_t.shape not in ((n,), (B, n)):
+            raise ValueError(f"x0 must have shape ({n},) or ({B}, {n}), got {tuple(x0_t.shape)}")
+        x0_t = torch.minimum(torch.maximum(x0_t.expand(B, n), lp64.lo), lp64.hi).to(dtype)
+
+    lp = lp64.to(dtype)
+    problem = LinearProgram(lp.c, lp.K, lp.d, lp.n_eq, lp.lo, lp.hi, x0=x0_t,
+                            name=f"linear program (m={lp.d.shape[1]}, n={n})")
+    tol_t = _tolerance(tol, B, problem, torch.float64)
+    sol = solve(problem, solver, tol=torch.where(crossed, math.inf, tol_t), measure="kkt", max_iters=max_iters,
+                check_every=check_every, callback=callback, progress=progress)
+    single = (c.dim() if isinstance(c, Tensor) else np.ndim(c)) == 1
+    return _result(sol, problem, lp64, solver, crossed, tol_t, single)
+
+
+def _result(sol: Solution, problem: LinearProgram, lp64: _StandardForm, solver: PDHG, crossed: Tensor, tol: Tensor,
+            single: bool) -> LinprogResult:
+    """The `LinprogResult` of a solve; the KKT errors are measured in float64, on the float64 data.
+
+    A float32 solve that stopped at ``tol`` but whose float64 KKT error exceeds it gets status 4
+    (`Status.PRECISION_LOSS`); LPs whose bounds cross (``crossed``, ``(B,)``) get status 2
+    (`Status.INFEASIBLE`) and a NaN point. ``tol`` is ``(B,)`` float64.
+    """
     x, y = sol.z
-    kkt = problem.kkt(sol.z)
+    exact = problem if x.dtype == torch.float64 else LinearProgram(lp64.c, lp64.K, lp64.d, lp64.n_eq, lp64.lo,
+                                                                   lp64.hi)
+    kkt = exact.kkt((x.double(), y.double()))
+    error = torch.maximum(torch.maximum(kkt["primal_residual"], kkt["dual_residual"]), kkt["gap"])
+    imprecise = (sol.status == Status.CONVERGED) & (error > tol)
+    sol.status = torch.where(imprecise, int(Status.PRECISION_LOSS), sol.status)
+    sol.status = torch.where(crossed, int(Status.INFEASIBLE), sol.status)
     status = torch.tensor([_SCIPY_STATUS[s] for s in sol.statuses], device=x.device)
-    fun = torch.where((status == 2) | (status == 3), torch.full_like(kkt["primal_objective"], torch.nan),
-                      kkt["primal_objective"])
+    messages = [_CROSSED_MESSAGE if cross else _MESSAGES[s].format(dtype=x.dtype, error=e, tol=t)
+                for s, cross, e, t in zip(sol.statuses, crossed.tolist(), error.tolist(), tol.tolist())]
+    kkt = {name: value.to(x.dtype) for name, value in kkt.items()}
+    fun = torch.where((status == 2) | (status == 3), torch.nan, kkt["primal_objective"])
     marginals = -y  # d fun / d b = -y at an optimum
     cert = solver.certificates(problem, sol.state)
-    dual_ray = torch.where((status == 2).unsqueeze(-1), cert["dual_ray"], torch.zeros_like(cert["dual_ray"]))
+    from_certificate = (status == 2) & ~crossed
+    dual_ray = torch.where(from_certificate.unsqueeze(-1), cert["dual_ray"], torch.zeros_like(cert["dual_ray"]))
     primal_ray = torch.where((status == 3).unsqueeze(-1), cert["primal_ray"], torch.zeros_like(cert["primal_ray"]))
     out = LinprogResult(
-        x=x, fun=fun, status=status, success=status == 0,
-        message=[_MESSAGES[int(s)] for s in status.tolist()],
-        nit=sol.iterations, matvecs=2 * sol.operator_calls,
+        x=torch.where(crossed.unsqueeze(-1), torch.nan, x), fun=fun, status=status, success=status == 0,
+        message=messages, nit=sol.iterations, matvecs=2 * sol.operator_calls,
         primal_residual=kkt["primal_residual"], dual_residual=kkt["dual_residual"], gap=kkt["gap"],
-        eqlin=marginals[:, :n_eq], ineqlin=marginals[:, n_eq:] if A_ub is not None else marginals[:, :0],
+        eqlin=marginals[:, :lp64.n_eq], ineqlin=marginals[:, lp64.n_eq:lp64.n_eq + lp64.m_ub],
         dual_ray=dual_ray, primal_ray=primal_ray, solution=sol,
     )
     if single:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .point import Point, norm, sub
+from .point import Point, accumulation_dtype, norm, sub
 
 __all__ = ["residual", "gap", "distance"]
 
@@ -21,10 +21,11 @@ def residual(problem, z: Point, Fz: Point | None = None) -> Tensor:
 
     With non-smooth terms (`saddle.CompositeSaddleProblem`) the projection is
     the problem's forward-backward step `prox`, and this is the prox-gradient residual.
+    Accumulated and returned in at least float32 (float16 squares underflow).
     """
     if Fz is None:
         Fz = problem.F(z)
-    return norm(sub(z, problem.prox(z, Fz, 1.0)))
+    return norm(sub(z, problem.prox(z, Fz, 1.0)), dtype=accumulation_dtype(z[0].dtype))
 
 
 def gap(problem, z: Point) -> Tensor | None:
@@ -33,8 +34,8 @@ def gap(problem, z: Point) -> Tensor | None:
 
 
 def distance(problem, z: Point) -> Tensor | None:
-    """``|z - z*|`` to the problem's reference solution, shape ``(B,)``, or None without one."""
+    """``|z - z*|`` to the problem's reference solution, shape ``(B,)`` (at least float32), or None without one."""
     solution = problem.solution
     if solution is None:
         return None
-    return norm(sub(z, solution))
+    return norm(sub(z, solution), dtype=accumulation_dtype(z[0].dtype))

@@ -15,7 +15,17 @@ from torch import Tensor
 
 Point = Tuple[Tensor, ...]
 
-__all__ = ["Point", "as_point", "axpy", "lerp", "sub", "dot", "norm", "all_finite", "where", "column"]
+__all__ = ["Point", "as_point", "axpy", "lerp", "sub", "dot", "norm", "all_finite", "where", "column",
+           "accumulation_dtype", "detached"]
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype reductions of ``dtype`` tensors accumulate in: at least float32.
+
+    float16 and bfloat16 sums of squares underflow (``(1e-4)^2`` is below
+    float16's smallest subnormal) and lose digits; float32 and float64 are kept.
+    """
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
 def column(s, like: Tensor):
@@ -40,14 +50,37 @@ def sub(x: Point, y: Point) -> Point:
     return tuple(xi - yi for xi, yi in zip(x, y))
 
 
-def dot(x: Point, y: Point) -> Tensor:
-    """Per-instance inner product summed over blocks, shape ``(B,)``."""
-    return sum((xi * yi).sum(-1) for xi, yi in zip(x, y))
+def dot(x: Point, y: Point, dtype: torch.dtype | None = None) -> Tensor:
+    """Per-instance inner product summed over blocks, shape ``(B,)``.
+
+    Accumulated in at least float32 (`accumulation_dtype`); returned in ``dtype``
+    (default: the blocks' dtype).
+    """
+    acc = accumulation_dtype(x[0].dtype)
+    if acc == x[0].dtype:
+        out = sum((xi * yi).sum(-1) for xi, yi in zip(x, y))
+    else:
+        out = sum((xi.to(acc) * yi.to(acc)).sum(-1) for xi, yi in zip(x, y))
+    return _as_dtype(out, dtype or x[0].dtype)
 
 
-def norm(x: Point) -> Tensor:
-    """Per-instance Euclidean norm over all blocks, shape ``(B,)``."""
-    return torch.sqrt(sum(xi.square().sum(-1) for xi in x))
+def _as_dtype(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def norm(x: Point, dtype: torch.dtype | None = None) -> Tensor:
+    """Per-instance Euclidean norm over all blocks, shape ``(B,)``.
+
+    The squares are summed in at least float32 (`accumulation_dtype`), so small
+    float16 norms do not underflow to 0; returned in ``dtype`` (default: the
+    blocks' dtype).
+    """
+    acc = accumulation_dtype(x[0].dtype)
+    if acc == x[0].dtype:
+        out = torch.sqrt(sum(xi.square().sum(-1) for xi in x))
+    else:
+        out = torch.sqrt(sum(xi.to(acc).square().sum(-1) for xi in x))
+    return _as_dtype(out, dtype or x[0].dtype)
 
 
 def all_finite(x: Point) -> Tensor:
@@ -81,6 +114,16 @@ def where(mask: Tensor, new: Any, old: Any) -> Any:
     raise TypeError(f"cannot select through a value of type {type(new).__name__}")
 
 
+def detached(tree: Any) -> Any:
+    """``tree`` (a tensor, or (named) tuples of them, numbers, None) with every tensor detached from autograd."""
+    if isinstance(tree, Tensor):
+        return tree.detach()
+    if isinstance(tree, tuple):
+        items = [detached(t) for t in tree]
+        return type(tree)(*items) if hasattr(tree, "_fields") else tuple(items)
+    return tree
+
+
 def as_point(z, name: str = "z0") -> Point:
     """Validate a point given by the user and return it as a tuple of ``(B, n_i)`` tensors.
 
@@ -102,8 +145,6 @@ def as_point(z, name: str = "z0") -> Point:
                 f"{name}[{i}] must have shape (B, n), got {tuple(b.shape)}; "
                 "for a single instance add a batch dimension, e.g. x[None]"
             )
-        if not torch.isfinite(b).all():
-            raise ValueError(f"{name}[{i}] contains NaN or inf")
         blocks.append(b)
     B, dev, dt = blocks[0].shape[0], blocks[0].device, blocks[0].dtype
     for i, b in enumerate(blocks):
@@ -113,4 +154,7 @@ def as_point(z, name: str = "z0") -> Point:
             raise ValueError(f"{name}[{i}] is {b.dtype} on {b.device}, but {name}[0] is {dt} on {dev}")
     if B == 0:
         raise ValueError(f"{name} has batch size 0")
+    for i, b in enumerate(blocks):
+        if not torch.isfinite(b).all():
+            raise ValueError(f"{name}[{i}] contains NaN or inf")
     return tuple(blocks)

@@ -12,7 +12,6 @@ All hold B independent instances: the starting point's blocks are ``(B, n_i)``.
 
 from __future__ import annotations
 
-from numbers import Real
 from typing import Callable, NamedTuple, Sequence
 
 import torch
@@ -20,9 +19,10 @@ from torch import Tensor
 
 from .coupling import Bilinear, Coupling, SmoothCoupling
 from .operator import MixedProducts, Operator, SaddleOperator, _check_vector, spectral_norm
-from .point import Point, as_point
+from .point import Point, as_point, column
 from .sets import ConstraintSet, Product, Reals
-from .terms import Linear, Quadratic, Term, Zero, _column
+from .terms import Linear, Quadratic, Term, Zero
+from .tree import map_tensors
 
 __all__ = ["Reference", "VIProblem", "SaddleProblem", "CompositeSaddleProblem", "BilinearProblem"]
 
@@ -41,6 +41,14 @@ class Reference(NamedTuple):
     value: Tensor | None = None
     unique: bool = True
     source: str = ""
+
+
+def _check_placement(obj, name: str, like: Tensor) -> None:
+    """Raise ``ValueError`` unless every tensor attribute of ``obj`` is real and on ``like``'s device."""
+    for attr, value in vars(obj).items():
+        if isinstance(value, Tensor) and (value.is_complex() or value.device != like.device):
+            raise ValueError(f"{name}.{attr.lstrip('_')} is {value.dtype} on {value.device}, but the point is "
+                             f"{like.dtype} on {like.device}: give real data on the point's device")
 
 
 def _per_instance(value, name: str, batch_size: int, *, positive: bool = True) -> Tensor | None:
@@ -70,6 +78,9 @@ class VIProblem:
             otherwise the operator's own estimate, if it has one.
         strong_monotonicity: mu > 0 with ``<F(u) - F(v), u - v> >= mu |u - v|^2``, if known.
         name: a label used in tables and plots.
+        fingerprint: a string that identifies the problem's data, for problems
+            built on closures whose captured data a checkpoint's fingerprint
+            cannot see (`saddle.fingerprint`); a resume then checks it too.
     """
 
     def __init__(
@@ -83,13 +94,14 @@ class VIProblem:
         lipschitz=None,
         strong_monotonicity=None,
         name: str | None = None,
+        fingerprint: str | None = None,
     ):
         if not isinstance(operator, Operator):
             if not callable(operator):
                 raise TypeError(f"operator must be an Operator or a callable, got {type(operator).__name__}")
             operator = Operator(operator)
         self.operator = operator
-        self.z0 = as_point(z0, "z0")
+        self.z0 = tuple(b.detach() for b in as_point(z0, "z0"))  # solves never differentiate through the start
         if isinstance(domain, ConstraintSet):
             domain = Product(domain)
         elif isinstance(domain, (tuple, list)):
@@ -97,6 +109,8 @@ class VIProblem:
         elif not isinstance(domain, Product):
             raise TypeError(f"domain must be a set, a Product or a sequence of sets, got {type(domain).__name__}")
         domain.check(self.batch_size, self.dims)
+        for i, s in enumerate(domain):
+            _check_placement(s, f"domain[{i}]", self.z0[i])
         self.domain = domain
         if solution is not None:
             solution = as_point(solution, "solution")
@@ -108,6 +122,9 @@ class VIProblem:
         self._lipschitz = _per_instance(lipschitz, "lipschitz", self.batch_size)
         self._mu = _per_instance(strong_monotonicity, "strong_monotonicity", self.batch_size)
         self.name = name or type(self).__name__
+        if fingerprint is not None and not isinstance(fingerprint, str):
+            raise TypeError(f"fingerprint must be a string, got {type(fingerprint).__name__}")
+        self.fingerprint = fingerprint
 
     # -- shape ---------------------------------------------------------------------------
     @property
@@ -130,6 +147,21 @@ class VIProblem:
         """The device of the points (that of ``z0``)."""
         return self.z0[0].device
 
+    def to(self, dtype: torch.dtype) -> "VIProblem":
+        """A copy of the problem whose floating-point data are in ``dtype``.
+
+        Everything the problem holds in attributes is converted (the start, the
+        sets' parameters, terms, couplings, operators, modules: see
+        `saddle.tree.map_tensors`); the problem itself is not modified.
+        Functions are shared: the tensors a closure captured keep their dtype,
+        so a copy of a problem built on such a closure computes in the
+        promoted dtype or fails where dtypes cannot mix. The driver uses
+        ``problem.to(torch.float64)`` to re-check low-precision results.
+        """
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        return map_tensors(self, lambda t: t.to(dtype) if t.is_floating_point() else t)
+
     # -- the VI --------------------------------------------------------------------------
     def F(self, z: Point) -> Point:
         """The operator at ``z``: a tuple of ``(B, n_i)`` tensors."""
@@ -141,7 +173,7 @@ class VIProblem:
         ``r_i`` is the block's non-smooth term (none here: the step is the
         projection ``P_{Z_i}(u - step * grad)``); ``step`` is a float or ``(B,)``.
         """
-        return self.domain[i].project(u - _column(step) * grad)
+        return self.domain[i].project(u - column(step, grad) * grad)
 
     def prox(self, z: Point, grad: Point, step) -> Point:
         """`block_prox` on every block: the step every Euclidean solver takes."""
@@ -203,6 +235,17 @@ class VIProblem:
         """The measure ``name`` (one of `extra_measures`) at ``z``, shape ``(B,)``; ``Fz`` is F at z."""
         raise ValueError(f"{self.name} has no measure {name!r}")
 
+    def perturbation_scale(self, w: Tensor) -> Tensor | None:
+        """The geometry of a SAM-like perturbation of the min player's ``w``, ``(B, n)``, or None.
+
+        Sharpness-aware solvers (`saddle.SAM`, `saddle.ASAM`) perturb within the
+        max player's ball ``{|T_w^-1 e| <= rho}``; this is the diagonal of the
+        metric ``T_w`` at ``w``, ``(B, n) -> (B, n)``. The default, None, is the
+        Euclidean ball of plain SAM; `problems.sharpness.SharpnessProblem`
+        returns ASAM's ``|w| + eta`` when built with ``adaptive=True``.
+        """
+        return None
+
     # -- the exact reference --------------------------------------------------------------
     @property
     def reference(self) -> Reference | None:
@@ -239,8 +282,8 @@ class SaddleProblem(VIProblem):
         value: the known saddle value per instance, if any.
         operator: an `Operator` to use instead of autograd's ``(grad_x f, -grad_y f)``
             (e.g. one written out by hand for speed); it must be that gradient field.
-        **kwargs: ``reference``, ``lipschitz``, ``strong_monotonicity`` and
-            ``name``, as in `VIProblem`.
+        **kwargs: ``reference``, ``lipschitz``, ``strong_monotonicity``,
+            ``name`` and ``fingerprint``, as in `VIProblem`.
     """
 
     def __init__(self, f, x0: Tensor, y0: Tensor, X: ConstraintSet | None = None, Y: ConstraintSet | None = None,
@@ -432,12 +475,22 @@ class CompositeSaddleProblem(SaddleProblem):
                                                                       self._h_split[0])
         super().__init__(self._f, x0, y0, X, Y, operator=operator, **kwargs)
 
+    @property
+    def g_parts(self) -> tuple[Term, Term]:
+        """``(smooth, nonsmooth)``: g split into its smooth part and its prox-friendly part (`Term.split`)."""
+        return self._g_split
+
+    @property
+    def h_parts(self) -> tuple[Term, Term]:
+        """``(smooth, nonsmooth)``: h split into its smooth part and its prox-friendly part (`Term.split`)."""
+        return self._h_split
+
     def _f(self, x: Tensor, y: Tensor) -> Tensor:
         return self.g.value(x) + self.coupling.value(x, y) - self.h.value(y)
 
     def block_prox(self, i: int, u: Tensor, grad: Tensor, step) -> Tensor:
         rough = (self._g_split if i == 0 else self._h_split)[1]
-        return rough.prox(u - _column(step) * grad, step, self.domain[i])
+        return rough.prox(u - column(step, grad) * grad, step, self.domain[i])
 
     def bregman_prox(self, z: Point, grad: Point, step) -> Point:
         if any(not isinstance(split[1], Zero) for split in (self._g_split, self._h_split)):
@@ -484,14 +537,14 @@ class BilinearProblem(CompositeSaddleProblem):
                  X: ConstraintSet | None = None, Y: ConstraintSet | None = None, **kwargs):
         if not isinstance(K, Tensor) or (K.layout == torch.strided and K.dim() != 3):
             raise ValueError(f"K must be a (B, m, n) tensor, got {getattr(K, 'shape', type(K).__name__)}")
-        coupling = Bilinear(K)
         x0, y0 = as_point((x0, y0), "(x0, y0)")
+        if K.dtype != x0.dtype or K.device != x0.device:
+            raise ValueError(f"K is {K.dtype} on {K.device} but x0 is {x0.dtype} on {x0.device}")
+        coupling = Bilinear(K)
         B, n, m = x0.shape[0], x0.shape[1], y0.shape[1]
         if coupling.shape[0] not in (1, B) or coupling.shape[1:] != (m, n):
             raise ValueError(f"K must have shape (B, m, n) = ({B}, {m}, {n}) to match x0 {tuple(x0.shape)} "
                              f"and y0 {tuple(y0.shape)}; got {tuple(K.shape)}")
-        if K.dtype != x0.dtype or K.device != x0.device:
-            raise ValueError(f"K is {K.dtype} on {K.device} but x0 is {x0.dtype} on {x0.device}")
         self.K = K
         super().__init__(coupling, x0, y0, g=g, h=h_conj, X=X, Y=Y, **kwargs)
         self.h_conj = self.h

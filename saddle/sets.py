@@ -29,6 +29,8 @@ from numbers import Real
 import torch
 from torch import Tensor
 
+from .point import column
+
 __all__ = ["ConstraintSet", "Reals", "Box", "Ball", "Simplex", "Product", "CappedSimplex", "ChiSquareBall", "Permutahedron"]
 
 
@@ -111,7 +113,7 @@ class ConstraintSet:
 
         ``step`` is a float or a ``(B,)`` tensor.
         """
-        return self.project(z - _step_column(step, z) * g)
+        return self.project(z - column(step, z) * g)
 
     def bregman(self, u: Tensor, z: Tensor) -> Tensor:
         """The Bregman divergence ``D(u, z)`` of the set's geometry, shape ``(B,)``."""
@@ -136,12 +138,6 @@ class ConstraintSet:
         return f"{type(self).__name__}()"
 
 
-def _step_column(step, like: Tensor):
-    if isinstance(step, Tensor) and step.dim() == 1:
-        return step.unsqueeze(-1)
-    return step
-
-
 class Reals(ConstraintSet):
     """The whole space R^n: no constraint."""
 
@@ -149,7 +145,7 @@ class Reals(ConstraintSet):
         return u
 
     def prox_step(self, z: Tensor, g: Tensor, step) -> Tensor:
-        return z - _step_column(step, z) * g
+        return z - column(step, z) * g
 
     def support(self, v: Tensor) -> Tensor:
         nonzero = (v != 0).any(-1)
@@ -330,10 +326,10 @@ class Simplex(ConstraintSet):
 
     def prox_step(self, z: Tensor, g: Tensor, step) -> Tensor:
         if self.geometry == "euclidean":
-            return project_simplex(z - _step_column(step, z) * g)
+            return project_simplex(z - column(step, z) * g)
         # A softmax written out: torch.softmax runs a parallel region even on
         # tiny inputs, which costs milliseconds per call on a loaded CPU.
-        v = torch.log(z) - _step_column(step, z) * g
+        v = torch.log(z) - column(step, z) * g
         u = torch.exp(v - v.amax(-1, keepdim=True))
         u = u / u.sum(-1, keepdim=True)
         # Multiplicative weights drive losing strategies towards 0; subnormal

@@ -25,6 +25,7 @@ class Status(IntEnum):
     STOPPED = 4
     INFEASIBLE = 5
     UNBOUNDED = 6
+    PRECISION_LOSS = 7
 
     @property
     def message(self) -> str:
@@ -41,6 +42,8 @@ _MESSAGES = {
     Status.STOPPED: "the callback asked to stop",
     Status.INFEASIBLE: "a certificate of (primal) infeasibility was found",
     Status.UNBOUNDED: "a certificate of unboundedness (dual infeasibility) was found",
+    Status.PRECISION_LOSS: ("the measure met the tolerance in the problem's dtype but not when re-checked in float64 "
+                            "at the returned point: solve in a higher precision or loosen the tolerance"),
 }
 
 

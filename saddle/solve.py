@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
-import math
+import contextlib
 import os
 import time
+import warnings
 from numbers import Integral, Real
 from typing import Any, Callable, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from . import merit
-from .checkpoint import load_checkpoint, save_checkpoint
-from .point import Point, all_finite, as_point, where
+from .checkpoint import CheckpointWriter, binding, check_writable, restore, restore_random_states
+from .point import Point, accumulation_dtype, all_finite, detached, where
 from .solution import Solution, SolveError, Status, empty_status
 from .solvers.base import Solver, get_solver
 
 __all__ = ["solve", "Progress"]
 
 MEASURES = ("residual", "gap", "distance")
+NEAR_MISSES = 3  # float64 re-checks an instance may just miss before it is reported as PRECISION_LOSS
 
 
 class Progress(NamedTuple):
@@ -77,7 +80,9 @@ def solve(
             with the host.
         max_operator_calls: per-instance budget of operator evaluations; an
             instance stops at the first iteration at which its count reaches it.
-        callback: called at every check with a `Progress`; return True to stop.
+        callback: called at every check with a `Progress`; return True to stop
+            every instance, or a ``(B,)`` bool tensor to stop those instances
+            (status `STOPPED`); None or False continues.
         progress: show a tqdm progress bar.
         throw: raise `SolveError` unless every instance converged.
         history: record the measures at every check in ``Solution.history``:
@@ -89,15 +94,22 @@ def solve(
         divergence_factor: an instance is `DIVERGED` when its iterate is not
             finite, or when its residual exceeds ``divergence_factor *
             max(initial residual, tol)``.
-        checkpoint: a file to save the solve's state to (`saddle.checkpoint`):
-            every ``checkpoint_every`` iterations and at the end, written
-            atomically (a temporary file renamed over the target).
+        checkpoint: a file to save the solve's state to (`saddle.checkpoint`),
+            written atomically (a temporary file renamed over the target) at
+            the end and while solving: every ``checkpoint_every`` iterations,
+            or by default at most once per
+            `saddle.checkpoint.CHECKPOINT_INTERVAL` seconds (60). A folder, a
+            read-only file or a read-only folder is refused before the solve.
         checkpoint_every: iterations between checkpoints, a multiple of
-            ``check_every`` (default: ``check_every``).
-        resume: a checkpoint file to continue from: the same problem and
-            solver; the iterates are bit-identical to those of an
-            uninterrupted solve (on the same device), up to ``max_iters``
-            iterations in all.
+            ``check_every`` (default: by time, as above).
+        resume: a checkpoint file to continue from. It must come from a solve
+            of the same problem (same shapes, dtype and data: the checkpoint
+            carries their fingerprint) with the same solver settings and the
+            same ``check_every``, ``tol``, ``measure``, ``max_operator_calls``,
+            ``divergence_factor``, ``history`` and ``compile``; anything else is
+            a ``ValueError`` saying what differs. The iterates are then
+            bit-identical to those of an uninterrupted solve (on the same
+            device), up to ``max_iters`` iterations in all.
         compile: run the solver's step through ``torch.compile`` (fused kernels
             for the many small operations of a step: worth it for long solves
             of small or medium problems; the first steps pay the compilation).
@@ -111,16 +123,32 @@ def solve(
 
     Instances that converge, diverge or exhaust their budget are frozen: their
     point and solver state stay bitwise unchanged while the others continue.
+
+    Precision: measures accumulate in at least float32. For a problem whose
+    dtype is below float64, an instance that meets the tolerance is re-checked
+    in float64 at its output point (on ``problem.to(torch.float64)``: one more
+    operator evaluation) and reported `CONVERGED` only if it meets the
+    tolerance there too. If not, it runs on when the two measures differ by
+    at most half the tolerance (a near miss, at most three times), and stops
+    as `PRECISION_LOSS` otherwise (the problem's dtype cannot resolve the
+    tolerance). The returned measures are the float64 ones (see
+    docs/reliability.md).
     """
     start = time.perf_counter()
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable (or None), got {type(callback).__name__}")
+    for name, flag in (("progress", progress), ("throw", throw), ("compile", compile)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool (True or False), got {flag!r}")
     solver = get_solver(solver, **settings)
     extra = tuple(problem.extra_measures())
     _check_options(max_iters, check_every, measure, max_operator_calls, divergence_factor, extra)
     solver.check(problem)
-    checkpoint_every = _checkpoint_options(checkpoint, checkpoint_every, check_every)
+    checkpoint_every = _checkpoint_options(checkpoint, checkpoint_every, check_every, resume)
     history_rows = _history_rows(history)
     B, device = problem.batch_size, problem.device
-    tol_t = _tolerance(tol, B, problem)
+    acc = accumulation_dtype(problem.dtype)
+    tol_t = _tolerance(tol, B, problem, acc)
     gap_available = problem.duality_gap(problem.z0) is not None
     if measure == "gap" and not gap_available:
         raise ValueError(f"measure='gap' is not computable for {problem.name}; use measure='residual'")
@@ -132,50 +160,59 @@ def solve(
     track_distance = measure == "distance" or (problem.has_reference and problem.reference is not None
                                                and problem.reference.unique)
 
+    def measures_at(p, out: Point, Fz: Point) -> dict:
+        measures = {
+            "residual": merit.residual(p, out, Fz),
+            "gap": p.duality_gap(out) if gap_available else None,
+            "distance": merit.distance(p, out) if track_distance else None,
+            **{name: p.measure(name, out, Fz) for name in extra},
+        }
+        return {name: None if v is None else v.detach() for name, v in measures.items()}
+
     def evaluate(z: Point, state) -> tuple[Point, dict]:
         out = solver.output(problem, z, state)
         Fz = problem.F(out)
-        _check_operator_output(Fz, out)
-        dist = merit.distance(problem, out) if track_distance else None
-        return out, {
-            "residual": merit.residual(problem, out, Fz),
-            "gap": problem.duality_gap(out) if gap_available else None,
-            "distance": dist,
-            **{name: problem.measure(name, out, Fz) for name in extra},
-        }
+        _check_operator_output(Fz, out, problem.dtype)
+        return out, measures_at(problem, out, Fz)
+
+    recheck = None if problem.dtype == torch.float64 else _Float64Recheck(problem, measures_at)
+    tol_64 = _tolerance(tol, B, problem, torch.float64)
 
     z = problem.domain.project(problem.z0)
     _check_operator_at_start(problem, z)
-    state = solver.init(problem, z)
+    state = detached(solver.init(problem, z))
     status = empty_status(B, device)
     active = torch.ones(B, dtype=torch.bool, device=device)
     iterations = torch.zeros(B, dtype=torch.int64, device=device)
+    near_misses = torch.zeros(B, dtype=torch.int64, device=device)  # float64 re-checks just missed
     rows: list[dict] = []
     history_state = {"stride": 1, "checks": 0, "last": None}  # see `record`
     floor: Tensor | None = None
     n_active = B
     k = 0
-    if resume is not None:
-        saved = load_checkpoint(resume, map_location=device)
-        if saved["solver"] != repr(solver) or saved["batch_size"] != B:
-            raise ValueError(f"resume: the checkpoint was written by {saved['solver']} on a batch of "
-                             f"{saved['batch_size']}; this solve runs {solver!r} on {B}")
-        z, state, status, active = saved["z"], saved["state"], saved["status"], saved["active"]
-        iterations, k, floor, rows = saved["iterations"], saved["k"], saved["floor"], saved["rows"]
-        history_state = saved["history_state"]
-        n_active = int(active.sum())
-        if saved.get("problem_rng") is not None:
-            problem.set_rng_state(saved["problem_rng"])
-    bar = _progress_bar(max_iters, solver) if progress else None
-    if not isinstance(compile, bool):
-        raise TypeError(f"compile must be a bool, got {type(compile).__name__}")
-    step = _compiled_step(solver, problem) if compile else (lambda z, state: solver.step(problem, z, state))
 
-    def save(k: int) -> None:
-        save_checkpoint(checkpoint, {
-            "solver": repr(solver), "batch_size": B, "z": z, "state": state, "status": status, "active": active,
-            "iterations": iterations, "k": k, "floor": floor, "rows": rows, "history_state": history_state,
-            "problem_rng": problem.rng_state() if hasattr(problem, "rng_state") else None})
+    def loop_variables(k: int) -> dict:
+        """What a checkpoint saves: everything the loop carries from one check to the next."""
+        return {"z": z, "state": state, "status": status, "active": active, "iterations": iterations,
+                "near_misses": near_misses, "k": k, "floor": floor, "rows": rows, "history_state": history_state,
+                "problem_rng": problem.rng_state() if hasattr(problem, "rng_state") else None}
+
+    if checkpoint is not None or resume is not None:
+        bound = binding(problem, solver, {
+            "check_every": check_every, "tol": tol_64, "measure": measure, "max_operator_calls": max_operator_calls,
+            "divergence_factor": divergence_factor, "history": history_rows, "compile": compile})
+    writer = None if checkpoint is None else CheckpointWriter(checkpoint, checkpoint_every, bound, loop_variables(k))
+    if resume is not None:
+        saved = restore(resume, bound, loop_variables(0), map_location=device)  # checks everything first
+        z, state, status, active = saved["z"], saved["state"], saved["status"], saved["active"]
+        iterations, near_misses, k, floor = saved["iterations"], saved["near_misses"], saved["k"], saved["floor"]
+        rows, history_state = saved["rows"], saved["history_state"]
+        n_active = int(active.sum())
+        if saved["problem_rng"] is not None:
+            problem.set_rng_state(saved["problem_rng"])
+        restore_random_states(saved)
+    bar = _progress_bar(max_iters, solver) if progress else None
+    step = _compiled_step(solver, problem) if compile else (lambda z, state: solver.step(problem, z, state))
 
     def record(row: dict) -> None:
         """Keep the row of every ``stride``-th check; when full, drop every other row and double the stride."""
@@ -191,13 +228,25 @@ def solve(
 
     def check(k: int) -> bool:
         """Stop converged or diverged instances; record; return True to stop the loop."""
-        nonlocal status, active, floor, n_active
+        nonlocal status, active, floor, n_active, near_misses
         out, measures = evaluate(z, state)
         res = measures["residual"]
         if floor is None:
             floor = divergence_factor * torch.maximum(res.detach(), tol_t)
         value = measures[measure]
         converged = active & (value <= tol_t)
+        if recheck is not None and bool(converged.any()):
+            exact = recheck(out)
+            if exact is not None:
+                # A near miss (the two measures differ by at most tol / 2) runs on: more iterations may
+                # meet the tolerance, up to NEAR_MISSES times; a miss the working precision cannot even
+                # resolve stops here.
+                missed = converged & ~(exact[measure] <= tol_64)
+                near = missed & ((exact[measure] - value.to(torch.float64)).abs() <= 0.5 * tol_64)
+                near_misses = near_misses + near
+                lost = missed & (~near | (near_misses >= NEAR_MISSES))
+                status = torch.where(lost, int(Status.PRECISION_LOSS), status)
+                active, converged = active & ~lost, converged & ~missed
         diverged = active & ~converged & (~torch.isfinite(res) | (res > floor))
         status = torch.where(converged, int(Status.CONVERGED), status)
         status = torch.where(diverged, int(Status.DIVERGED), status)
@@ -211,18 +260,16 @@ def solve(
         if history_rows:
             record({"iteration": k, "time": time.perf_counter() - start,
                     "operator_calls": state.operator_calls.clone(), **measures})
-        stop = False
         if callback is not None:
-            stop = bool(callback(Progress(k, out, state, measures, status)))
-            if stop:
-                status = torch.where(active, int(Status.STOPPED), status)
-                active = torch.zeros_like(active)
+            asked = _stop_mask(callback(Progress(k, out, state, measures, status)), B, device)
+            status = torch.where(active & asked, int(Status.STOPPED), status)
+            active = active & ~asked
         n_active = int(active.sum())
         if bar is not None:
             bar.update(k - bar.n)
             worst = value[active].max().item() if n_active else value.max().item()
             bar.set_postfix(active=n_active, **{measure: f"{worst:.2e}"})
-        return stop or n_active == 0
+        return n_active == 0
 
     done = check(0) if resume is None else (n_active == 0)
     while not done and k < max_iters:
@@ -234,7 +281,10 @@ def solve(
         last = (z, state, iterations)
         finite_throughout = active
         while True:
-            z_new, state_new = step(z, state)
+            with _blaming_the_operator(problem, z):
+                z_new, state_new = step(z, state)
+            if any(t.requires_grad for t in z_new):  # data that require grad: never grow a graph over iterations
+                z_new, state_new = detached((z_new, state_new))
             finite = all_finite(z_new)
             if fast:
                 z, state = z_new, state_new
@@ -257,21 +307,25 @@ def solve(
         if fast:
             failed = ~finite_throughout
             # (non-tensor state fields are shared by the batch: `where` keeps its first argument's)
-            z, state, iterations = where(~failed, (z, state, iterations), last)
+            with _blaming_the_operator(problem, last[0]):
+                z, state, iterations = where(~failed, (z, state, iterations), last)
             status = torch.where(failed, int(Status.DIVERGED), status)
             active = active & ~failed
         done = check(k)
-        if checkpoint is not None and k % checkpoint_every == 0:
-            save(k)
+        if writer is not None and writer.due(k):
+            writer.save(loop_variables(k))
     if bar is not None:
         bar.close()
-    if checkpoint is not None:
-        save(k)  # the final state: a later solve may resume from it with a larger max_iters
+    if writer is not None:
+        writer.save(loop_variables(k))  # the final state: a later solve may resume from it with a larger max_iters
 
     status = torch.where(status == int(Status.RUNNING), int(Status.MAX_ITERS), status)
     if rows and history_state["last"]["iteration"] != rows[-1]["iteration"]:
         rows[-1 if len(rows) >= history_rows else len(rows):] = [history_state["last"]]
     out, measures = evaluate(z, state)
+    exact = None if recheck is None else recheck(out)
+    if exact is not None:
+        measures = {name: None if v is None else v.to(acc) for name, v in exact.items()}
     solution = Solution(
         z=out,
         status=status,
@@ -327,22 +381,27 @@ def _history_rows(history) -> int:
     return int(history)
 
 
-def _checkpoint_options(checkpoint, checkpoint_every, check_every) -> int | None:
+def _checkpoint_options(checkpoint, checkpoint_every, check_every, resume) -> int | None:
+    """Check the checkpoint options (and that the file can be written) before any work; the cadence.
+
+    Returns ``checkpoint_every`` (None: by time, see `saddle.checkpoint.CHECKPOINT_INTERVAL`).
+    """
+    if resume is not None and not isinstance(resume, (str, os.PathLike)):
+        raise TypeError(f"resume must be a path to a checkpoint file, got {type(resume).__name__}")
     if checkpoint is None:
         if checkpoint_every is not None:
             raise ValueError("checkpoint_every needs checkpoint, a file to write to")
         return None
     if not isinstance(checkpoint, (str, os.PathLike)):
         raise TypeError(f"checkpoint must be a path, got {type(checkpoint).__name__}")
-    folder = os.path.dirname(os.path.abspath(checkpoint))
-    if not os.path.isdir(folder):
-        raise ValueError(f"checkpoint: the folder {folder!r} does not exist")
     if checkpoint_every is None:
-        return check_every
+        check_writable(checkpoint)
+        return None
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, Integral) or checkpoint_every < 1 \
             or checkpoint_every % check_every:
         raise ValueError(f"checkpoint_every must be a positive multiple of check_every = {check_every}, "
                          f"got {checkpoint_every!r}")
+    check_writable(checkpoint)
     return int(checkpoint_every)
 
 
@@ -361,15 +420,17 @@ def _check_options(max_iters, check_every, measure, max_operator_calls, divergen
         raise ValueError(f"divergence_factor must be a number > 1, got {divergence_factor!r}")
 
 
-def _tolerance(tol, B: int, problem) -> Tensor:
+def _tolerance(tol, B: int, problem, dtype: torch.dtype) -> Tensor:
     if isinstance(tol, bool) or not isinstance(tol, (Real, Tensor)):
         raise TypeError(f"tol must be a float or a (B,) tensor, got {type(tol).__name__}")
-    t = torch.as_tensor(tol, dtype=problem.dtype).to(problem.device)
+    if isinstance(tol, Tensor) and (tol.is_complex() or not (tol.is_floating_point() or tol.dtype == torch.int64)):
+        raise TypeError(f"tol must be a real floating tensor, got dtype {tol.dtype}")
+    t = torch.as_tensor(tol, dtype=torch.float64)  # validated before any rounding to the solve's dtype
     if t.dim() > 1 or (t.dim() == 1 and t.shape[0] != B):
         raise ValueError(f"tol must be a float or a (B,) = ({B},) tensor, got shape {tuple(t.shape)}")
     if torch.isnan(t).any() or (t < 0).any():
         raise ValueError(f"tol must be non-negative, got {tol}")
-    return t.expand(B)
+    return t.to(device=problem.device, dtype=dtype).expand(B)
 
 
 def _check_operator_at_start(problem, z: Point) -> None:
@@ -379,17 +440,76 @@ def _check_operator_at_start(problem, z: Point) -> None:
     except Exception as err:  # a user's function: any error is a bad input
         raise ValueError(f"the operator of {problem.name} failed at the starting point with "
                          f"{type(err).__name__}: {err}") from err
-    _check_operator_output(Fz, z)
+    _check_operator_output(Fz, z, problem.dtype)
 
 
-def _check_operator_output(Fz, z: Point) -> None:
+def _check_operator_output(Fz, z: Point, dtype: torch.dtype, cause: BaseException | None = None) -> None:
+    """Raise ``ValueError`` unless ``Fz`` has z's blocks: same shapes, the problem's dtype, z's device."""
     if not isinstance(Fz, tuple) or len(Fz) != len(z):
         raise ValueError(f"the operator must return {len(z)} blocks, got {type(Fz).__name__} "
-                         f"of length {len(Fz) if isinstance(Fz, tuple) else '?'}")
+                         f"of length {len(Fz) if isinstance(Fz, tuple) else '?'}") from cause
     for i, (g, zi) in enumerate(zip(Fz, z)):
         if not isinstance(g, Tensor) or g.shape != zi.shape:
             raise ValueError(f"the operator's block {i} has shape {tuple(getattr(g, 'shape', ()))}, "
-                             f"expected {tuple(zi.shape)}")
+                             f"expected {tuple(zi.shape)}") from cause
+        if g.dtype != dtype or g.device != zi.device:
+            raise ValueError(f"the operator's block {i} is {g.dtype} on {g.device}, expected the problem's "
+                             f"{dtype} on {zi.device}" + (" (complex operators are not supported)"
+                                                          if g.is_complex() else "")) from cause
+
+
+@contextlib.contextmanager
+def _blaming_the_operator(problem, z: Point):
+    """Turn a torch error inside the block into a clear ``ValueError`` if the operator's output at z is malformed."""
+    try:
+        yield
+    except (RuntimeError, TypeError) as err:
+        _check_operator_output(problem.F(z), z, problem.dtype, cause=err)
+        raise
+
+
+def _stop_mask(answer, B: int, device) -> Tensor:
+    """The instances a callback asks to stop: None/False none, True all, or a ``(B,)`` (or 0-d) bool tensor."""
+    if answer is None or isinstance(answer, (bool, np.bool_)):
+        return torch.full((B,), bool(answer), device=device)
+    if isinstance(answer, Tensor) and answer.dtype == torch.bool and answer.shape in ((), (B,)):
+        return answer.to(device).expand(B)
+    raise TypeError(f"callback must return None, a bool or a (B,) = ({B},) bool tensor of the instances to stop, "
+                    f"got {type(answer).__name__}"
+                    + (f" of dtype {answer.dtype} and shape {tuple(answer.shape)}" if isinstance(answer, Tensor)
+                       else ""))
+
+
+class _Float64Recheck:
+    """The measures at an output point of a low-precision problem, recomputed in float64.
+
+    Works on ``problem.to(torch.float64)``, made on the first call. A problem
+    that cannot be evaluated in float64 (a function reading a float32 global,
+    an operator that casts to its own dtype) is reported once, with a
+    warning, and its results stay unchecked (`__call__` returns None).
+    """
+
+    def __init__(self, problem, measures_at: Callable):
+        self.problem, self.measures_at = problem, measures_at
+        self.copy, self.failed = None, False
+
+    def __call__(self, out: Point) -> dict | None:
+        if self.failed:
+            return None
+        try:
+            if self.copy is None:
+                self.copy = self.problem.to(torch.float64)
+            out64 = tuple(t.to(torch.float64) for t in out)
+            F64 = self.copy.F(out64)
+            _check_operator_output(F64, out64, torch.float64)  # not silently in the working precision
+            return self.measures_at(self.copy, out64, F64)
+        except Exception as err:  # a user's operator that only works in its own dtype
+            self.failed = True
+            warnings.warn(f"{self.problem.name} could not be evaluated in float64 ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''}), so its {self.problem.dtype} results are "
+                          "reported as converged without the float64 re-check; make the operator accept float64 "
+                          "inputs (e.g. x @ A.to(x.dtype)) to have them checked", RuntimeWarning, stacklevel=4)
+            return None
 
 
 def _progress_bar(total: int, solver: Solver):

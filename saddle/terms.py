@@ -22,14 +22,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .point import column
 from .sets import Box, ConstraintSet, Reals
 
 __all__ = ["Term", "Zero", "Linear", "Quadratic", "L1", "Indicator", "Smooth", "Sum", "box_concave_qp"]
-
-
-def _column(step):
-    """A float or ``(B,)`` step, shaped to broadcast against ``(B, n)``."""
-    return step.unsqueeze(-1) if isinstance(step, Tensor) and step.dim() == 1 else step
 
 
 class Term:
@@ -117,7 +113,7 @@ class Linear(Term):
         return domain.support(v - self.c)
 
     def prox(self, v: Tensor, step, domain: ConstraintSet) -> Tensor:
-        return domain.project(v - _column(step) * self.c)
+        return domain.project(v - column(step, v) * self.c)
 
 
 class Quadratic(Term):
@@ -173,7 +169,7 @@ class Quadratic(Term):
         return super().conj(v, domain)
 
     def prox(self, v: Tensor, step, domain: ConstraintSet) -> Tensor:
-        t = _column(step)
+        t = column(step, v)
         w = v if self.c is None else v - t * self.c
         if self.diagonal and isinstance(domain, (Reals, Box)):
             # Separable: the box projection of the unconstrained minimizer is exact.
@@ -225,7 +221,7 @@ class L1(Term):
     def prox(self, v: Tensor, step, domain: ConstraintSet) -> Tensor:
         if not isinstance(domain, (Reals, Box)):
             return super().prox(v, step, domain)
-        t = _column(step) * self._w(v)
+        t = column(step, v) * self._w(v)
         return domain.project(torch.sign(v) * (v.abs() - t).clamp_min(0))
 
     def conj(self, v: Tensor, domain: ConstraintSet) -> Tensor:

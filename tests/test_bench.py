@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import textwrap
 
-import pytest
 
 from saddle.bench import BenchmarkRun, find_scripts, markdown_tables, ratio_rows, report
 from saddle.cli import main

@@ -19,71 +19,10 @@ import problems
 import saddle
 from saddle import Backtracking, Status
 
-from _helpers import counting, instance
-
-PROBLEMS = {
-    "bilinear": lambda **kw: problems.get("bilinear", n=6, batch_size=4, seed=1, **kw),
-    "xy": lambda **kw: problems.get("xy", **kw),
-    "matrix_game": lambda **kw: problems.get("matrix_game", n=5, m=4, batch_size=4, seed=2, **kw),
-    "matrix_game_entropic": lambda **kw: problems.get("matrix_game", n=5, m=4, batch_size=4, seed=2,
-                                                      geometry="entropic", **kw),
-    "rock_paper_scissors": lambda **kw: problems.get("rock_paper_scissors", batch_size=2, seed=3, **kw),
-    "matching_pennies": lambda **kw: problems.get("matching_pennies", batch_size=2, seed=4, **kw),
-    "quadratic": lambda **kw: problems.get("quadratic", n=6, m=4, batch_size=4, seed=3, **kw),
-    "quadratic_box": lambda **kw: problems.get("quadratic", n=6, m=4, box=0.3, batch_size=3, seed=3, **kw),
-    "linear_program": lambda **kw: problems.get("linear_program", n=8, m_ub=6, m_eq=2, batch_size=3, seed=2, **kw),
-}
-GAMES = {"matrix_game", "matrix_game_entropic", "rock_paper_scissors", "matching_pennies"}
-
-# Monotone Lipschitz VIs: these converge on every problem above.
-MONOTONE = ["extragradient", "mirror_prox", "optimistic", "reflected", "eg_plus"]
-# Need strong monotonicity.
-STRONGLY_MONOTONE = ["gda", "alternating_gda"]
-# O(1/k) residual methods: tested against their rate in test_rates.py, not to 1e-6 here.
-SUBLINEAR = ["anchored_eg"]
-# Need a BilinearProblem whose terms have closed-form prox steps.
-PRIMAL_DUAL = ["pdhg"]
-NO_PROX = {"quadratic_box"}  # a dense quadratic term on a box
-# Need h strongly convex (strongly concave in y); they report a gamma-weighted average, whose
-# distance to the solution falls like 1/k^2 at best: tested to 1e-5, and their rate in test_rates.py.
-LINEARIZED_PD = ["lpd", "alpd", "inexact_alpd"]
-STRONGLY_CONCAVE = ("quadratic", "quadratic_box")
-# Competitive methods (CG on mixed Hessian-vector products): unconstrained smooth saddle problems only.
-# CGD, CGO and OCGO converge linearly on bilinear games (for every step) and on the quadratic games
-# with their default steps; ACGD's Adam-like steps converge on bilinear games, where its local game is
-# exact, and hover around the solution (at a distance ~ its learning rate) where f has D_xx or D_yy terms.
-COMPETITIVE = ["cgd", "cgo", "ocgo"]
-ADAPTIVE_COMPETITIVE = ["acgd"]
-UNCONSTRAINED = ("bilinear", "xy", "quadratic")
-BILINEAR = ("bilinear", "xy")
-# ACGD's default learning rate (1e-3, meant for GAN training) is slow on these small problems.
-SOLVER_SETTINGS = {"acgd": {"step_size": 0.05}}
-
-# SAM and ASAM: presets of the extragradient step for min_w max_{e in Ball} L(w + e); tested on
-# quadratic sharpness problems (below), and SAM on any problem whose max player's set is bounded.
-SAM_FAMILY = ["sam", "asam"]
-
-# Stochastic solvers for finite sums (saddle.solvers.stochastic): tested on DRO problems (below and in
-# test_dro.py); they need explicit step sizes and count per-sample evaluations.
-STOCHASTIC = ["seg", "double_step_seg", "vr_eg", "prospect"]
-
-# Compressed distributed solvers (saddle.solvers.compressed): need a DistributedProblem (an operator split
-# over workers); tested on distributed_bilinear below and in test_compressed.py / test_distributed.py.
-DISTRIBUTED = ["masha1", "masha2", "distributed_eg", "compressed_eg"]
-
-
-def sharpness_quadratic(batch_size=3, *, adaptive=False, rho=None, index=None, device=None):
-    """L(w) = 1/2 w^T H w with H SPD (eigenvalues in [1, 4]) per instance; instance ``index`` alone if given."""
-    gen = torch.Generator().manual_seed(11)
-    Q, _ = torch.linalg.qr(torch.randn(batch_size, 5, 5, dtype=torch.float64, generator=gen))
-    H = Q @ torch.diag_embed(torch.linspace(1.0, 4.0, 5, dtype=torch.float64).expand(batch_size, 5)) @ Q.mT
-    w0 = torch.randn(batch_size, 5, dtype=torch.float64, generator=gen)
-    rho = torch.tensor([0.05, 0.2, 0.5], dtype=torch.float64)[:batch_size] if rho is None else rho
-    if index is not None:
-        H, w0, rho = H[index:index + 1], w0[index:index + 1], rho[index:index + 1]
-    H, w0, rho = (t.to(device) for t in (H, w0, rho))
-    return problems.get("sharpness", loss=lambda w: 0.5 * (w.unsqueeze(-2) @ H @ w.unsqueeze(-1))[..., 0, 0],
-                        w0=w0, rho=rho, adaptive=adaptive)
+from _helpers import ADAPTIVE_COMPETITIVE, BILINEAR, COMPETITIVE, DISTRIBUTED, DISTRIBUTED_SETTINGS, GAMES, \
+    LINEARIZED_PD, MONOTONE, NO_PROX, PRIMAL_DUAL, PROBLEMS, SAM_FAMILY, SOLVER_SETTINGS, STOCHASTIC, \
+    STOCHASTIC_SETTINGS, STRONGLY_CONCAVE, STRONGLY_MONOTONE, SUBLINEAR, UNCONSTRAINED, counting, \
+    distributed_problem, dro_problem, instance, sharpness_quadratic
 
 
 # Extragradient-type methods converge on LPs too, but need ~10^4 iterations there: too slow to test to 1e-9.
@@ -346,7 +285,7 @@ def test_linearized_primal_dual_counts_gradients(solver, name):
             return fn(*args)
         return wrapped
 
-    coupling, g_smooth, h_smooth = problem.coupling, problem._g_split[0], problem._h_split[0]
+    coupling, g_smooth, h_smooth = problem.coupling, problem.g_parts[0], problem.h_parts[0]
     coupling.grad_x = counted("x", coupling.grad_x)
     coupling.grad_y = counted("y", coupling.grad_y)
     g_smooth.grad = counted("g", g_smooth.grad)
@@ -476,17 +415,6 @@ def test_sam_family_cpu_and_gpu_agree(solver):
 
 # -- stochastic solvers on DRO problems (problems.dro) --------------------------------------------
 
-STOCHASTIC_SETTINGS = {"seg": {"step_size": 0.01, "batch_size": 3}, "double_step_seg": {"step_size": 0.05},
-                       "vr_eg": {"step_size": 0.02, "batch_size": 2}, "prospect": {"step_size": 0.01}}
-
-
-def dro_problem(**kw):
-    settings = dict(n=24, d=3, ambiguity="spectral", spectrum="superquantile", alpha=0.5, nu=0.2, mu=0.5,
-                    batch_size=3, seed=5)
-    settings.update(kw)
-    return problems.get("dro", **settings)
-
-
 @pytest.mark.parametrize("solver", STOCHASTIC)
 @pytest.mark.parametrize("ambiguity", ["spectral", "chi2"])
 def test_stochastic_batched_solve_equals_loop_of_single_solves(solver, ambiguity):
@@ -585,24 +513,6 @@ def test_stochastic_cpu_and_gpu_agree(solver):
 
 
 # -- compressed distributed solvers on distributed_bilinear ---------------------------------------
-
-def distributed_problem(batch_size=3, **kw):
-    # Each worker's operator is also a finite sum of 4 samples (for the minibatch variants of MASHA);
-    # the full operator, and so every solver without batch_size, is unchanged.
-    kw.setdefault("samples", 4)
-    return problems.get("distributed_bilinear", n=5, workers=3, lam=1.0, batch_size=batch_size, seed=4, **kw)
-
-
-# The minibatch variants (batch_size of the samples per worker) and MASHA2's partial participation are
-# covered here; the full-operator MASHA1 / MASHA2 in test_compressed.py (including batched == loop).
-DISTRIBUTED_SETTINGS = {
-    "masha1": {"compressor": saddle.compress.RandK(k=3), "batch_size": 2},
-    "masha2": {"compressor": saddle.compress.TopK(k=3), "server_compressor": saddle.compress.TopK(k=5),
-               "participation": 2, "batch_size": 3},
-    "distributed_eg": {},
-    "compressed_eg": {"compressor": saddle.compress.RandK(k=3), "participation": 2},
-}
-
 
 @pytest.mark.parametrize("solver", DISTRIBUTED)
 def test_distributed_solvers_batched_solve_equals_loop_of_single_solves(solver):

@@ -388,9 +388,18 @@ def test_mixture_torch_func_composes():
     grad_y = torch.func.grad(lambda a, b: p.objective((a, b)).sum(), argnums=1)
     vx = torch.ones_like(x)
     _, mixed = torch.func.jvp(lambda a: grad_y(a, y), (x,), (vx,))
-    assert mixed.shape == y.shape and torch.isfinite(mixed).all() and mixed.abs().max() > 0
+    assert mixed.shape == y.shape and mixed.abs().max() > 0
+    # D_yx vx by central differences of grad_y along vx (float64: truncation and rounding ~1e-9).
+    h = 1e-5
+    fd = (grad_y(x + h * vx, y) - grad_y(x - h * vx, y)) / (2 * h)
+    torch.testing.assert_close(mixed, fd, rtol=1e-6, atol=1e-8)
     third = torch.func.grad(lambda b: torch.func.jvp(lambda a: grad_y(a, b), (x,), (vx,))[1].sum())(y)
-    assert third.shape == y.shape and torch.isfinite(third).all()
+    assert third.shape == y.shape
+    # <third, u> is the derivative of sum(D_yx vx) along u in y.
+    u = torch.randn(y.shape, generator=torch.Generator().manual_seed(0), dtype=y.dtype)
+    total = lambda b: torch.func.jvp(lambda a: grad_y(a, b), (x,), (vx,))[1].sum()  # noqa: E731
+    directional = (total(y + h * u) - total(y - h * u)) / (2 * h)
+    torch.testing.assert_close((third * u).sum(), directional, rtol=1e-6, atol=1e-8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,11 +487,27 @@ def test_resample():
     assert torch.isfinite(torch.cat(p.F(p.z0), -1)).all()
 
 
-def test_mixture_problem_runs_with_a_solver():
+def test_mixture_problem_solvers_take_the_steps_of_their_formulas():
+    """GDA and extragradient on the mixture GAN follow their update formulas, with F from autograd on f."""
     p = problems.get("gaussian_mixture_gan", batch_size=2, **SMALL)
+
+    def F(x, y):  # (grad_x f, -grad_y f) of the batched objective, independent of the problem's operator
+        x, y = x.detach().requires_grad_(True), y.detach().requires_grad_(True)
+        gx, gy = torch.autograd.grad(p.objective((x, y)).sum(), (x, y))
+        return gx, -gy
+
+    eta, K = 0.05, 20
     for solver in ("gda", "extragradient"):
-        sol = saddle.solve(p, solver, step_size=0.05, max_iters=20, tol=1e-10)
-        assert (sol.iterations == 20).all() and torch.isfinite(sol.x).all() and torch.isfinite(sol.y).all()
+        sol = saddle.solve(p, solver, step_size=eta, max_iters=K, tol=1e-10)
+        assert (sol.iterations == K).all()
+        x, y = p.z0
+        for _ in range(K):
+            Fx, Fy = F(x, y)
+            if solver == "extragradient":
+                Fx, Fy = F(x - eta * Fx, y - eta * Fy)
+            x, y = x - eta * Fx, y - eta * Fy
+        torch.testing.assert_close(sol.x, x, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(sol.y, y, rtol=1e-10, atol=1e-12)
 
 
 BAD = [

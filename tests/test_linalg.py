@@ -7,34 +7,11 @@ import torch
 
 from saddle.linalg import conjugate_gradient
 
-
-def _spd(B: int, n: int, seed: int, cond: float = 100.0) -> torch.Tensor:
-    """Random symmetric positive definite matrices with eigenvalues in [1, cond]."""
-    gen = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(B, n, n, dtype=torch.float64, generator=gen))
-    eig = 1.0 + (cond - 1.0) * torch.rand(B, n, dtype=torch.float64, generator=gen)
-    eig[:, 0], eig[:, -1] = 1.0, cond
-    A = q @ torch.diag_embed(eig) @ q.mT
-    return 0.5 * (A + A.mT)
-
-
-class Counted:
-    """``v -> A v`` for a batch of matrices, counting the calls."""
-
-    def __init__(self, A: torch.Tensor):
-        self.A, self.calls = A, 0
-
-    def __call__(self, v: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return (self.A @ v.unsqueeze(-1)).squeeze(-1)
-
-
-def _rhs(B: int, n: int, seed: int) -> torch.Tensor:
-    return torch.randn(B, n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+from _helpers import Counted, random_spd, random_vectors
 
 
 def test_solves_random_spd_systems_like_a_dense_solve():
-    A, b = _spd(6, 12, seed=0), _rhs(6, 12, seed=1)
+    A, b = random_spd(6, 12, seed=0), random_vectors(6, 12, seed=1)
     res = conjugate_gradient(Counted(A), b, tol=1e-14, max_iters=200)
     expected = torch.linalg.solve(A, b.unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(res.x, expected, rtol=0, atol=1e-10)
@@ -45,7 +22,7 @@ def test_solves_random_spd_systems_like_a_dense_solve():
 
 
 def test_matrices_shared_by_the_batch_and_a_single_instance():
-    A, b = _spd(1, 5, seed=2), _rhs(3, 5, seed=3)
+    A, b = random_spd(1, 5, seed=2), random_vectors(3, 5, seed=3)
     res = conjugate_gradient(Counted(A), b, tol=1e-14, max_iters=50)
     torch.testing.assert_close(res.x, torch.linalg.solve(A, b.unsqueeze(-1)).squeeze(-1), rtol=0, atol=1e-12)
     one = conjugate_gradient(Counted(A), b[:1], tol=1e-14, max_iters=50)
@@ -53,7 +30,7 @@ def test_matrices_shared_by_the_batch_and_a_single_instance():
 
 
 def test_per_instance_tolerances():
-    A, b = _spd(3, 60, seed=4, cond=1e3), _rhs(3, 60, seed=5)
+    A, b = random_spd(3, 60, seed=4, cond=1e3), random_vectors(3, 60, seed=5)
     tol = torch.tensor([1e-2, 1e-6, 1e-12], dtype=torch.float64)
     res = conjugate_gradient(Counted(A), b, tol=tol, max_iters=500, check_every=1)
     assert res.converged.all()
@@ -68,7 +45,7 @@ def test_per_instance_tolerances():
 
 
 def test_per_instance_iteration_caps():
-    A, b = _spd(3, 10, seed=6), _rhs(3, 10, seed=7)
+    A, b = random_spd(3, 10, seed=6), random_vectors(3, 10, seed=7)
     cap = torch.tensor([1, 3, 100])
     res = conjugate_gradient(Counted(A), b, tol=1e-14, max_iters=cap)
     assert res.iterations.tolist()[:2] == [1, 3]
@@ -84,7 +61,7 @@ def test_per_instance_iteration_caps():
 
 
 def test_warm_start_costs_one_product_and_uses_the_true_residual():
-    A, b = _spd(2, 40, seed=8), _rhs(2, 40, seed=9)
+    A, b = random_spd(2, 40, seed=8), random_vectors(2, 40, seed=9)
     exact = torch.linalg.solve(A, b.unsqueeze(-1)).squeeze(-1)
     # From the solution: one product (the residual b - A x0) and nothing else.
     op = Counted(A)
@@ -93,20 +70,20 @@ def test_warm_start_costs_one_product_and_uses_the_true_residual():
     assert res.matvecs.tolist() == [1, 1] and res.iterations.tolist() == [0, 0]
     assert torch.equal(res.x, exact)
     # From a nearby point: fewer iterations than from 0, one extra product, the same answer.
-    near = exact + 1e-6 * _rhs(2, 40, seed=10)
+    near = exact + 1e-6 * random_vectors(2, 40, seed=10)
     cold = conjugate_gradient(Counted(A), b, tol=1e-12, max_iters=100)
     warm = conjugate_gradient(Counted(A), b, near, tol=1e-12, max_iters=100)
     assert torch.equal(warm.matvecs, warm.iterations + 1)
     assert (warm.iterations < cold.iterations).all()
     torch.testing.assert_close(warm.x, exact, rtol=0, atol=1e-10)
     # From a far-off point (the previous solution of another system): still the right answer.
-    far = conjugate_gradient(Counted(A), b, 100.0 * _rhs(2, 40, seed=11), tol=1e-14, max_iters=200)
+    far = conjugate_gradient(Counted(A), b, 100.0 * random_vectors(2, 40, seed=11), tol=1e-14, max_iters=200)
     torch.testing.assert_close(far.x, exact, rtol=0, atol=1e-10)
 
 
 def test_batch_equals_loop():
-    A, b = _spd(5, 9, seed=12, cond=50.0), _rhs(5, 9, seed=13)
-    x0 = 0.1 * _rhs(5, 9, seed=14)
+    A, b = random_spd(5, 9, seed=12, cond=50.0), random_vectors(5, 9, seed=13)
+    x0 = 0.1 * random_vectors(5, 9, seed=14)
     tol = torch.tensor([1e-3, 1e-6, 1e-9, 1e-12, 1e-4], dtype=torch.float64)
     cap = torch.tensor([50, 4, 50, 50, 2])
     batched = conjugate_gradient(Counted(A), b, x0, tol=tol, max_iters=cap, check_every=3)
@@ -121,8 +98,8 @@ def test_batch_equals_loop():
 def test_stopped_instances_are_frozen():
     # Instance 0 converges in a few iterations; afterwards the product returns garbage for it.
     # Its solution must be exactly what it was when it stopped.
-    A = torch.cat([torch.eye(6, dtype=torch.float64).unsqueeze(0) * 2.0, _spd(1, 6, seed=15, cond=1e4)])
-    b = _rhs(2, 6, seed=16)
+    A = torch.cat([torch.eye(6, dtype=torch.float64).unsqueeze(0) * 2.0, random_spd(1, 6, seed=15, cond=1e4)])
+    b = random_vectors(2, 6, seed=16)
     inner = Counted(A)
 
     def poisoned(v):
@@ -140,7 +117,7 @@ def test_stopped_instances_are_frozen():
 
 
 def test_non_finite_and_indefinite_instances_do_not_raise_or_spread():
-    A, b = _spd(3, 5, seed=17), _rhs(3, 5, seed=18)
+    A, b = random_spd(3, 5, seed=17), random_vectors(3, 5, seed=18)
     b[1, 2] = float("nan")
     A[2] = -A[2]  # negative definite: the first curvature is negative
     res = conjugate_gradient(Counted(A), b, tol=1e-14, max_iters=50)

@@ -375,3 +375,32 @@ def test_bad_inputs_raise_errors_naming_the_argument(solver):
             saddle.solve(problem, solver, inner_iterations=0)
         with pytest.raises(ValueError, match="inner_accuracy"):
             saddle.solve(problem, solver, inner_accuracy=-1.0)
+
+
+def test_composite_problems_expose_the_smooth_and_nonsmooth_parts_of_g_and_h():
+    B, n, m = 2, 3, 2
+    quad, l1 = Quadratic(torch.ones(B, n, dtype=torch.float64)), saddle.L1(0.5)
+    problem = CompositeSaddleProblem(torch.ones(B, m, n, dtype=torch.float64), torch.zeros(B, n, dtype=torch.float64),
+                                     torch.zeros(B, m, dtype=torch.float64), g=saddle.Sum(quad, l1),
+                                     h=Quadratic(torch.ones(B, m, dtype=torch.float64)))
+    (g_smooth, g_rough), (h_smooth, h_rough) = problem.g_parts, problem.h_parts
+    assert (g_smooth, g_rough) == (quad, l1)
+    assert h_smooth is problem.h and isinstance(h_rough, saddle.Zero)
+    x = torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]], dtype=torch.float64)
+    # g = 1/2 |x|^2 + 0.5 |x|_1: the smooth part's gradient is x, the whole value adds 0.5 |x|_1.
+    torch.testing.assert_close(g_smooth.grad(x), x, rtol=0, atol=0)
+    torch.testing.assert_close(g_smooth.value(x) + g_rough.value(x), 0.5 * (x * x).sum(-1) + 0.5 * x.abs().sum(-1),
+                               rtol=1e-15, atol=0)
+
+
+def test_no_module_outside_problem_py_reads_a_problems_private_attributes():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    private = re.compile(r"\bproblem\._[a-z]")
+    sources = [path for folder in ("saddle", "problems") for path in (root / folder).rglob("*.py")
+               if path.name != "problem.py"]
+    offenders = [f"{path.relative_to(root)}:{i}" for path in sources
+                 for i, line in enumerate(path.read_text().splitlines(), 1) if private.search(line)]
+    assert offenders == []

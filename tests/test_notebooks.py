@@ -1,8 +1,9 @@
 """The executed notebooks in docs/notebooks, and the closed forms the bilinear notebook teaches.
 
 `test_notebook_executes` runs every ``docs/notebooks/*.ipynb`` from a fresh
-``python3`` kernel, in the notebook's own folder, and fails on the first cell
-that raises; a new notebook is picked up without touching this file.
+``python3`` kernel, in the notebook's own folder, and checks that every code
+cell ran, in order, with no error output; a new notebook is picked up without
+touching this file.
 
 The other tests check the claims of ``01_bilinear_games.ipynb`` about
 ``min_x max_y xy`` against closed forms derived by hand (not against another
@@ -34,8 +35,9 @@ X0, Y0 = 0.7, -1.3
 RTOL = 1e-10
 
 
-def _execute(path: Path) -> BaseException | None:
-    """Run one notebook in a fresh one-thread kernel; the exception of its first failing cell, or None."""
+def _execute(path: Path):
+    """Run one notebook in a fresh one-thread kernel: ``(the executed notebook, the exception of its first
+    failing cell or None)``."""
     import nbclient
     import nbformat
 
@@ -45,12 +47,12 @@ def _execute(path: Path) -> BaseException | None:
     try:
         client.execute(env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     except Exception as error:  # nbclient.exceptions.CellExecutionError names the failing cell
-        return error
-    return None
+        return nb, error
+    return nb, None
 
 
 @pytest.fixture(scope="module")
-def executed(request) -> dict[Path, BaseException | None]:
+def executed(request) -> dict[Path, tuple]:
     # The selected notebooks run side by side, one kernel per core, each kernel on one thread:
     # their work is mostly small tensor operations, so this halves the wall time on two cores.
     selected = [item.callspec.params["path"] for item in request.session.items
@@ -61,8 +63,14 @@ def executed(request) -> dict[Path, BaseException | None]:
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_executes(path: Path, executed):
-    if executed[path] is not None:
-        raise executed[path]
+    nb, error = executed[path]
+    assert error is None, f"{path.name}: {error}"
+    code = [cell for cell in nb.cells if cell.cell_type == "code" and cell.source.strip()]
+    assert code, f"{path.name} has no code"
+    # Every cell ran once, in order, in this kernel (not outputs left over from an earlier run).
+    assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1))
+    errors = [out.get("ename") for cell in code for out in cell.get("outputs", []) if out.output_type == "error"]
+    assert errors == [], f"{path.name}: error outputs {errors}"
 
 
 def _norms(solver: str, eta: float, iterations: int) -> torch.Tensor:

@@ -116,7 +116,7 @@ def acgd_formula(gx, gy, Dxy, ax, ay):
 def test_cgd_steps_match_dense_formula(kind, solve_for):
     game = Game(kind)
     eta = 0.3
-    opt = CGD(min_params=game.xs, max_params=game.ys, lr=eta, tol=1e-14, solve_for=solve_for)
+    opt = CGD(min_params=game.xs, max_params=game.ys, lr=eta, cg_tol=1e-14, solve_for=solve_for)
     for _ in range(4):
         gx, gy, Dxy = game.dense()
         dx, dy = cgd_reference(gx, gy, Dxy, eta)
@@ -134,7 +134,7 @@ def test_cgd_per_group_learning_rates_are_diagonal_step_sizes(kind):
     lrs = [(0.2, 0.5), (0.1, 0.05)]  # (min groups, max groups): first tensor vs the rest of each player
     opt = CGD(min_params=[{"params": game.xs[:1], "lr": lrs[0][0]}, {"params": game.xs[1:], "lr": lrs[0][1]}],
               max_params=[{"params": game.ys[:1], "lr": lrs[1][0]}, {"params": game.ys[1:]}], lr=lrs[1][1],
-              tol=1e-14)
+              cg_tol=1e-14)
 
     def sizes(params, lr):
         n0 = params[0].numel()
@@ -156,7 +156,7 @@ def test_cgd_per_group_learning_rates_are_diagonal_step_sizes(kind):
 def test_acgd_steps_match_dense_formula(kind, solve_for):
     game = Game(kind)
     lr, beta, eps = 0.05, 0.9, 1e-3
-    opt = ACGD(min_params=game.xs, max_params=game.ys, lr=lr, beta=beta, eps=eps, tol=1e-14, solve_for=solve_for)
+    opt = ACGD(min_params=game.xs, max_params=game.ys, lr=lr, beta=beta, eps=eps, cg_tol=1e-14, solve_for=solve_for)
     vx = vy = 0.0
     for t in range(1, 5):
         gx, gy, Dxy = game.dense()
@@ -185,7 +185,7 @@ def test_cgd_on_device(device):
     x0, y0 = game.flat()
     xs = [nn.Parameter(p.detach().to(device)) for p in game.xs]
     ys = [nn.Parameter(p.detach().to(device)) for p in game.ys]
-    CGD(min_params=xs, max_params=ys, lr=0.3, tol=1e-14).step(lambda: game.fn(xs, ys))
+    CGD(min_params=xs, max_params=ys, lr=0.3, cg_tol=1e-14).step(lambda: game.fn(xs, ys))
     torch.testing.assert_close(torch.cat([p.detach().reshape(-1) for p in xs]).cpu() - x0, dx, rtol=0, atol=1e-10)
     torch.testing.assert_close(torch.cat([p.detach().reshape(-1) for p in ys]).cpu() - y0, dy, rtol=0, atol=1e-10)
 
@@ -197,7 +197,7 @@ def test_mixed_dtypes_follow_the_promoted_dtype():
     x0, y0 = game.flat()
     xs = [nn.Parameter(game.xs[0].detach().float()), nn.Parameter(game.xs[1].detach().clone())]
     ys = [nn.Parameter(p.detach().clone()) for p in game.ys]
-    CGD(min_params=xs, max_params=ys, lr=0.3, tol=1e-12).step(lambda: game.fn([xs[0].double(), xs[1]], ys))
+    CGD(min_params=xs, max_params=ys, lr=0.3, cg_tol=1e-12).step(lambda: game.fn([xs[0].double(), xs[1]], ys))
     assert xs[0].dtype == torch.float32
     torch.testing.assert_close(torch.cat([p.detach().double().reshape(-1) for p in xs]) - x0, dx,
                                rtol=0, atol=1e-6)
@@ -222,7 +222,7 @@ def test_dirac_gan_cgd_converges_where_simultaneous_sgd_does_not():
         return -F.softplus(-psi * theta)  # = -log(1 + exp(-psi theta))
 
     theta, psi = nn.Parameter(torch.tensor(1.0, dtype=DT)), nn.Parameter(torch.tensor(1.0, dtype=DT))
-    opt = CGD(min_params=[theta], max_params=[psi], lr=1.0, tol=1e-12)
+    opt = CGD(min_params=[theta], max_params=[psi], lr=1.0, cg_tol=1e-12)
     for _ in range(200):
         opt.step(lambda: dirac(theta, psi))
     assert math.hypot(theta.item(), psi.item()) < 1e-6
@@ -261,7 +261,7 @@ class CountingGrad:
 @pytest.mark.parametrize("cls", [CGD, ACGD])
 def test_counts_are_the_autograd_calls_made(monkeypatch, cls, warm_start):
     game = Game("mlp")
-    opt = cls(min_params=game.G.parameters(), max_params=game.D.parameters(), lr=0.1, tol=1e-10,
+    opt = cls(min_params=game.G.parameters(), max_params=game.D.parameters(), lr=0.1, cg_tol=1e-10,
               warm_start=warm_start)
     calls = CountingGrad(monkeypatch)
     iterations = []
@@ -281,7 +281,7 @@ def test_cg_iteration_count_on_a_bilinear_game_is_the_number_of_distinct_eigenva
     K = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=DT))
     x = nn.Parameter(torch.tensor([1.0, -1.0, 0.5], dtype=DT))
     y = nn.Parameter(torch.tensor([0.3, 0.2, -1.0], dtype=DT))
-    opt = CGD(min_params=[x], max_params=[y], lr=0.2, tol=1e-12, warm_start=False)
+    opt = CGD(min_params=[x], max_params=[y], lr=0.2, cg_tol=1e-12, warm_start=False)
     for _ in range(2):
         opt.step(lambda: x @ K @ y)
     assert opt.counts == {"steps": 2, "grad": 2, "hvp": 16, "cg_iterations": 6}
@@ -291,7 +291,7 @@ def test_cg_iteration_count_on_a_bilinear_game_is_the_number_of_distinct_eigenva
 @pytest.mark.parametrize("cls,kw", [(CGD, {"solve_for": "alternate"}), (ACGD, {"lr": 0.05})])
 def test_state_dict_round_trip_resumes_identically(cls, kw):
     game = Game("mlp")
-    opt = cls(min_params=game.G.parameters(), max_params=game.D.parameters(), tol=1e-8, **{"lr": 0.2, **kw})
+    opt = cls(min_params=game.G.parameters(), max_params=game.D.parameters(), cg_tol=1e-8, **{"lr": 0.2, **kw})
     for _ in range(3):
         opt.step(game.loss)
     buffer = io.BytesIO()
@@ -317,7 +317,7 @@ def test_state_dict_round_trip_resumes_identically(cls, kw):
 
 def test_step_lr_scheduler_changes_the_step():
     game = Game("quadratic")
-    opt = CGD(min_params=game.xs, max_params=game.ys, lr=0.4, tol=1e-14)
+    opt = CGD(min_params=game.xs, max_params=game.ys, lr=0.4, cg_tol=1e-14)
     scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     for eta in (0.4, 0.2, 0.1):
         assert all(group["lr"] == pytest.approx(eta) for group in opt.param_groups)
@@ -352,9 +352,10 @@ def test_bad_arguments_raise():
         ({"lr": -1.0}, ValueError, "lr"),
         ({"lr": float("nan")}, ValueError, "lr"),
         ({"lr": "0.1"}, TypeError, "lr"),
-        ({"tol": -1e-3}, ValueError, "tol"),
-        ({"max_cg_iters": -1}, ValueError, "max_cg_iters"),
-        ({"max_cg_iters": 2.5}, TypeError, "max_cg_iters"),
+        ({"cg_tol": -1e-3}, ValueError, "cg_tol"),
+        ({"cg_max_iters": -1}, ValueError, "cg_max_iters"),
+        ({"cg_max_iters": 2.5}, TypeError, "cg_max_iters"),
+        ({"max_iters": 5}, TypeError, "max_iters"),
         ({"solve_for": "x"}, ValueError, "solve_for"),
         ({"warm_start": 1}, TypeError, "warm_start"),
     ]:
@@ -426,7 +427,7 @@ def test_optimizer_matches_the_batched_solver(name):
                                **{k: torch.tensor(v, dtype=DT) for k, v in settings.items()})
     z = problem.z0
     state = solver.init(problem, z)
-    opt = (CGD if name == "cgd" else ACGD)(min_params=game.xs, max_params=game.ys, lr=lr, tol=1e-13)
+    opt = (CGD if name == "cgd" else ACGD)(min_params=game.xs, max_params=game.ys, lr=lr, cg_tol=1e-13)
     for _ in range(4):
         z, state = solver.step(problem, z, state)
         opt.step(game.loss)
@@ -436,3 +437,41 @@ def test_optimizer_matches_the_batched_solver(name):
         assert opt.info["cg_iterations"] == int(state.cg_iterations[0])
     assert opt.counts["hvp"] == int(state.hvp_calls[0])
     assert opt.counts["grad"] == int(state.operator_calls[0])
+
+
+@pytest.mark.parametrize("cls", [CGD, ACGD])
+def test_old_cg_setting_names_are_deprecated_aliases(cls):
+    """``tol`` / ``max_cg_iters`` (before the batched solvers' names) still work, with a DeprecationWarning."""
+    runs = []
+    for kw in ({"cg_tol": 1e-3, "cg_max_iters": 2}, {"tol": 1e-3, "max_cg_iters": 2}):
+        game = Game("mlp")
+        if "tol" in kw:
+            with pytest.warns(DeprecationWarning) as warned:
+                opt = cls(min_params=game.G.parameters(), max_params=game.D.parameters(), lr=0.2, **kw)
+            assert sorted(str(w.message) for w in warned) == [
+                f"{cls.__name__}: max_cg_iters is deprecated, use cg_max_iters",
+                f"{cls.__name__}: tol is deprecated, use cg_tol"]
+            assert all(w.filename == __file__ for w in warned)  # points at the caller
+        else:
+            opt = cls(min_params=game.G.parameters(), max_params=game.D.parameters(), lr=0.2, **kw)
+        assert (opt.cg_tol, opt.cg_max_iters) == (1e-3, 2)
+        for _ in range(2):
+            opt.step(game.loss)
+        assert opt.info["cg_iterations"] <= 2  # the cap took effect
+        runs.append([p.detach().clone() for p in game.xs + game.ys])
+    assert all(torch.equal(p, q) for p, q in zip(*runs))
+    with pytest.warns(DeprecationWarning, match="use cg_max_iters"):
+        assert opt.max_cg_iters == 2
+    with pytest.raises(TypeError, match="pass cg_tol only"):
+        cls(min_params=game.G.parameters(), max_params=game.D.parameters(), cg_tol=1e-4, tol=1e-3)
+
+
+def test_state_dicts_saved_with_the_old_setting_names_load():
+    game = Game("quadratic")
+    opt = CGD(min_params=game.xs, max_params=game.ys, cg_tol=1e-9, cg_max_iters=7)
+    state = opt.state_dict()
+    assert state["cg"] == {"cg_tol": 1e-9, "cg_max_iters": 7, "solve_for": "min", "warm_start": True}
+    state["cg"] = {"tol": 1e-9, "max_cg_iters": 7, "solve_for": "max", "warm_start": False}  # as saved before
+    fresh = CGD(min_params=game.xs, max_params=game.ys)
+    fresh.load_state_dict(state)
+    assert (fresh.cg_tol, fresh.cg_max_iters, fresh.solve_for, fresh.warm_start) == (1e-9, 7, "max", False)

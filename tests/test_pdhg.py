@@ -232,8 +232,8 @@ def test_pdhg_certificates_do_not_fire_on_feasible_lps():
     (dict(c=[1.0, 2.0], A_ub=[[1.0, 2.0, 3.0]], b_ub=[1.0]), "n = 2 columns"),
     (dict(c=[1.0, 2.0], A_ub=[[1.0, 2.0]], b_ub=[1.0, 2.0]), "b_ub must have shape"),
     (dict(c=[1.0, 2.0], A_ub=[[1.0, 2.0]]), "b_ub is required"),
-    (dict(c=[1.0, 2.0], bounds=[(0, 1)]), "bounds must give n = 2"),
-    (dict(c=[1.0, 2.0], bounds=(2, 1)), "lower bound exceeds"),
+    (dict(c=[1.0, 2.0], bounds=[(0, 1)] * 3), "n = 2 pairs"),
+    (dict(c=[1.0, 2.0], bounds=(1, -float("inf"))), "upper bound of -inf"),
     (dict(c=[1.0, 2.0], method="simplex"), "method"),
 ])
 def test_linprog_bad_input(kwargs, match):

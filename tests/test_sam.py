@@ -495,3 +495,66 @@ def test_grad_scaler_unscale_to_clip_the_second_gradient():
             opt.zero_grad()
         runs.append(flat(model))
     assert torch.equal(runs[0], runs[1])
+
+
+class _Stretched(saddle.SaddleProblem):
+    """``L(w + e) = 1/2 |w + e - c|^2`` with the perturbation measured in the fixed metric ``T = diag(t)``."""
+
+    def __init__(self, c, t, rho):
+        self.t = t
+        # Attributes an older SAM read by name; the hook is the only thing that may count now.
+        self.adaptive, self.eta = True, 5.0
+        super().__init__(lambda w, e: 0.5 * (w + e - c).square().sum(-1), torch.zeros_like(c), torch.zeros_like(c),
+                         Y=saddle.Ball(rho))
+
+    def perturbation_scale(self, w):
+        return self.t.expand_as(w)
+
+
+def test_solvers_take_the_perturbation_geometry_from_the_problems_hook_only():
+    gen = torch.Generator().manual_seed(11)
+    c = torch.randn(2, 3, dtype=torch.float64, generator=gen)
+    t = torch.tensor([0.5, 1.0, 3.0], dtype=torch.float64)
+    rho, lr = 0.2, 0.3
+    problem = _Stretched(c, t, rho)
+    w0 = problem.z0[0]
+    # L = 1/2 |w + e - c|^2: g = w - c, e = rho T^2 g / |T g|, w+ = w - lr (w + e - c).
+    g = w0 - c
+    e = rho * t * t * g / (t * g).norm(dim=-1, keepdim=True)
+    sol = saddle.solve(problem, "sam", step_size=lr, max_iters=1, tol=0.0)
+    torch.testing.assert_close(sol.x, w0 - lr * (w0 + e - c), rtol=0, atol=1e-15)
+    # ASAM without its own eta uses the problem's metric; with one, |w| + eta (not the problem's attributes).
+    asam = saddle.solve(problem, "asam", step_size=lr, max_iters=1, tol=0.0)
+    torch.testing.assert_close(asam.x, sol.x, rtol=0, atol=0)
+    T = w0.abs() + 0.5
+    e = rho * T * T * g / (T * g).norm(dim=-1, keepdim=True)
+    sol = saddle.solve(problem, saddle.ASAM(eta=0.5, step_size=lr), max_iters=1, tol=0.0)
+    torch.testing.assert_close(sol.x, w0 - lr * (w0 + e - c), rtol=0, atol=1e-15)
+
+
+def test_plain_problems_have_the_euclidean_geometry_and_asam_defaults_to_eta_0_01():
+    gen = torch.Generator().manual_seed(12)
+    c = torch.randn(2, 3, dtype=torch.float64, generator=gen)
+    w0 = torch.randn(2, 3, dtype=torch.float64, generator=gen)
+    problem = saddle.SaddleProblem(lambda w, e: 0.5 * (w + e - c).square().sum(-1), w0, torch.zeros_like(w0),
+                                   Y=saddle.Ball(0.2))
+    assert problem.perturbation_scale(w0) is None
+    g, T = w0 - c, w0.abs() + 0.01
+    e = 0.2 * T * T * g / (T * g).norm(dim=-1, keepdim=True)
+    sol = saddle.solve(problem, "asam", step_size=0.3, max_iters=1, tol=0.0)
+    torch.testing.assert_close(sol.x, w0 - 0.3 * (w0 + e - c), rtol=0, atol=1e-15)
+
+
+def test_sharpness_estimate_is_the_loss_increase_at_the_perturbation():
+    # L(w) = 1/2 w^T H w: the first-order sharpness is L(w + e) - L(w) with e = rho T^2 H w / |T H w|.
+    gen = torch.Generator().manual_seed(13)
+    M = torch.randn(3, 3, dtype=torch.float64, generator=gen)
+    H = M @ M.T + torch.eye(3, dtype=torch.float64)
+    w = torch.randn(2, 3, dtype=torch.float64, generator=gen)
+    loss = lambda v: 0.5 * ((v @ H) * v).sum(-1)  # noqa: E731
+    for adaptive in (False, True):
+        problem = problems.get("sharpness", loss=loss, w0=w, rho=0.1, adaptive=adaptive, eta=0.02)
+        T = w.abs() + 0.02 if adaptive else torch.ones_like(w)
+        g = w @ H
+        e = 0.1 * T * T * g / (T * g).norm(dim=-1, keepdim=True)
+        torch.testing.assert_close(problem.sharpness(w), loss(w + e) - loss(w), rtol=1e-13, atol=1e-15)

@@ -675,12 +675,34 @@ def test_per_instance_parameters_of_the_wrong_shape(S, match):
         VIProblem(lambda z: z, (Reals(), S), (torch.zeros(B, 1), torch.zeros(B, n)))
 
 
+def _simplex_projection_np(v: np.ndarray) -> np.ndarray:
+    """Euclidean projection of one vector onto the probability simplex (the sort-based closed form)."""
+    u = np.sort(v)[::-1]
+    css = np.cumsum(u)
+    k = np.nonzero(u - (css - 1) / np.arange(1, len(v) + 1) > 0)[0][-1]
+    return np.maximum(v - (css[k] - 1) / (k + 1), 0.0)
+
+
 def test_per_instance_parameters_of_the_right_shape_are_accepted():
+    """Every accepted parameter shape broadcasts as meant: each instance is projected onto its own set."""
     B, n = 2, 4
-    for S in (Box(torch.zeros(B), 1.0), Box(torch.zeros(B, n), torch.ones(1, n)), Box(torch.tensor(0.0), 1.0),
-              Ball(torch.ones(B)), Ball(torch.tensor(2.0), p=INF), Simplex(), Reals()):
+    u = np.array([[1.7, -0.4, 0.3, 2.5], [-3.0, 0.2, 0.9, 0.1]])
+    clip = lambda lo, hi: np.clip(u, lo, hi)  # noqa: E731
+    radii = np.array([[1.0], [0.5]])
+    cases = [(Box(torch.zeros(B), 1.0), clip(0.0, 1.0)),
+             (Box(torch.tensor([[0.0] * n, [-1.0] * n], dtype=torch.float64), torch.ones(1, n, dtype=torch.float64)),
+              np.clip(u, [[0.0], [-1.0]], 1.0)),
+             (Box(torch.tensor(0.0), 1.0), clip(0.0, 1.0)),
+             (Ball(torch.tensor([1.0, 0.5], dtype=torch.float64)),
+              u * np.minimum(1.0, radii / np.linalg.norm(u, axis=-1, keepdims=True))),
+             (Ball(torch.tensor(2.0), p=INF), clip(-2.0, 2.0)),
+             (Simplex(), np.stack([_simplex_projection_np(row) for row in u])),
+             (Reals(), u)]
+    for S, expected in cases:
         S.check(B, n)
-        VIProblem(lambda z: z, S, torch.zeros(B, n))
+        problem = VIProblem(lambda z: z, S, torch.zeros(B, n, dtype=torch.float64))
+        np.testing.assert_allclose(problem.domain[0].project(T(u)).numpy(), expected, rtol=0, atol=1e-15,
+                                   err_msg=repr(S))
 
 
 # ---------------------------------------------------------------------------------------------

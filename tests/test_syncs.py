@@ -22,9 +22,7 @@ import problems
 import saddle
 from saddle.linalg import conjugate_gradient
 
-from test_checkpoint import KNOWN, problem_for
-from test_conformance import dro_problem
-from test_linalg import Counted, _rhs, _spd
+from _helpers import KNOWN, Counted, dro_problem, problem_for, random_spd, random_vectors
 
 CONVERSIONS = ("item", "__bool__", "tolist", "__int__", "__float__", "numpy")
 CG_SOLVERS = {"cgd", "acgd", "cgo", "ocgo"}
@@ -103,7 +101,7 @@ def cg_reads(iterations: int, cap: int, check_every: int) -> int:
 @pytest.mark.parametrize("check_every", [1, 3, 5, 100])
 @pytest.mark.parametrize("B", [1, 4])
 def test_conjugate_gradient_reads_once_plus_once_per_check(B, check_every):
-    A, b = _spd(B, 30, seed=B, cond=1e3), _rhs(B, 30, seed=B + 1)
+    A, b = random_spd(B, 30, seed=B, cond=1e3), random_vectors(B, 30, seed=B + 1)
     tol = torch.tensor([1e-3, 1e-6, 1e-9, 1e-12], dtype=torch.float64)[:B]
     for cap in (10, torch.tensor([0, 50, 7, 200])[:B], 200):
         with count_syncs() as counts:

@@ -13,9 +13,10 @@ substituting ``dx = -a_x^(1/2) c`` gives one symmetric positive definite system,
 
     (I + a_x^(1/2) D_xy a_y D_yx a_x^(1/2)) c = a_x^(1/2) (grad_x f + D_xy a_y grad_y f),
 
-solved by conjugate gradients (`saddle.linalg.conjugate_gradient`) on mixed
-Hessian-vector products (double backward, never a dense Hessian); the other
-player's step is then recovered exactly from the second equation. CGD uses
+solved by conjugate gradients on mixed Hessian-vector products (double
+backward, never a dense Hessian); the other player's step is then recovered
+exactly from the second equation. The local game is the batched solvers' own
+(`saddle.solvers.competitive.local_game`, on a batch of one). CGD uses
 ``a = lr`` of each parameter group (with one ``lr`` this is Schäfer &
 Anandkumar's CGD, arXiv 1905.12103); ACGD uses the Adam-like
 ``a = lr sqrt(1 - beta^t) / (sqrt(v) + eps)`` with ``v`` a running mean of
@@ -25,6 +26,7 @@ squared gradients (Schäfer, Zheng & Anandkumar, arXiv 1910.05852).
 from __future__ import annotations
 
 import math
+import warnings
 from numbers import Real
 from typing import Any, Callable, Iterable
 
@@ -32,15 +34,32 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from ..linalg import conjugate_gradient
+from ..operator import MixedProducts
+from ..solvers.competitive import local_game
 
 __all__ = ["CGD", "ACGD"]
 
 _PLAYERS = ("min", "max")
 _SOLVE_FOR = ("min", "max", "alternate")
-_SIGN = {"min": -1.0, "max": 1.0}  # d_p = sign_p * a_p^(1/2) * c_p
 _COUNT_KEYS = ("steps", "grad", "hvp", "cg_iterations")
-_CG_KEYS = ("tol", "max_cg_iters", "solve_for", "warm_start")
+_CG_KEYS = ("cg_tol", "cg_max_iters", "solve_for", "warm_start")
+# Keyword names before the optimizers took the batched solvers' names (deprecated; removed in the next release).
+_RENAMED = {"tol": "cg_tol", "max_cg_iters": "cg_max_iters"}
+_CG_DEFAULTS = {"cg_tol": 1e-6, "cg_max_iters": None}
+
+
+def _cg_settings(name: str, cg_tol, cg_max_iters, deprecated: dict[str, Any]) -> tuple[Any, Any]:
+    """``(cg_tol, cg_max_iters)``, taking the deprecated ``tol`` / ``max_cg_iters`` with a warning."""
+    settings = {"cg_tol": cg_tol, "cg_max_iters": cg_max_iters}
+    for old, value in deprecated.items():
+        if old not in _RENAMED:
+            raise TypeError(f"{name}.__init__() got an unexpected keyword argument {old!r}")
+        new = _RENAMED[old]
+        if settings[new] != _CG_DEFAULTS[new]:
+            raise TypeError(f"{name}: pass {new} only ({old} is its deprecated name)")
+        warnings.warn(f"{name}: {old} is deprecated, use {new}", DeprecationWarning, stacklevel=4)
+        settings[new] = value
+    return settings["cg_tol"], settings["cg_max_iters"]
 
 
 def _check_number(name: str, arg: str, value, valid: Callable[[float], bool], what: str) -> None:
@@ -75,27 +94,41 @@ def _unflat(vector: Tensor, params: list[Tensor]) -> list[Tensor]:
 class _Competitive(Optimizer):
     """Shared engine of `CGD` and `ACGD`: subclasses define the step sizes ``a``."""
 
-    def __init__(self, min_params, max_params, defaults: dict[str, Any], *, tol: float,
-                 max_cg_iters: int | None, solve_for: str, warm_start: bool):
+    def __init__(self, min_params, max_params, defaults: dict[str, Any], *, cg_tol: float,
+                 cg_max_iters: int | None, solve_for: str, warm_start: bool, deprecated: dict[str, Any]):
         name = type(self).__name__
-        _check_number(name, "tol", tol, lambda tol: math.isfinite(tol) and tol >= 0, "a finite number >= 0")
-        if max_cg_iters is not None:
-            if isinstance(max_cg_iters, bool) or not isinstance(max_cg_iters, int):
-                raise TypeError(f"{name}: max_cg_iters must be None or an int, got {type(max_cg_iters).__name__}")
-            if max_cg_iters < 0:
-                raise ValueError(f"{name}: max_cg_iters must be >= 0, got {max_cg_iters!r}")
+        cg_tol, cg_max_iters = _cg_settings(name, cg_tol, cg_max_iters, deprecated)
+        _check_number(name, "cg_tol", cg_tol, lambda tol: math.isfinite(tol) and tol >= 0, "a finite number >= 0")
+        if cg_max_iters is not None:
+            if isinstance(cg_max_iters, bool) or not isinstance(cg_max_iters, int):
+                raise TypeError(f"{name}: cg_max_iters must be None or an int, got {type(cg_max_iters).__name__}")
+            if cg_max_iters < 0:
+                raise ValueError(f"{name}: cg_max_iters must be >= 0, got {cg_max_iters!r}")
         if solve_for not in _SOLVE_FOR:
             raise ValueError(f"{name}: solve_for must be one of {_SOLVE_FOR}, got {solve_for!r}")
         if not isinstance(warm_start, bool):
             raise TypeError(f"{name}: warm_start must be a bool, got {type(warm_start).__name__}")
-        self.tol = float(tol)
-        self.max_cg_iters = max_cg_iters
+        self.cg_tol = float(cg_tol)
+        self.cg_max_iters = cg_max_iters
         self.solve_for = solve_for
         self.warm_start = warm_start
         groups = self._player_groups(min_params, "min") + self._player_groups(max_params, "max")
         super().__init__(groups, defaults)
         self.counts: dict[str, int] = dict.fromkeys(_COUNT_KEYS, 0)
         self.info: dict[str, Any] = {}
+
+    @property
+    def tol(self) -> float:
+        """Deprecated name of `cg_tol`."""
+        warnings.warn(f"{type(self).__name__}.tol is deprecated, use cg_tol", DeprecationWarning, stacklevel=2)
+        return self.cg_tol
+
+    @property
+    def max_cg_iters(self) -> int | None:
+        """Deprecated name of `cg_max_iters`."""
+        warnings.warn(f"{type(self).__name__}.max_cg_iters is deprecated, use cg_max_iters", DeprecationWarning,
+                      stacklevel=2)
+        return self.cg_max_iters
 
     # ----------------------------------------------------------------- groups
     def _player_groups(self, params, player: str) -> list[dict[str, Any]]:
@@ -169,6 +202,7 @@ class _Competitive(Optimizer):
         if counts is not None:
             self.counts = {k: int(counts.get(k, 0)) for k in _COUNT_KEYS}
         if settings is not None:
+            settings = {_RENAMED.get(key, key): value for key, value in settings.items()}  # older state dicts
             for key in _CG_KEYS:
                 setattr(self, key, settings[key])
 
@@ -247,7 +281,6 @@ class _Competitive(Optimizer):
                     size = torch.as_tensor(size, dtype=dtype, device=p.device).expand(p.shape)
                 sizes.append(size.reshape(-1))
             a[player] = sizes[0] if len(sizes) == 1 else torch.cat(sizes)
-        root = {player: a[player].sqrt() for player in _PLAYERS}
 
         def mixed(player: str, v: Tensor) -> Tensor:
             """D_{player, opponent} v = grad_player <grad_opponent f, v>: one backward through the gradient graph."""
@@ -264,28 +297,26 @@ class _Competitive(Optimizer):
         if solved == "alternate":  # as the CGDs package: the max player's system first, then in turn
             solved = "max" if self.counts["steps"] % 2 == 0 else "min"
         other = "max" if solved == "min" else "min"
-        sign = _SIGN[solved]
-
-        # (I + a_p^1/2 D_pq a_q D_qp a_p^1/2) c = a_p^1/2 (g_p - sign D_pq a_q g_q),  d_p = sign a_p^1/2 c
-        # for the solved player p and the other player q.
-        def matvec(w: Tensor) -> Tensor:
-            return w + (root[solved] * mixed(solved, a[other] * mixed(other, root[solved] * w[0]))).unsqueeze(0)
-
-        rhs = root[solved] * (g[solved] - sign * mixed(solved, a[other] * g[other]))
+        # The solved player is local_game's x-player: for the max player, the game of -f with the roles
+        # swapped (flip = -1), whose CG unknown and recovered vector are minus this optimizer's c (its
+        # convention, kept in the state: d_p = -a_p^1/2 c_p for the min player, +a_p^1/2 c_p for the max).
+        flip = 1.0 if solved == "min" else -1.0
+        products = MixedProducts(flip * g[solved].unsqueeze(0), flip * g[other].unsqueeze(0),
+                                 lambda v: flip * mixed(solved, v[0]).unsqueeze(0),
+                                 lambda u: flip * mixed(other, u[0]).unsqueeze(0))
         x0 = None
         if self.warm_start and all("cg_solution" in self.state[t] for t in params[solved]):
-            x0 = _flat([self.state[t]["cg_solution"] for t in params[solved]], params[solved], dtype).unsqueeze(0)
-        cap = rhs.numel() if self.max_cg_iters is None else self.max_cg_iters
+            x0 = flip * _flat([self.state[t]["cg_solution"] for t in params[solved]], params[solved], dtype).unsqueeze(0)
+        cap = g[solved].numel() if self.cg_max_iters is None else self.cg_max_iters
         # One system (B = 1): test CG's early exit after every iteration. An iteration run past the
         # stop would be masked (the result and counts are the same), but it still costs two
         # Hessian-vector products through both players, far more than the host read that
         # avoids it (on the CPU the loop runs unmasked with one free read per iteration).
-        result = conjugate_gradient(matvec, rhs.unsqueeze(0), x0, tol=self.tol, max_iters=cap, check_every=1)
-        c = {solved: result.x[0]}
-        d = {solved: sign * root[solved] * c[solved]}
-        # Exact recovery of the other player: d_q = -sign a_q (g_q + D_qp d_p), c_q = a_q^1/2 (g_q + D_qp d_p).
-        h = g[other] + mixed(other, d[solved])
-        d[other], c[other] = -sign * a[other] * h, root[other] * h
+        game = local_game(products, a[solved].unsqueeze(0), a[other].unsqueeze(0), x0, tol=self.cg_tol,
+                          max_iters=cap, check_every=1)
+        result = game.cg
+        d = {solved: game.dx[0], other: game.dy[0]}
+        c = {solved: flip * result.x[0], other: flip * game.c_y[0]}
 
         with torch.no_grad():
             for player in _PLAYERS:
@@ -297,7 +328,7 @@ class _Competitive(Optimizer):
         # exactly: counts below 2^24, the residuals in their own precision).
         dtype = torch.promote_types(result.residual.dtype, torch.float32)
         read = torch.stack([result.iterations[0].to(dtype), result.matvecs[0].to(dtype), result.residual[0],
-                            result.converged[0].to(dtype), torch.linalg.vector_norm(rhs).to(dtype)]).tolist()
+                            result.converged[0].to(dtype), torch.linalg.vector_norm(game.rhs).to(dtype)]).tolist()
         iterations, matvecs, residual, converged, rhs_norm = read
         iterations = int(iterations)
         self.counts["steps"] += 1
@@ -334,20 +365,25 @@ class CGD(_Competitive):
             maximizes the loss.
         lr: the step size ``eta`` (default for every group; >= 0). Schedulers
             from ``torch.optim.lr_scheduler`` change it through ``param_groups``.
-        tol: relative residual tolerance of the conjugate-gradient solve,
-            ``|r| <= tol |b|`` (the CGDs package's ``tol`` is on squared norms:
-            its ``tol=1e-12`` is ``tol=1e-6`` here).
-        max_cg_iters: cap on CG iterations per step (default: the dimension of
-            the solved player, where exact CG terminates).
+        cg_tol: relative residual tolerance of the conjugate-gradient solve,
+            ``|r| <= cg_tol |b|`` (the CGDs package's ``tol`` is on squared norms:
+            its ``tol=1e-12`` is ``cg_tol=1e-6`` here). The batched solvers'
+            name; ``tol`` is its deprecated alias.
+        cg_max_iters: cap on CG iterations per step (default: the dimension of
+            the solved player, where exact CG terminates); ``max_cg_iters`` is
+            its deprecated alias.
         solve_for: whose system CG solves: ``"min"``, ``"max"``, or
             ``"alternate"`` (max on odd steps, min on even steps, as the CGDs
             package does). Exact solves give the same step either way.
         warm_start: start CG from the previous step's solution (its residual
             is recomputed for the new system, one extra product).
+        **deprecated: ``tol`` and ``max_cg_iters``, the old names of ``cg_tol``
+            and ``cg_max_iters`` (a ``DeprecationWarning``; removed in the next release).
 
     ``state_dict`` holds, besides the ``torch.optim`` state and groups, the
-    ``counts`` and the CG settings (``tol``, ``max_cg_iters``, ``solve_for``,
-    ``warm_start``); ``load_state_dict`` restores them all.
+    ``counts`` and the CG settings (``cg_tol``, ``cg_max_iters``, ``solve_for``,
+    ``warm_start``); ``load_state_dict`` restores them all (also from state
+    dicts saved with the old names).
 
     Attributes:
         counts: work done so far: ``steps``,
@@ -373,10 +409,10 @@ class CGD(_Competitive):
         >>> opt.step(closure)                     # or: opt.step(loss=gan_loss(G, D, batch))
     """
 
-    def __init__(self, *, min_params, max_params, lr: float = 1e-3, tol: float = 1e-6,
-                 max_cg_iters: int | None = None, solve_for: str = "min", warm_start: bool = True):
-        super().__init__(min_params, max_params, {"lr": lr}, tol=tol, max_cg_iters=max_cg_iters,
-                         solve_for=solve_for, warm_start=warm_start)
+    def __init__(self, *, min_params, max_params, lr: float = 1e-3, cg_tol: float = 1e-6,
+                 cg_max_iters: int | None = None, solve_for: str = "min", warm_start: bool = True, **deprecated):
+        super().__init__(min_params, max_params, {"lr": lr}, cg_tol=cg_tol, cg_max_iters=cg_max_iters,
+                         solve_for=solve_for, warm_start=warm_start, deprecated=deprecated)
 
     def _step_sizes(self, group, p, grad):
         return float(group["lr"])
@@ -398,7 +434,7 @@ class ACGD(_Competitive):
     The defaults (``lr=1e-3``, ``beta=0.99``, ``eps=1e-5``) are those of the
     co-author's CGDs package, whose ``ACGD(max_params, min_params, lr_max,
     lr_min, beta, eps, tol)`` this matches (pass ``solve_for="alternate"`` and
-    ``tol = sqrt(its tol)`` to follow it step for step).
+    ``cg_tol = sqrt(its tol)`` to follow it step for step).
 
     Args:
         min_params: parameters (or groups) of the player that minimizes the loss, as in `CGD`.
@@ -406,10 +442,11 @@ class ACGD(_Competitive):
         lr: the base step size (default for every group; >= 0).
         beta: decay of the running mean of squared gradients, in [0, 1).
         eps: added to ``sqrt(v)``, > 0.
-        tol: relative residual tolerance of CG, as in `CGD`.
-        max_cg_iters: cap on CG iterations per step, as in `CGD`.
+        cg_tol: relative residual tolerance of CG, as in `CGD`.
+        cg_max_iters: cap on CG iterations per step, as in `CGD`.
         solve_for: ``"min"``, ``"max"`` or ``"alternate"``, as in `CGD`.
         warm_start: start CG from the previous step's solution, as in `CGD`.
+        **deprecated: ``tol`` and ``max_cg_iters``, as in `CGD`.
 
     Attributes:
         counts, info: as in `CGD` (the same products per step).
@@ -418,10 +455,11 @@ class ACGD(_Competitive):
     """
 
     def __init__(self, *, min_params, max_params, lr: float = 1e-3, beta: float = 0.99, eps: float = 1e-5,
-                 tol: float = 1e-6, max_cg_iters: int | None = None, solve_for: str = "min",
-                 warm_start: bool = True):
-        super().__init__(min_params, max_params, {"lr": lr, "beta": beta, "eps": eps}, tol=tol,
-                         max_cg_iters=max_cg_iters, solve_for=solve_for, warm_start=warm_start)
+                 cg_tol: float = 1e-6, cg_max_iters: int | None = None, solve_for: str = "min",
+                 warm_start: bool = True, **deprecated):
+        super().__init__(min_params, max_params, {"lr": lr, "beta": beta, "eps": eps}, cg_tol=cg_tol,
+                         cg_max_iters=cg_max_iters, solve_for=solve_for, warm_start=warm_start,
+                         deprecated=deprecated)
 
     def _check_hyperparameters(self, group):
         super()._check_hyperparameters(group)

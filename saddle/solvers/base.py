@@ -20,12 +20,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-import torch
 from torch import Tensor
 
 from ..point import Point
 
-__all__ = ["Solver", "register", "solver_names", "get_solver", "count"]
+__all__ = ["Solver", "register", "solver_names", "get_solver"]
 
 _REGISTRY: dict[str, type] = {}
 
@@ -100,12 +99,3 @@ def get_solver(solver: str | Solver, **settings) -> Solver:
     if unknown:
         raise TypeError(f"solver {solver!r} has no setting(s) {sorted(unknown)}; its settings are {sorted(fields)}")
     return cls(**settings)
-
-
-def count(calls: Tensor, n: int | Tensor) -> Tensor:
-    """``calls + n``: add operator evaluations to a ``(B,)`` counter (n may be per instance)."""
-    return calls + n
-
-
-def zeros_count(problem) -> Tensor:
-    return torch.zeros(problem.batch_size, dtype=torch.int64, device=problem.device)

@@ -64,13 +64,13 @@ from torch import Tensor
 
 from ..linalg import CGResult, conjugate_gradient
 from ..operator import MixedProducts
-from ..point import Point
+from ..point import Point, column
 from ..sets import Reals
 from ..stepsize import Constant, StepSize
+from ._validate import per_instance
 from .base import Solver, register
 
 __all__ = ["CompetitiveState", "CGD", "ACGD", "CGO", "OCGO"]
-
 
 class CompetitiveState(NamedTuple):
     """State of the competitive methods; tensors are ``(B, ...)``.
@@ -162,22 +162,6 @@ def _check_common(solver) -> None:
         raise ValueError(f"{name}: cg_check_every must be a positive int, got {cg_check!r}")
 
 
-def _batch(value, name: str, solver: str, problem, *, dtype=None) -> Tensor:
-    """A validated setting as a ``(B,)`` tensor on the problem's device (and dtype)."""
-    if isinstance(value, Constant):
-        value = value.value
-    B = problem.batch_size
-    dtype = problem.dtype if dtype is None else dtype
-    if isinstance(value, Tensor):
-        t = value.detach().to(problem.device, dtype)
-    else:
-        t = torch.as_tensor(value, dtype=dtype, device=problem.device)
-    if t.dim() == 1 and t.shape[0] != B:
-        raise ValueError(f"{solver}: {name} has shape {tuple(t.shape)}; a per-instance setting must have shape "
-                         f"(B,) = ({B},)")
-    return t.expand(B).clone()
-
-
 def _default_step(problem, c: float, fallback: float) -> Tensor:
     """``c / L`` per instance when the problem knows L, else ``fallback``: ``(B,)``."""
     L = problem.lipschitz()
@@ -212,7 +196,7 @@ def _check_problem(name: str, problem) -> None:
                              "game is solved in closed form on R^n x R^m, and projecting its solution does not keep "
                              "the constrained solutions as fixed points; use extragradient, mirror_prox or pdhg")
     if isinstance(problem, CompositeSaddleProblem):
-        for label, (_, rough) in (("g", problem._g_split), ("h", problem._h_split)):
+        for label, (_, rough) in (("g", problem.g_parts), ("h", problem.h_parts)):
             if not isinstance(rough, Zero):
                 raise ValueError(f"{name} needs a smooth objective, but {label} has a non-smooth part "
                                  f"({type(rough).__name__}) that needs a prox step; use pdhg, lpd or alpd")
@@ -222,8 +206,8 @@ def _cg_settings(solver, problem) -> tuple[Tensor, Tensor]:
     tol = solver.cg_tol
     if tol is None:
         tol = math.sqrt(torch.finfo(problem.dtype).eps)
-    return (_batch(tol, "cg_tol", solver.name, problem),
-            _batch(solver.cg_max_iters, "cg_max_iters", solver.name, problem, dtype=torch.int64))
+    return (per_instance(tol, "cg_tol", solver.name, problem),
+            per_instance(solver.cg_max_iters, "cg_max_iters", solver.name, problem, dtype=torch.int64))
 
 
 def _initial_state(solver, problem, z0: Point, step_size: Tensor, alpha: Tensor | None, **extra) -> CompetitiveState:
@@ -248,8 +232,29 @@ def _initial_state(solver, problem, z0: Point, step_size: Tensor, alpha: Tensor 
 
 # -- the local game ---------------------------------------------------------------------------
 
+class LocalGame(NamedTuple):
+    """The equilibrium of a local game (`local_game`); tensors are ``(B, ...)``.
+
+    Attributes:
+        dx: ``(B, n)`` the x-player's move, ``-A_x^{1/2} c_x``.
+        dy: ``(B, m)`` the y-player's move, ``A_y^{1/2} c_y``.
+        cg: the CG result of the x-system (its ``x`` is ``c_x``).
+        hvps: ``(B,)`` mixed products spent per instance.
+        c_y: ``(B, m)`` ``A_y^{1/2} (g_y + D_yx dx)``, the y-player's scaled move (a warm start
+            when the y-system is solved next).
+        rhs: ``(B, n)`` the right-hand side of the x-system.
+    """
+
+    dx: Tensor
+    dy: Tensor
+    cg: CGResult
+    hvps: Tensor
+    c_y: Tensor
+    rhs: Tensor
+
+
 def local_game(products: MixedProducts, a_x: Tensor, a_y: Tensor, warm: Tensor | None, *, tol, max_iters,
-               check_every: int = 5) -> tuple[Tensor, Tensor, CGResult, Tensor]:
+               check_every: int = 5) -> LocalGame:
     """The equilibrium ``(dx, dy)`` of the local bilinear game with metrics ``diag(a_x)``, ``diag(a_y)``.
 
     Args:
@@ -262,10 +267,16 @@ def local_game(products: MixedProducts, a_x: Tensor, a_y: Tensor, warm: Tensor |
         check_every: CG's host-synchronization interval.
 
     Returns:
-        ``(dx, dy, cg, hvps)``: ``dx = -A_x^{1/2} c`` with
+        `LocalGame` ``(dx, dy, cg, hvps, c_y, rhs)``: ``dx = -A_x^{1/2} c`` with
         ``(I + A_x^{1/2} D_xy A_y D_yx A_x^{1/2}) c = A_x^{1/2} (g_x + D_xy A_y g_y)``,
-        ``dy = A_y (g_y + D_yx dx)``; the CG result (its ``x`` is ``c``); and the
-        mixed products spent per instance, ``(B,)``.
+        ``dy = A_y (g_y + D_yx dx)``; the CG result (its ``x`` is ``c``); the
+        mixed products spent per instance, ``(B,)``; ``c_y = A_y^{1/2} (g_y + D_yx dx)``; and the
+        right-hand side.
+
+    The game of the other player (``y`` solved for, ``x`` recovered) is this
+    one with the players swapped and f negated: products ``(-g_y, -g_x,
+    u -> -D_yx u, v -> -D_xy v)``, whose ``(dx, dy)`` are ``(dy, dx)`` of the
+    original game (`saddle.optim.CGD` with ``solve_for="max"``).
     """
     s_x = a_x.sqrt()
     rhs = s_x * (products.grad_x + products.xy(a_y * products.grad_y))
@@ -278,12 +289,8 @@ def local_game(products: MixedProducts, a_x: Tensor, a_y: Tensor, warm: Tensor |
     # non-finite instead, so that the driver sees it (and marks the instance DIVERGED).
     finite = torch.isfinite(rhs).all(-1, keepdim=True)
     dx = -s_x * torch.where(finite, cg.x, torch.full_like(cg.x, math.nan))
-    dy = a_y * (products.grad_y + products.yx(dx))
-    return dx, dy, cg, 2 + 2 * cg.matvecs
-
-
-def _col(t: Tensor) -> Tensor:
-    return t.unsqueeze(-1)
+    recovered = products.grad_y + products.yx(dx)
+    return LocalGame(dx, a_y * recovered, cg, 2 + 2 * cg.matvecs, a_y.sqrt() * recovered, rhs)
 
 
 class _Competitive(Solver):
@@ -299,16 +306,29 @@ class _Competitive(Solver):
     def check(self, problem) -> None:
         _check_problem(self.name, problem)
 
+    def _step_size(self, problem) -> Tensor:
+        """eta, ``(B,)``: the setting, else ``c / L`` (``fallback`` without L)."""
+        if self.step_size is None:
+            return _default_step(problem, self.c, self.fallback)
+        return per_instance(self.step_size, "step_size", self.name, problem)
+
     def _move(self, problem, z: Point, state: CompetitiveState, warm: Tensor | None):
         """``(eta / alpha) (dx, dy)`` of the local game with metric alpha at z; also the CG result and products."""
-        alpha = _col(state.alpha)
-        dx, dy, cg, hvps = local_game(problem.mixed_products(z), alpha, alpha, warm, tol=state.cg_tol,
-                                      max_iters=state.cg_max_iters, check_every=self.cg_check_every)
-        scale = _col(state.step_size) / alpha
-        return (scale * dx, scale * dy), cg, hvps
+        alpha = column(state.alpha, z[0])
+        game = local_game(problem.mixed_products(z), alpha, alpha, warm, tol=state.cg_tol,
+                          max_iters=state.cg_max_iters, check_every=self.cg_check_every)
+        scale = column(state.step_size, z[0]) / alpha
+        return (scale * game.dx, scale * game.dy), game.cg, game.hvps
 
     def _warm(self, state: CompetitiveState) -> Tensor | None:
         return state.cg_solution if (self.warm_start and state.warm) else None
+
+    def step(self, problem, z, state):
+        """One move to the scaled local equilibrium (`CGD`, `CGO`)."""
+        (dx, dy), cg, hvps = self._move(problem, z, state, self._warm(state))
+        return (z[0] + dx, z[1] + dy), state._replace(
+            cg_solution=cg.x, warm=True, operator_calls=state.operator_calls + 1, hvp_calls=state.hvp_calls + hvps,
+            cg_iterations=cg.iterations, cg_converged=cg.converged, steps=state.steps + 1)
 
 
 @register("cgd")
@@ -365,15 +385,8 @@ class CGD(_Competitive):
 
     def init(self, problem, z0):
         self.check(problem)
-        eta = _default_step(problem, self.c, self.fallback) if self.step_size is None else \
-            _batch(self.step_size, "step_size", self.name, problem)
+        eta = self._step_size(problem)
         return _initial_state(self, problem, z0, eta, eta)
-
-    def step(self, problem, z, state):
-        (dx, dy), cg, hvps = self._move(problem, z, state, self._warm(state))
-        return (z[0] + dx, z[1] + dy), state._replace(
-            cg_solution=cg.x, warm=True, operator_calls=state.operator_calls + 1, hvp_calls=state.hvp_calls + hvps,
-            cg_iterations=cg.iterations, cg_converged=cg.converged, steps=state.steps + 1)
 
 
 @register("cgo")
@@ -426,25 +439,18 @@ class CGO(_Competitive):
         _check_value(self.alpha, "alpha", self.name, low=0.0, allow_none=True)
 
     def _resolve(self, problem) -> tuple[Tensor, Tensor]:
-        eta = _default_step(problem, self.c, self.fallback) if self.step_size is None else \
-            _batch(self.step_size, "step_size", self.name, problem)
+        eta = self._step_size(problem)
         if self.alpha is None:
             # At least 2 eta: with alpha <= eta / 2 the step does not converge on any bilinear game (nor
             # near any equilibrium with a bilinear linearization, such as the Dirac GAN's).
             alpha = torch.maximum(_default_step(problem, self.c_alpha, self.fallback_alpha), 2 * eta)
         else:
-            alpha = _batch(self.alpha, "alpha", self.name, problem)
+            alpha = per_instance(self.alpha, "alpha", self.name, problem)
         return eta, alpha
 
     def init(self, problem, z0):
         self.check(problem)
         return _initial_state(self, problem, z0, *self._resolve(problem))
-
-    def step(self, problem, z, state):
-        (dx, dy), cg, hvps = self._move(problem, z, state, self._warm(state))
-        return (z[0] + dx, z[1] + dy), state._replace(
-            cg_solution=cg.x, warm=True, operator_calls=state.operator_calls + 1, hvp_calls=state.hvp_calls + hvps,
-            cg_iterations=cg.iterations, cg_converged=cg.converged, steps=state.steps + 1)
 
 
 @register("ocgo")
@@ -536,21 +542,23 @@ class ACGD(_Competitive):
         self.check(problem)
         name = self.name
         return _initial_state(
-            self, problem, z0, _batch(self.step_size, "step_size", name, problem), None,
+            self, problem, z0, per_instance(self.step_size, "step_size", name, problem), None,
             sq_avg_x=torch.zeros_like(z0[0]), sq_avg_y=torch.zeros_like(z0[1]),
-            beta=_batch(self.beta, "beta", name, problem), eps=_batch(self.eps, "eps", name, problem))
+            beta=per_instance(self.beta, "beta", name, problem), eps=per_instance(self.eps, "eps", name, problem))
 
     def step(self, problem, z, state):
         products = problem.mixed_products(z)
         t = state.steps + 1
-        beta, eps = _col(state.beta), _col(state.eps)
+        beta, eps = column(state.beta, z[0]), column(state.eps, z[0])
         sq_x = beta * state.sq_avg_x + (1 - beta) * products.grad_x.square()
         sq_y = beta * state.sq_avg_y + (1 - beta) * products.grad_y.square()
-        scale = _col(state.step_size * torch.sqrt(1 - torch.pow(state.beta, t.to(state.beta.dtype))))
+        scale = column(state.step_size * torch.sqrt(1 - torch.pow(state.beta, t.to(state.beta.dtype))), z[0])
         a_x = scale / (sq_x.sqrt() + eps)
         a_y = scale / (sq_y.sqrt() + eps)
-        dx, dy, cg, hvps = local_game(products, a_x, a_y, self._warm(state), tol=state.cg_tol,
-                                      max_iters=state.cg_max_iters, check_every=self.cg_check_every)
-        return (z[0] + dx, z[1] + dy), state._replace(
-            cg_solution=cg.x, warm=True, operator_calls=state.operator_calls + 1, hvp_calls=state.hvp_calls + hvps,
-            cg_iterations=cg.iterations, cg_converged=cg.converged, steps=t, sq_avg_x=sq_x, sq_avg_y=sq_y)
+        game = local_game(products, a_x, a_y, self._warm(state), tol=state.cg_tol,
+                          max_iters=state.cg_max_iters, check_every=self.cg_check_every)
+        cg = game.cg
+        return (z[0] + game.dx, z[1] + game.dy), state._replace(
+            cg_solution=cg.x, warm=True, operator_calls=state.operator_calls + 1,
+            hvp_calls=state.hvp_calls + game.hvps, cg_iterations=cg.iterations, cg_converged=cg.converged, steps=t,
+            sq_avg_x=sq_x, sq_avg_y=sq_y)

@@ -133,8 +133,8 @@ from torch import Tensor
 from ..compress import Compressor, RandK, RandomKey, TopK, get_compressor, uniform, value_bits
 from ..point import Point
 from ..sets import Reals
+from ._validate import per_instance
 from .base import Solver, register
-from .competitive import _batch
 
 __all__ = ["CompressedState", "MASHA1", "MASHA2", "DistributedEG", "CompressedEG"]
 
@@ -338,7 +338,7 @@ class _Distributed(Solver):
         if self.step_size is None:
             gamma = self._default_step(problem, tau).to(torch.float64)
         else:
-            gamma = _batch(self.step_size, "step_size", self.name, problem, dtype=torch.float64).cpu()
+            gamma = per_instance(self.step_size, "step_size", self.name, problem, dtype=torch.float64).cpu()
             if not bool(torch.isfinite(gamma).all()) or bool((gamma <= 0).any()):
                 raise ValueError(f"{self.name}: step_size must be positive and finite, got {self.step_size!r}")
         seed = getattr(self, "seed", 0)

@@ -94,6 +94,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..point import column
 from .base import Solver, register
 
 __all__ = ["LinearizedPDState", "LPD", "ALPD", "InexactALPD"]
@@ -183,7 +184,7 @@ def _dual_mode(solver, problem) -> str:
         except NotImplementedError as err:
             if solver.dual_step == "prox":
                 raise ValueError(f"{solver.name}: dual_step='prox' needs a closed-form prox of h over Y: {err}") from err
-    if not problem._h_split[0].smooth:
+    if not problem.h_parts[0].smooth:
         raise ValueError(f"{solver.name}: h has no closed-form prox over Y and no smooth part to linearize")
     try:
         problem.block_prox(1, y0, torch.zeros_like(y0), 1.0)
@@ -208,7 +209,7 @@ def _constants(solver, problem) -> tuple[Constants, str]:
     except NotImplementedError as err:
         raise ValueError(f"{name}: the primal step needs a closed-form prox of g's non-smooth part over X: "
                          f"{err}") from err
-    g_smooth, h_smooth = problem._g_split[0], problem._h_split[0]
+    g_smooth, h_smooth = problem.g_parts[0], problem.h_parts[0]
     coupling_L = problem.coupling.lipschitz()
 
     def resolve(setting_name: str, default, where: str, positive: bool = False) -> Tensor:
@@ -252,10 +253,6 @@ def _constants(solver, problem) -> tuple[Constants, str]:
 # -- the shared iteration ---------------------------------------------------------------------
 
 
-def _col(t: Tensor) -> Tensor:
-    return t.unsqueeze(-1)
-
-
 class _Schedule(NamedTuple):
     gamma: Tensor
     q: Tensor
@@ -286,8 +283,17 @@ def _inner_steps(c: Constants, eta: Tensor, t: int, p: float) -> Tensor:
     return torch.clamp(torch.nan_to_num(n, nan=1.0, posinf=1.0), min=1.0).to(torch.int64)
 
 
+@dataclass(frozen=True)
 class _LinearizedPrimalDual(Solver):
-    """The iteration shared by `LPD`, `ALPD` and `InexactALPD` (see the module docstring)."""
+    """The iteration and the settings shared by `LPD`, `ALPD` and `InexactALPD` (see the module docstring)."""
+
+    mu: object = None
+    lipschitz_g: object = None
+    lipschitz_xx: object = None
+    lipschitz_xy: object = None
+    lipschitz_yy: object = None
+    lipschitz_h: object = None
+    dual_step: str = "auto"
 
     accelerated = False
     inexact = False
@@ -298,7 +304,7 @@ class _LinearizedPrimalDual(Solver):
     def init(self, problem, z0):
         x, y = z0
         constants, mode = _constants(self, problem)
-        dev, dt = problem.device, problem.dtype
+        dev = problem.device
         # float64 on the device: the schedules (and inexact ALPD's N_t) are computed as on the host.
         on_device = Constants(*(v.to(device=dev) for v in constants))
         gy = problem.coupling.grad_y(x, y)
@@ -323,13 +329,13 @@ class _LinearizedPrimalDual(Solver):
 
         # Dual step: the prox of h (or of its non-smooth part, h's smooth part linearized).
         if linearized_dual:
-            y_next = problem.block_prox(1, y, problem._h_split[0].grad(y) - state.v, 1.0 / s.tau)
+            y_next = problem.block_prox(1, y, problem.h_parts[0].grad(y) - state.v, 1.0 / s.tau)
         else:
-            y_next = problem.h.prox(y + state.v / _col(s.tau), 1.0 / s.tau, problem.domain[1])
+            y_next = problem.h.prox(y + state.v / column(s.tau, y), 1.0 / s.tau, problem.domain[1])
 
         # Primal step: g linearized at x_low (x_t for LPD), phi linearized at (x_t, y_{t+1}) or kept (inexact).
-        x_low = state.x_bar + _col(s.q) * (x - state.x_bar) if self.accelerated else x
-        grad_g = problem._g_split[0].grad(x_low)
+        x_low = state.x_bar + column(s.q, x) * (x - state.x_bar) if self.accelerated else x
+        grad_g = problem.g_parts[0].grad(x_low)
         if self.inexact:
             x_next, inner = self._inner_solve(problem, x, y_next, grad_g, s64.eta, state)
         else:
@@ -338,8 +344,8 @@ class _LinearizedPrimalDual(Solver):
 
         # Dual extrapolation and the gamma-weighted averages.
         gy_next = coupling.grad_y(x_next, y_next)
-        v_next = gy_next + _col(s.theta_next) * (gy_next - state.gy)
-        q = _col(s.q)
+        v_next = gy_next + column(s.theta_next, gy_next) * (gy_next - state.gy)
+        q = column(s.q, x)
         x_bar = state.x_bar + q * (x_next - state.x_bar)
         y_bar = state.y_bar + q * (y_next - state.y_bar)
 
@@ -408,13 +414,6 @@ class LPD(_LinearizedPrimalDual):
     constants void the guarantees; larger ones are safe and slower.
     """
 
-    mu: object = None
-    lipschitz_g: object = None
-    lipschitz_xx: object = None
-    lipschitz_xy: object = None
-    lipschitz_yy: object = None
-    lipschitz_h: object = None
-    dual_step: str = "auto"
 
 
 @register("alpd")
@@ -441,34 +440,16 @@ class ALPD(_LinearizedPrimalDual):
     iteration. See the module docstring for the general schedule.
 
     Args:
-        mu: the strong convexity of h (float or ``(B,)``; default
-            ``h.strong_convexity()``, of h's smooth part with a linearized dual step).
-        lipschitz_g: L_g of ``grad g`` (default ``g.split()[0].lipschitz()``).
-        lipschitz_xx: L_xx of the coupling, the Lipschitz constant of ``grad_x phi``
-            in x (default from ``coupling.lipschitz()``; `Bilinear` gives ``(0, |K|, 0)``,
-            `SemiLinear` and `SmoothCoupling` what they were given).
-        lipschitz_xy: L_xy, the Lipschitz constant of ``grad_x phi`` in y and of
-            ``grad_y phi`` in x (default from ``coupling.lipschitz()``).
-        lipschitz_yy: L_yy, the Lipschitz constant of ``grad_y phi`` in y
-            (default from ``coupling.lipschitz()``).
-        lipschitz_h: L_h of ``grad h``'s smooth part (linearized dual step only;
-            default ``h.split()[0].lipschitz()``).
-        dual_step: ``"prox"`` (the closed-form prox of h over Y), ``"linearized"``
-            (h's smooth part linearized, its non-smooth part by its prox) or
-            ``"auto"`` (prox where h has one over Y).
+        mu: as for `LPD`.
+        lipschitz_g: as for `LPD`.
+        lipschitz_xx: as for `LPD`.
+        lipschitz_xy: as for `LPD`.
+        lipschitz_yy: as for `LPD`.
+        lipschitz_h: as for `LPD`.
+        dual_step: as for `LPD`.
 
-    A constant that neither the settings nor the problem supply raises a
-    ``ValueError`` naming it; so does mu <= 0. Settings smaller than the true
-    constants void the guarantees; larger ones are safe and slower.
+    Missing or invalid constants raise ``ValueError``, as for `LPD`.
     """
-
-    mu: object = None
-    lipschitz_g: object = None
-    lipschitz_xx: object = None
-    lipschitz_xy: object = None
-    lipschitz_yy: object = None
-    lipschitz_h: object = None
-    dual_step: str = "auto"
 
     accelerated = True
 
@@ -505,36 +486,15 @@ class InexactALPD(_LinearizedPrimalDual):
     schedule of the analysis.
 
     Args:
-        mu: the strong convexity of h (float or ``(B,)``; default
-            ``h.strong_convexity()``, of h's smooth part with a linearized dual step).
-        lipschitz_g: L_g of ``grad g`` (default ``g.split()[0].lipschitz()``).
-        lipschitz_xx: L_xx of the coupling, the Lipschitz constant of ``grad_x phi``
-            in x (default from ``coupling.lipschitz()``; `Bilinear` gives ``(0, |K|, 0)``,
-            `SemiLinear` and `SmoothCoupling` what they were given).
-        lipschitz_xy: L_xy, the Lipschitz constant of ``grad_x phi`` in y and of
-            ``grad_y phi`` in x (default from ``coupling.lipschitz()``).
-        lipschitz_yy: L_yy, the Lipschitz constant of ``grad_y phi`` in y
-            (default from ``coupling.lipschitz()``).
-        lipschitz_h: L_h of ``grad h``'s smooth part (linearized dual step only;
-            default ``h.split()[0].lipschitz()``).
-        dual_step: ``"prox"`` (the closed-form prox of h over Y), ``"linearized"``
-            (h's smooth part linearized, its non-smooth part by its prox) or
-            ``"auto"`` (prox where h has one over Y).
         inner_iterations: the cap on N_t (a positive int), or None for no cap.
         inner_accuracy: p of the schedule.
 
-    A constant that neither the settings nor the problem supply raises a
-    ``ValueError`` naming it; so does mu <= 0. Settings smaller than the true
-    constants void the guarantees; larger ones are safe and slower.
+    The constants (``mu``, ``lipschitz_g``, ``lipschitz_xx``, ``lipschitz_xy``,
+    ``lipschitz_yy``, ``lipschitz_h``) and ``dual_step`` are set as for `LPD`.
+
+    Missing or invalid constants raise ``ValueError``, as for `LPD`.
     """
 
-    mu: object = None
-    lipschitz_g: object = None
-    lipschitz_xx: object = None
-    lipschitz_xy: object = None
-    lipschitz_yy: object = None
-    lipschitz_h: object = None
-    dual_step: str = "auto"
     inner_iterations: int | None = 10
     inner_accuracy: float = 5.0
 
@@ -558,9 +518,9 @@ class InexactALPD(_LinearizedPrimalDual):
         coupling = problem.coupling
         smooth = c.lipschitz_xx + eta
         kappa = smooth / eta
-        momentum = _col((kappa.sqrt() - 1) / (kappa.sqrt() + 1)).to(x.dtype)
+        momentum = column((kappa.sqrt() - 1) / (kappa.sqrt() + 1), x).to(x.dtype)
         step = (1.0 / smooth).to(x.dtype)
-        eta_col = _col(eta).to(x.dtype)
+        eta_col = column(eta, x).to(x.dtype)
         # N_t per instance, and the loop bound from the host copy of the constants (no device
         # synchronization); each instance stops after its own N_t.
         hc = state.host_constants
@@ -577,7 +537,7 @@ class InexactALPD(_LinearizedPrimalDual):
             u_next = problem.block_prox(0, w, grad, step)
             w_next = u_next + momentum * (u_next - u)
             if n_max > 1:
-                running = _col(j < steps)
+                running = column(j < steps, u)
                 u_next = torch.where(running, u_next, u)
                 w_next = torch.where(running, w_next, w)
             u, w = u_next, w_next

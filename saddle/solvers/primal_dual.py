@@ -67,6 +67,7 @@ from ..sets import Box, Reals
 from ..solution import Status
 from ..stepsize import _as_batch
 from ..terms import L1, Linear, Quadratic, Zero
+from ._validate import check_choice, check_flag, check_integer, check_number, check_positive
 from .base import Solver, register
 
 __all__ = ["PDHG", "PDHGState"]
@@ -215,6 +216,23 @@ class PDHG(Solver):
     ruiz_iterations: int = 10
 
     # -- settings ----------------------------------------------------------------------------
+    def __post_init__(self):
+        """Check every setting that does not depend on the problem, so a bad one fails at construction."""
+        check_positive(self.name, "step_size", self.step_size)
+        check_positive(self.name, "primal_weight", self.primal_weight)
+        for flag in ("adaptive_step", "restarts", "update_primal_weight"):
+            check_flag(self.name, flag, getattr(self, flag))
+        check_flag(self.name, "precondition", self.precondition, allow_none=True)
+        check_choice(self.name, "restart_measure", self.restart_measure, (None, "gap", "kkt"))
+        check_integer(self.name, "restart_every", self.restart_every, minimum=1)
+        check_integer(self.name, "ruiz_iterations", self.ruiz_iterations, minimum=0)
+        for fraction in ("sufficient", "necessary", "artificial"):
+            check_number(self.name, fraction, getattr(self, fraction), low=0.0, high=1.0)
+        if self.sufficient > self.necessary:
+            raise ValueError(f"{self.name}: need sufficient <= necessary, got sufficient={self.sufficient!r}, "
+                             f"necessary={self.necessary!r}")
+        check_number(self.name, "infeasibility_tol", self.infeasibility_tol, low=0.0)
+
     def check(self, problem):
         from ..problem import BilinearProblem
 
@@ -227,25 +245,12 @@ class PDHG(Solver):
                 term.prox(problem.z0[block], 1.0, S)
             except NotImplementedError as err:
                 raise ValueError(f"pdhg needs a closed-form prox of {name}: {err}") from err
-        if not (isinstance(self.restart_every, int) and self.restart_every >= 1):
-            raise ValueError(f"pdhg: restart_every must be a positive integer, got {self.restart_every!r}")
-        if not 0 < self.sufficient <= self.necessary < 1:
-            raise ValueError("pdhg: need 0 < sufficient <= necessary < 1, got "
-                             f"sufficient={self.sufficient!r}, necessary={self.necessary!r}")
-        if not 0 < self.artificial < 1:
-            raise ValueError(f"pdhg: artificial must be in (0, 1), got {self.artificial!r}")
-        if self.restart_measure not in (None, "gap", "kkt"):
-            raise ValueError(f"pdhg: restart_measure must be 'gap', 'kkt' or None, got {self.restart_measure!r}")
         if self.restart_measure == "gap" and not _bilinear_lagrangian(problem):
             raise ValueError("pdhg: restart_measure='gap' needs zero or linear terms g and h_conj "
                              "(a bilinear Lagrangian); use 'kkt'")
         if self.precondition and not _separable(problem):
             raise ValueError("pdhg: precondition=True needs boxes or R^n and separable terms (zero, linear, "
                              "diagonal quadratic, L1); the scaled projections onto other sets are not projections")
-        if not (isinstance(self.ruiz_iterations, int) and self.ruiz_iterations >= 0):
-            raise ValueError(f"pdhg: ruiz_iterations must be a non-negative integer, got {self.ruiz_iterations!r}")
-        if not (isinstance(self.infeasibility_tol, (int, float)) and self.infeasibility_tol > 0):
-            raise ValueError(f"pdhg: infeasibility_tol must be positive, got {self.infeasibility_tol!r}")
 
     def _measure_kind(self, problem) -> str:
         if self.restart_measure is not None:
@@ -338,10 +343,9 @@ class PDHG(Solver):
             if self.adaptive_step:
                 rows = torch.ones(K.shape[0], K.shape[1], dtype=dt, device=dev) if dr is None else dr
                 cols = torch.ones(K.shape[0], K.shape[2], dtype=dt, device=dev) if dc is None else dc
-                largest = K.abs_reduce(rows, cols, "max")[0].amax(-1)
-                eta = 1.0 / largest.clamp_min(torch.finfo(dt).tiny)
+                eta = 1.0 / _nonzero(K.abs_reduce(rows, cols, "max")[0].amax(-1))
             else:
-                eta = 0.9 / self._scaled_norm(K, dc, dr)
+                eta = 0.9 / _nonzero(self._scaled_norm(K, dc, dr))
             eta = eta.to(dt).expand(B).clone()
         else:
             eta = _as_batch(self.step_size, B, problem, "step_size")
@@ -541,6 +545,15 @@ class PDHG(Solver):
         primal_ray_objective = -(c * s).sum(-1)
         unbounded = (primal_ray_objective > 0) & (violation.norm(dim=-1) <= eps * primal_ray_objective)
         return {"dual_ray": r, "primal_ray": s, "infeasible": infeasible, "unbounded": unbounded}
+
+
+def _nonzero(scale: Tensor) -> Tensor:
+    """A per-instance scale of K for the initial step, 1 where K = 0.
+
+    Any step is stable for a zero K (an LP with bounds only), but ``1 / 0`` would make the
+    step-weighted sums of the iterates overflow and the instance look diverged.
+    """
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
 def _recession(v: Tensor, lo: Tensor, hi: Tensor) -> Tensor:

@@ -34,7 +34,7 @@ from torch import Tensor
 from ..point import Point
 from ..sets import Ball
 from .base import Solver, register
-from .competitive import _batch
+from ._validate import per_instance
 
 __all__ = ["SAMState", "SAM", "ASAM", "sam_perturbation", "perturbation_norm"]
 
@@ -132,7 +132,7 @@ class SAM(Solver):
     optionally in micro-batch groups for m-sharpness), or any `SaddleProblem`
     with such a ``Y``. On a Euclidean `Ball` the perturbation is
     `sam_perturbation` (in the problem's adaptive geometry when it has one,
-    see `problems.sharpness.SharpnessProblem.perturbation_scale`); on another
+    given by the problem's `saddle.VIProblem.perturbation_scale`); on another
     bounded set it is ``Y.lmo(-grad_e f)``. See the module docstring for the step.
 
     Args:
@@ -170,12 +170,11 @@ class SAM(Solver):
                              f"got {problem.domain[1]!r}")
 
     def _scale(self, problem, w: Tensor) -> Tensor | None:
-        """The diagonal of the metric T_w, ``(B, n)``, or None (Euclidean)."""
-        scale = getattr(problem, "perturbation_scale", None)
-        return None if scale is None else scale(w)
+        """The diagonal of the metric T_w, ``(B, n)``, or None (Euclidean): the problem's geometry."""
+        return problem.perturbation_scale(w)
 
     def _step_size(self, problem) -> Tensor:
-        eta = _batch(self.step_size, "step_size", self.name, problem)
+        eta = per_instance(self.step_size, "step_size", self.name, problem)
         if not bool(torch.isfinite(eta).all()) or bool((eta <= 0).any()):
             raise ValueError(f"{self.name}: step_size must be positive and finite, got {self.step_size!r}")
         return eta
@@ -191,7 +190,7 @@ class SAM(Solver):
         """The extrapolated ``e^`` from ``F_e = -grad_e f(w, 0)``, shape ``(B, m)``."""
         Y = problem.domain[1]
         if isinstance(Y, Ball) and Y.p == 2:
-            rho = _batch(Y.radius, "Y.radius", self.name, problem)
+            rho = per_instance(Y.radius, "Y.radius", self.name, problem)
             scale = self._scale(problem, w)
             if scale is not None and Y.groups > 1:
                 scale = scale.repeat(1, Y.groups)
@@ -228,8 +227,10 @@ class ASAM(SAM):
     rescaling the weights. The max player's set must be a Euclidean `Ball`.
 
     Args:
-        eta: the offset in ``T_w`` (the paper's eta; default: the problem's
-            when it is an adaptive sharpness problem, else 0.01).
+        eta: the offset in ``T_w`` (the paper's eta). Default None: the
+            problem's metric (`saddle.VIProblem.perturbation_scale`, e.g. an
+            adaptive sharpness problem's ``|w| + eta``) where it has one, else
+            ``|w| + 0.01``.
         step_size: as for `SAM`.
         momentum: as for `SAM`.
         dampening: as for `SAM`.
@@ -253,9 +254,11 @@ class ASAM(SAM):
             raise ValueError(f"{self.name}: the perturbation block must have the size of w (times the number of "
                              f"micro-batch groups); got w {tuple(problem.z0[0].shape)}, e {tuple(problem.z0[1].shape)}")
 
+    #: eta when neither the setting nor the problem gives a metric (Kwon et al.'s value).
+    default_eta = 0.01
+
     def _scale(self, problem, w: Tensor) -> Tensor:
-        eta = self.eta
-        if eta is None:
-            eta = getattr(problem, "eta", None) if getattr(problem, "adaptive", False) else None
-            eta = 0.01 if eta is None else eta
-        return w.abs() + eta
+        if self.eta is not None:
+            return w.abs() + self.eta
+        scale = problem.perturbation_scale(w)
+        return w.abs() + self.default_eta if scale is None else scale

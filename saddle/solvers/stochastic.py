@@ -49,8 +49,8 @@ from torch import Tensor
 
 from ..point import Point, where
 from ..stochastic import StochasticOperator, draw, uniform
+from ._validate import per_instance
 from .base import Solver, register
-from .competitive import _batch
 
 __all__ = ["StochasticState", "SEG", "DoubleStepSEG", "VREG", "VREGState", "Prospect", "ProspectState"]
 
@@ -74,7 +74,7 @@ def _positive_steps(value, name: str, solver: str, problem) -> Tensor:
         raise ValueError(f"{solver}: give {name} (stochastic solvers have no default step)")
     if isinstance(value, bool) or not isinstance(value, (Real, Tensor)):
         raise TypeError(f"{solver}: {name} must be a float or a (B,) tensor, got {type(value).__name__}")
-    eta = _batch(value, name, solver, problem)
+    eta = per_instance(value, name, solver, problem)
     if not bool(torch.isfinite(eta).all()) or bool((eta <= 0).any()):
         raise ValueError(f"{solver}: {name} must be positive and finite, got {value!r}")
     return eta
