@@ -15,14 +15,14 @@ Losses ``l_i(theta) = loss(<a_i, theta>, b_i)``:
 
 Ambiguity sets and penalties (``ambiguity=``):
 
-- ``"cvar"``: ``Q = {q in simplex : q_i <= 1/(alpha n)}`` (`saddle.sets.CappedSimplex`);
+- ``"cvar"``: ``Q = {q in simplex : q_i <= 1/(alpha n)}`` (`saddle.dro_sets.CappedSimplex`);
   the worst case is the conditional value-at-risk at level alpha in (0, 1].
-- ``"chi2_ball"``: ``Q = {q in simplex : (n/2)|q - 1/n|^2 <= rho}`` (`saddle.sets.ChiSquareBall`).
+- ``"chi2_ball"``: ``Q = {q in simplex : (n/2)|q - 1/n|^2 <= rho}`` (`saddle.dro_sets.ChiSquareBall`).
 - ``"chi2"``: Q the simplex, penalty ``lam (n/2) |q - 1/n|^2`` (half the chi-square divergence).
 - ``"kl"``: Q the simplex with entropic geometry, penalty ``lam KL(q || 1/n) = lam sum q_i log(n q_i)``
   (solve with ``mirror_prox``: the penalty's gradient is infinite on the boundary).
 - ``"spectral"``: Q the permutahedron of a spectrum sigma (`superquantile`, `extremile`,
-  `esrm`; `saddle.sets.Permutahedron`), smoothing penalty ``nu (n/2)|q - 1/n|^2`` (Prospect's shift cost).
+  `esrm`; `saddle.dro_sets.Permutahedron`), smoothing penalty ``nu (n/2)|q - 1/n|^2`` (Prospect's shift cost).
 - ``"erm"``: q fixed at the uniform weights (``Box(1/n, 1/n)``): plain regularized ERM.
 
 For fixed theta the inner maximization has closed forms (`DROProblem.best_response`:
@@ -42,6 +42,8 @@ for stochastic ones.
 from __future__ import annotations
 
 import math
+import types
+import warnings
 from numbers import Real
 from typing import Callable
 
@@ -50,7 +52,9 @@ import torch
 from torch import Tensor
 
 from saddle import Box, Reference, SaddleProblem, Simplex
-from saddle.sets import CappedSimplex, ChiSquareBall, Permutahedron, project_simplex
+from saddle.dro_sets import CappedSimplex, ChiSquareBall, Permutahedron
+from saddle.selection import Selection, take
+from saddle.sets import project_simplex
 from saddle.stochastic import StochasticOperator
 
 from . import register
@@ -410,13 +414,24 @@ class DROProblem(SaddleProblem):
         return self._f(theta, self.best_response(theta))
 
     # -- instances and references ---------------------------------------------------------------------
+    selectable = True  # select_into rebuilds the oracles on the selected data
+
+    def select_into(self, new: "DROProblem", selection: Selection) -> None:
+        """The data, parameters and oracle seeds of the selected instances (`saddle.VIProblem.select`)."""
+        for name in ("features", "labels", "rho", "lam", "nu", "mu", "_quad"):
+            setattr(new, name, take(getattr(self, name), selection))
+        new.seed = take(self.operator.seeds(self.batch_size, "cpu"), selection)
+        new.operator = StochasticOperator(new._component, self.n, new.seed, full=new._full)
+        new.f = new._f
+        super().select_into(new, selection)
+        if not self.has_reference:  # the selected instances' own cvxpy solves, not the whole batch's
+            new._reference = types.MethodType(DROProblem._reference, new)
+
     def instance(self, i: int) -> "DROProblem":
-        """Instance i as a problem of batch size 1 (same data, parameters and oracle seed)."""
-        pick = lambda t: t[i:i + 1] if isinstance(t, Tensor) and t.dim() >= 1 and t.shape[0] > 1 else t  # noqa: E731
-        seeds = self.operator.seeds(self.batch_size, "cpu")
-        return DROProblem(pick(self.features), pick(self.labels), loss=self.loss, ambiguity=self.ambiguity,
-                          alpha=self.alpha, rho=pick(self.rho), lam=pick(self.lam), spectrum=self.spectrum,
-                          nu=pick(self.nu), mu=pick(self.mu), seed=seeds[i:i + 1], name=self.name)
+        """Deprecated: ``select(i)`` (instance i as a problem of batch size 1)."""
+        warnings.warn("DROProblem.instance(i) is deprecated and will be removed in the next release; use "
+                      "select(i)", DeprecationWarning, stacklevel=2)
+        return self.select(i)
 
     def _reference(self) -> Reference:
         if callable(self.loss):

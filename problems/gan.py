@@ -27,37 +27,34 @@ instances (different seeds for the data, latent codes and initial networks).
 Points are flat parameter vectors: x is ``(B, n)`` with row i equal to
 ``torch.nn.utils.parameters_to_vector(generator_i.parameters())``, and y
 likewise for the discriminator. The objective evaluates all B networks at
-once as batched MLPs on the flat rows: each layer's weights ``(B, out, in)``
-and biases ``(B, out)`` are views of the row, and a layer is one
-``torch.baddbmm``, ``h <- act(b + h W^T)`` on ``h (B, N, in)``. So the
-objective is an ordinary differentiable function of (x, y): gradients,
-Hessian-vector products and mixed second derivatives (plain ``torch.autograd``
-double backward, or ``torch.func`` transforms of the operator, as competitive
-methods use) all work through it. The R1 penalty's input gradient
-``grad_r D(r)`` is the discriminator's backward pass written out (also an
-ordinary expression of y and r, so it differentiates again like the rest).
+once as batched MLPs on the flat rows (`problems.mlp.BatchedMLP`, one
+``torch.baddbmm`` a layer), so it is an ordinary differentiable function of
+(x, y): gradients, Hessian-vector products and mixed second derivatives
+(plain ``torch.autograd`` double backward, or ``torch.func`` transforms of the
+operator, as competitive methods use) all work through it. The R1 penalty's
+input gradient ``grad_r D(r)`` is the discriminator's backward pass written
+out (`BatchedMLP.value_and_input_grad`), so it differentiates again like the
+rest.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from numbers import Real
 
 import torch
 from torch import Tensor, nn
-from torch.func import stack_module_state
 
 from saddle import SaddleProblem
 
 from . import register
 from .batch import Batch, check_positive, check_positive_int, make_batch
+from .mlp import ACTIVATIONS, BatchedMLP, init_default, mlp
 
 __all__ = ["dirac_gan", "dirac_jacobian", "gaussian_mixture_gan", "MixtureGAN", "mixture_centers", "sample",
            "modes_covered", "high_quality_fraction", "LOSSES", "ACTIVATIONS", "MODES"]
 
 LOSSES = ("standard", "wasserstein")
-ACTIVATIONS = ("tanh", "relu", "leaky_relu", "elu")
 MODES = ("ring", "grid")
 
 
@@ -187,152 +184,6 @@ def mixture_centers(mode: str = "ring", scale: float = 2.0) -> Tensor:
     return scale * torch.cartesian_prod(axis, axis)
 
 
-def _mlp(n_in: int, n_out: int, width: int, depth: int, activation: str) -> nn.Sequential:
-    act = {"tanh": nn.Tanh, "relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.2), "elu": nn.ELU}[activation]
-    layers: list[nn.Module] = []
-    size = n_in
-    for _ in range(depth):
-        layers += [nn.Linear(size, width, dtype=torch.float64), act()]
-        size = width
-    layers.append(nn.Linear(size, n_out, dtype=torch.float64))
-    return nn.Sequential(*layers)
-
-
-def _init(module: nn.Module, gen: torch.Generator) -> nn.Module:
-    """PyTorch's default ``nn.Linear`` initialization (uniform in ``+-1/sqrt(fan_in)``), from ``gen``."""
-    with torch.no_grad():
-        for layer in module.modules():
-            if isinstance(layer, nn.Linear):
-                bound = 1.0 / math.sqrt(layer.in_features)
-                nn.init.uniform_(layer.weight, -bound, bound, generator=gen)
-                nn.init.uniform_(layer.bias, -bound, bound, generator=gen)
-    return module
-
-
-def _linear(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """``b + h W^T``: h ``(B, N, in)``, W ``(B, out, in)``, b ``(B, out)`` -> ``(B, N, out)`` (or without B).
-
-    One ``torch.baddbmm`` for a batch, one ``torch.addmm`` (what ``nn.Linear``
-    runs) for a single instance, a broadcasting ``matmul`` for other shapes.
-    """
-    if h.dim() == 3 and weight.dim() == 3:
-        return torch.baddbmm(bias.unsqueeze(-2), h, weight.transpose(-1, -2))
-    if h.dim() == 2 and weight.dim() == 2:
-        return torch.addmm(bias, h, weight.t())
-    return torch.matmul(h, weight.transpose(-1, -2)) + bias.unsqueeze(-2)
-
-
-def _tanh_slope(pre: Tensor, out: Tensor) -> Tensor:
-    return 1 - out * out
-
-
-def _relu_slope(pre: Tensor, out: Tensor) -> Tensor:
-    return (pre > 0).to(pre.dtype)
-
-
-def _leaky_relu_slope(pre: Tensor, out: Tensor) -> Tensor:
-    return torch.full_like(pre, 0.2).masked_fill(pre > 0, 1.0)  # in pre's dtype (scalar where() gives float32)
-
-
-def _elu_slope(pre: Tensor, out: Tensor) -> Tensor:
-    return torch.exp(pre.clamp(max=0))  # e^h for h <= 0, 1 above: finite, and differentiable where ELU' is
-
-
-# activation: (sigma(h), sigma'(h) from (h, sigma(h))), the functions of the nn modules `_mlp` uses
-_ACTIVATION = {
-    "tanh": (torch.tanh, _tanh_slope),
-    "relu": (torch.relu, _relu_slope),
-    "leaky_relu": (lambda h: nn.functional.leaky_relu(h, 0.2), _leaky_relu_slope),
-    "elu": (nn.functional.elu, _elu_slope),
-}
-
-
-class _Flat:
-    """An MLP family's parameters as flat ``(B, n)`` blocks, the way back, and the batched network.
-
-    The order and layout are those of ``torch.nn.utils.parameters_to_vector``
-    of the ``nn.Sequential`` made by `_mlp`: the parameters in
-    ``named_parameters`` order (``0.weight``, ``0.bias``, ``2.weight``, ...),
-    each flattened row-major. The network is evaluated directly on those
-    blocks: layer k is ``h_k = sigma(h_{k-1} W_k^T + b_k)`` with ``W_k`` of
-    shape ``(B, out_k, in_k)`` and ``b_k`` of shape ``(B, out_k)`` (no
-    activation after the last layer), one ``torch.baddbmm`` for all B
-    instances.
-    """
-
-    def __init__(self, modules: list[nn.Module], activation: str):
-        params, _ = stack_module_state(modules)
-        self.names = list(params)
-        self.shapes = [tuple(params[k].shape[1:]) for k in self.names]
-        self.sizes = [math.prod(s) for s in self.shapes]
-        self.start = torch.cat([params[k].detach().reshape(len(modules), -1) for k in self.names], -1)
-        self.template = copy.deepcopy(modules[0]).to("meta")  # architecture only: the weights come from x
-        self.activation = activation
-        self._sigma, self._slope = _ACTIVATION[activation]
-        index = {k: i for i, k in enumerate(self.names)}
-        # (weight, bias) positions in the split of a flat vector, layer by layer
-        self._layers = [(index[f"{name}.weight"], index[f"{name}.bias"])
-                        for name, layer in self.template.named_children() if isinstance(layer, nn.Linear)]
-        if 2 * len(self._layers) != len(self.names):
-            raise ValueError("the template must be a sequence of nn.Linear layers and activations")
-
-    @property
-    def size(self) -> int:
-        return sum(self.sizes)
-
-    def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
-        """One instance's flat vector ``(n,)`` (or a batch ``(B, n)``) as a dict of parameter tensors."""
-        lead = flat.shape[:-1]
-        return {k: t.reshape(*lead, *s) for k, t, s in zip(self.names, flat.split(self.sizes, -1), self.shapes)}
-
-    def layers(self, flat: Tensor) -> list[tuple[Tensor, Tensor]]:
-        """The weights ``(B, out, in)`` and biases ``(B, out)`` of each layer, in order (views of ``flat`` (B, n)).
-
-        One instance's ``flat`` ``(n,)`` gives ``(out, in)`` and ``(out,)``.
-        """
-        lead = flat.shape[:-1]
-        parts = [t.reshape(*lead, *s) for t, s in zip(flat.split(self.sizes, -1), self.shapes)]
-        return [(parts[w], parts[b]) for w, b in self._layers]
-
-    def _forward(self, flat: Tensor, inputs: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
-        """The output and every hidden layer's ``(pre-activation, activation)``."""
-        layers = self.layers(flat)
-        hidden, h = [], inputs
-        for W, b in layers[:-1]:
-            pre = _linear(h, W, b)
-            h = self._sigma(pre)
-            hidden.append((pre, h))
-        W, b = layers[-1]
-        return _linear(h, W, b), hidden
-
-    def __call__(self, flat: Tensor, inputs: Tensor) -> Tensor:
-        """The networks of ``flat`` ``(B, n)`` applied to ``inputs`` ``(B, N, d_in)``: ``(B, N, d_out)``.
-
-        Instance i's network (``flat[i]``) sees only ``inputs[i]``. One
-        instance: ``flat`` ``(n,)`` and ``inputs`` ``(N, d_in)`` give ``(N, d_out)``.
-        """
-        return self._forward(flat, inputs)[0]
-
-    def value_and_input_grad(self, flat: Tensor, inputs: Tensor) -> tuple[Tensor, Tensor]:
-        """A scalar network's outputs ``D(r)`` ``(B, N)`` and input gradients ``grad_r D(r)`` ``(B, N, d_in)``.
-
-        The gradient is the backward pass written out,
-        ``grad_r D = W_1^T diag(sigma'(h_1)) W_2^T ... diag(sigma'(h_L)) w^T``
-        (``h_k`` the pre-activations, ``w`` the output layer's ``(1, width)``
-        weight), so it is an ordinary expression of ``flat`` and ``inputs``:
-        differentiable again by ``torch.autograd`` and ``torch.func`` alike.
-        One instance: ``(n,)`` and ``(N, d_in)`` give ``(N,)`` and ``(N, d_in)``.
-        """
-        out, hidden = self._forward(flat, inputs)
-        if out.shape[-1] != 1:
-            raise ValueError(f"the input gradient needs a scalar network, this one has {out.shape[-1]} outputs")
-        layers = self.layers(flat)
-        g = layers[-1][0]  # (B, 1, width): d out / d h_L, the same for every input
-        for (pre, h), (W, _) in zip(reversed(hidden), reversed(layers[:-1])):
-            g = torch.matmul(g * self._slope(pre, h), W)  # (B, N, in)
-        return out.squeeze(-1), g
-
-
 class MixtureGAN(SaddleProblem):
     """A batch of GANs on a 2-D Gaussian mixture (made by `gaussian_mixture_gan`).
 
@@ -355,8 +206,8 @@ class MixtureGAN(SaddleProblem):
         latent: the fixed latent codes ``(B, N, latent_dim)``.
     """
 
-    def __init__(self, *, generator: _Flat, discriminator: _Flat, real: Tensor, latent: Tensor, centers: Tensor,
-                 std: float, loss: str, r1: float, resample: bool, batch: Batch, name: str):
+    def __init__(self, *, generator: BatchedMLP, discriminator: BatchedMLP, real: Tensor, latent: Tensor,
+                 centers: Tensor, std: float, loss: str, r1: float, resample: bool, batch: Batch, name: str):
         self.generator, self.discriminator = generator, discriminator
         self.real, self.latent = real, latent
         self.centers, self.std, self.loss, self.r1, self.resample = centers, std, loss, r1, resample
@@ -390,7 +241,7 @@ class MixtureGAN(SaddleProblem):
         The instances are independent (instance i's f depends on row i of
         every argument only). The R1 slopes ``grad_r D_i(real_ij)`` ``(B, N, 2)``
         are the discriminator's backward pass written out
-        (`_Flat.value_and_input_grad`), an ordinary expression of y and real:
+        (`BatchedMLP.value_and_input_grad`), an ordinary expression of y and real:
         f composes with ``torch.func`` transforms and with ``torch.autograd``
         double backward alike. The discriminator runs on the real and the
         generated points separately: on one concatenated batch, each mixed
@@ -493,13 +344,13 @@ def gaussian_mixture_gan(*, mode: str = "ring", loss: str = "standard", latent_d
     B, gen = batch.size, batch.generator()
     centers = mixture_centers(mode, scale)
     K = centers.shape[0]
-    generators = [_init(_mlp(latent_dim, 2, width, depth, activation), gen) for _ in range(B)]
-    discriminators = [_init(_mlp(2, 1, width, depth, activation), gen) for _ in range(B)]
+    generators = [init_default(mlp(latent_dim, 2, width, depth, activation), gen) for _ in range(B)]
+    discriminators = [init_default(mlp(2, 1, width, depth, activation), gen) for _ in range(B)]
     idx = torch.randint(K, (B, n_samples), generator=gen)
     real = centers[idx] + std * torch.randn(B, n_samples, 2, dtype=torch.float64, generator=gen)
     latent = torch.randn(B, n_samples, latent_dim, dtype=torch.float64, generator=gen)
 
-    G, D = _Flat(generators, activation), _Flat(discriminators, activation)
+    G, D = BatchedMLP(generators, activation), BatchedMLP(discriminators, activation)
     name = (f"gaussian_mixture_gan(mode={mode!r}, loss={loss!r}{f', r1={gamma}' if gamma else ''}"
             f"{', resample=True' if resample else ''})")
     return MixtureGAN(generator=G, discriminator=D, real=batch.place(real), latent=batch.place(latent),

@@ -16,6 +16,11 @@ as ``(B,)`` tensors (or None when unknown).
 - `SemiLinear`: ``<G(x), y>`` with a smooth map ``G: (B, n) -> (B, m)``,
   linear in y (the coupling of constrained problems written with multipliers).
 - `SmoothCoupling`: any differentiable ``phi(x, y) -> (B,)``.
+
+``select(index)`` gives the coupling of the selected instances
+(`saddle.selection`): K's rows (a shared K is kept), the Lipschitz constants'
+rows; a function G or phi is selected by its own ``select`` if it has one, else
+evaluated on the full batch with zeros in the other rows.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch
 from torch import Tensor
 
 from .operator import spectral_norm
+from .selection import as_selection, check_selectable, replace, select_function, take
 
 __all__ = ["Coupling", "Bilinear", "SemiLinear", "SmoothCoupling"]
 
@@ -61,6 +67,16 @@ class Coupling:
     def lipschitz(self) -> dict[str, Tensor | None]:
         """``{"xx": L_xx, "xy": L_xy, "yy": L_yy}``, each ``(B,)`` (float64, CPU) or None."""
         return {"xx": None, "xy": None, "yy": None}
+
+    def select(self, index) -> "Coupling":
+        """The coupling of the selected instances (``index``: see `saddle.selection`).
+
+        The default returns the coupling itself, right when it holds no
+        per-instance data; it raises ``TypeError`` for one holding per-instance
+        tensors that does not implement `select`.
+        """
+        check_selectable(self, as_selection(index))
+        return self
 
 
 class Bilinear(Coupling):
@@ -106,6 +122,14 @@ class Bilinear(Coupling):
     def device(self) -> torch.device:
         """The device of K."""
         return self.K.device
+
+    def select(self, index) -> "Bilinear":
+        """K's selected rows (a shared or sparse K is kept), with ``|K|_2``'s rows if already computed."""
+        if self.sparse or self.shape[0] == 1:
+            return self
+        sel = as_selection(index)
+        K = take(self.K, sel)
+        return replace(self, K=K, shape=tuple(K.shape), _norm=take(self._norm, sel))
 
     def mv(self, x: Tensor) -> Tensor:
         """``K x`` for x of shape ``(B, n)``: ``(B, m)``."""
@@ -173,6 +197,11 @@ class Bilinear(Coupling):
         return {"xx": torch.zeros_like(L), "xy": L, "yy": torch.zeros_like(L)}
 
 
+def _take_constants(L: dict, selection) -> dict:
+    """The selected rows of a ``{"xx", "xy", "yy"}`` dict of Lipschitz constants (None kept)."""
+    return {k: take(v, selection) for k, v in L.items()}
+
+
 def _sparse_norm(coupling: Bilinear, iters: int = 300) -> Tensor:
     """Power iteration on ``K^T K`` for a sparse K, with a 1% upward margin: ``(1,)``."""
     g = torch.Generator(device=coupling.device).manual_seed(0)
@@ -203,6 +232,10 @@ class SemiLinear(Coupling):
         self.G = G
         self._L = {"xx": _per_instance(lipschitz_xx, "lipschitz_xx"), "xy": _per_instance(lipschitz_xy, "lipschitz_xy"),
                    "yy": None}
+
+    def select(self, index) -> "SemiLinear":
+        sel = as_selection(index)
+        return replace(self, G=select_function(self.G, sel._replace(base=None)), _L=_take_constants(self._L, sel))
 
     def value(self, x: Tensor, y: Tensor) -> Tensor:
         return (self.G(x) * y).sum(-1)
@@ -241,6 +274,12 @@ class SmoothCoupling(Coupling):
         self._gy = torch.func.grad(lambda x, y: self.phi(x, y).sum(), argnums=1)
         self._L = {"xx": _per_instance(lipschitz_xx, "lipschitz_xx"), "xy": _per_instance(lipschitz_xy, "lipschitz_xy"),
                    "yy": _per_instance(lipschitz_yy, "lipschitz_yy")}
+
+    def select(self, index) -> "SmoothCoupling":
+        sel = as_selection(index)
+        L = _take_constants(self._L, sel)
+        return SmoothCoupling(select_function(self.phi, sel._replace(base=None)), lipschitz_xx=L["xx"],
+                              lipschitz_xy=L["xy"], lipschitz_yy=L["yy"])
 
     def value(self, x: Tensor, y: Tensor) -> Tensor:
         return self.phi(x, y)

@@ -71,6 +71,10 @@ class LinearProgram(BilinearProblem):
         self.c, self.d, self.n_eq, self.lo, self.hi = c, d, n_eq, lo, hi
         super().__init__(K, x0, y0, g=Linear(c), h_conj=Linear(d), X=X, Y=Y, **kwargs)
 
+    def select_into(self, new, selection) -> None:
+        super().select_into(new, selection)
+        new.c, new.d, new.lo, new.hi = new.g.c, new.h_conj.c, new.domain[0].lo, new.domain[0].hi
+
     def extra_measures(self) -> tuple[str, ...]:
         return ("kkt",)
 

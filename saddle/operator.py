@@ -9,6 +9,16 @@ Competitive methods (`saddle.CGD` and its relatives) also need the mixed
 second derivatives of f, as products: `SaddleOperator.mixed_xy`,
 `SaddleOperator.mixed_yx`, and `SaddleOperator.mixed_products`, which returns
 the gradients at a point together with both products there (`MixedProducts`).
+
+``select(index)`` gives the operator of the selected instances
+(`saddle.selection`). Operators that hold their data (`LinearOperator`, the
+operators of composite problems) index it: ``selectable`` is True and the
+selection costs what its instances cost. An operator built on a function
+(``Operator(fn)``, `SaddleOperator`) selects it by the function's own
+``select`` if it has one; otherwise it cannot see the function's data and
+evaluates it on the full batch with the selected rows in place
+(`saddle.selection.Embedded`): exact, since instances do not interact, but as
+costly as the whole batch (``selectable`` is False).
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import torch
 from torch import Tensor
 
 from .point import Point
+from .selection import Embedded, as_selection, select_function, take
 
 __all__ = ["Operator", "SaddleOperator", "LinearOperator", "MixedProducts"]
 
@@ -59,6 +70,39 @@ class Operator:
     def lipschitz(self) -> Tensor | None:
         """A Lipschitz constant of F per instance, shape ``(B,)``, or None if unknown."""
         return None
+
+    @property
+    def selectable(self) -> bool:
+        """Whether `select` indexes the operator's data (else it evaluates the full batch: see the module docstring)."""
+        return self._fn is not None and callable(getattr(self._fn, "select", None))
+
+    def select(self, index) -> "Operator":
+        """The operator of the selected instances (``index``: see `saddle.selection`).
+
+        Without data of its own to index, the operator (its function, or
+        itself for a subclass) is evaluated on the full batch with the
+        selected rows in place: the rows of the selection's ``base`` point
+        elsewhere (zeros without one). Its Lipschitz constants are the
+        selected rows of this operator's.
+        """
+        sel = as_selection(index)
+        if self._fn is not None:
+            fn = select_function(self._fn, sel, base=(sel.base,))
+        else:  # a subclass: itself on the full batch (its own select, if any, overrides this one)
+            fn = Embedded(self, sel.positions(), sel.batch_size, base=(sel.base,))
+        return _SelectedOperator(fn, self, sel)
+
+
+class _SelectedOperator(Operator):
+    """``Operator(fn)`` for a selection of ``parent``, whose Lipschitz constants are the parent's rows."""
+
+    def __init__(self, fn, parent: Operator, selection):
+        super().__init__(fn)
+        self._parent, self._selection = parent, selection
+
+    def lipschitz(self) -> Tensor | None:
+        L = self._parent.lipschitz()
+        return None if L is None else take(L, self._selection)
 
 
 class MixedProducts(NamedTuple):
@@ -119,6 +163,15 @@ class SaddleOperator(Operator):
         x, y = z
         gx, gy = self._grad(x, y)
         return gx, -gy
+
+    @property
+    def selectable(self) -> bool:
+        return callable(getattr(self.f, "select", None))
+
+    def select(self, index) -> "SaddleOperator":
+        """The operator of ``f`` for the selected instances (`saddle.selection.select_function`)."""
+        sel = as_selection(index)
+        return SaddleOperator(select_function(self.f, sel, base=sel.base))
 
     def mixed_xy(self, z: Point, v: Tensor) -> Tensor:
         """``D_xy f(x, y) v``: ``v`` of shape ``(B, m)`` (y-space) to ``(B, n)`` (x-space).
@@ -243,6 +296,16 @@ class LinearOperator(Operator):
         self.blocks = tuple(tuple(row) for row in blocks)
         self.offset = None if offset is None else tuple(offset)
         self._lipschitz: Tensor | None = None
+
+    selectable = True
+
+    def select(self, index) -> "LinearOperator":
+        """The blocks' and offsets' selected rows (shared ``(1, ...)`` blocks kept), ``|M|_2``'s if computed."""
+        sel = as_selection(index)
+        out = LinearOperator([[take(M, sel) for M in row] for row in self.blocks],
+                             None if self.offset is None else [take(q, sel) for q in self.offset])
+        out._lipschitz = take(self._lipschitz, sel)
+        return out
 
     def __call__(self, z: Point) -> Point:
         out = []

@@ -8,10 +8,12 @@
   wherever the inner maximizations have closed forms.
 
 All hold B independent instances: the starting point's blocks are ``(B, n_i)``.
+``problem.select(index)`` is the problem of some of them (`VIProblem.select`).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Callable, NamedTuple, Sequence
 
 import torch
@@ -20,6 +22,7 @@ from torch import Tensor
 from .coupling import Bilinear, Coupling, SmoothCoupling
 from .operator import MixedProducts, Operator, SaddleOperator, _check_vector, spectral_norm
 from .point import Point, as_point, column
+from .selection import Selection, as_selection, select_function, take
 from .sets import ConstraintSet, Product, Reals
 from .terms import Linear, Quadratic, Term, Zero
 from .tree import map_tensors
@@ -213,6 +216,9 @@ class VIProblem:
 
     def lipschitz(self) -> Tensor | None:
         """L per instance, shape ``(B,)`` (float64, on the CPU), or None if unknown."""
+        if isinstance(self._lipschitz, _LazyRows):  # a selection's: the rows of the batch's L
+            self._lipschitz = self._lipschitz()
+            return self._lipschitz
         if self._lipschitz is None:
             L = self.operator.lipschitz()
             if L is not None:
@@ -265,8 +271,84 @@ class VIProblem:
         ref = self.reference
         return None if ref is None else ref.solution
 
+    # -- instance selection ----------------------------------------------------------------
+    def select(self, index) -> "VIProblem":
+        """The problem of the selected instances, a batch of its own of the same class.
+
+        Args:
+            index: an int i (a batch of one, like ``z[i:i + 1]``), a slice, a
+                ``(B,)`` boolean mask or a 1-D tensor of positions (see
+                `saddle.selection`); an empty selection is a ``ValueError``.
+
+        The start, the domain, the operator's data, the reference (solution and
+        value), the Lipschitz and strong-monotonicity constants are the selected
+        rows of this problem's, exactly; shared data are kept, not copied, and
+        nothing is re-validated or recomputed (a reference or constant not yet
+        computed is computed for the batch the first time the selection needs
+        it, and its rows taken). Solving the selection solves those instances
+        as the batch does. An operator or objective written as a function that
+        cannot select its data is evaluated on the full batch with this
+        problem's start in the other rows (``problem.operator.selectable`` is
+        then False): exact, since instances do not interact, but as costly as
+        the whole batch. Subclasses with per-instance data of their own extend
+        `select_into`.
+        """
+        selection = as_selection(index, self.batch_size)
+        new = copy.copy(self)
+        self.select_into(new, selection._replace(base=self.z0))
+        return new
+
+    @property
+    def selectable(self) -> bool:
+        """Whether `select` gives a problem that evaluates only the selected instances' data.
+
+        False when the operator is a function that cannot select its data: a
+        selection then evaluates it on the full batch (exact, as costly as the batch).
+        """
+        return self.operator.selectable
+
+    def select_into(self, new: "VIProblem", selection: Selection) -> None:
+        """Fill ``new``, a shallow copy of this problem, with the data of the selected instances.
+
+        The subclass hook of `select`: an override selects its own per-instance
+        attributes and calls ``super().select_into(new, selection)``. An operator
+        an override has already put on ``new`` is kept.
+        """
+        new.z0 = tuple(take(b, selection) for b in self.z0)
+        new.domain = self.domain.select(selection)
+        if new.operator is self.operator:
+            new.operator = self.operator.select(selection)
+        if isinstance(self._reference, Reference):
+            new._reference = _select_reference(self._reference, selection)
+        elif self._reference is not None:
+            new._reference = lambda: _select_reference(self.reference, selection)
+        new._lipschitz = take(self._lipschitz, selection) if self._lipschitz is not None else \
+            _LazyRows(self.lipschitz, selection)
+        new._mu = take(self._mu, selection)
+        if self.fingerprint is not None:
+            new.fingerprint = f"{self.fingerprint}[select {selection}]"
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, batch_size={self.batch_size}, dims={self.dims}, domain={self.domain!r})"
+
+
+def _select_reference(reference: Reference | None, selection: Selection) -> Reference | None:
+    """A reference's solution and value rows (a shared 0-d value kept)."""
+    if reference is None:
+        return None
+    solution = None if reference.solution is None else tuple(take(b, selection) for b in reference.solution)
+    return reference._replace(solution=solution, value=take(reference.value, selection))
+
+
+class _LazyRows:
+    """The selected rows of a per-instance constant the full batch computes on first use (None stays None)."""
+
+    def __init__(self, compute: Callable[[], Tensor | None], selection: Selection):
+        self.compute, self.selection = compute, selection
+
+    def __call__(self) -> Tensor | None:
+        value = self.compute()
+        return None if value is None else take(value, self.selection)
 
 
 class SaddleProblem(VIProblem):
@@ -309,6 +391,16 @@ class SaddleProblem(VIProblem):
     def objective(self, z: Point) -> Tensor:
         """``f(x, y)`` per instance, shape ``(B,)``."""
         return self.f(z[0], z[1])
+
+    def select_into(self, new: "SaddleProblem", selection: Selection) -> None:
+        """`VIProblem.select_into`, and f for the selected instances (its own ``select``, else on the full batch).
+
+        An ``f`` an override has already put on ``new`` is kept.
+        """
+        super().select_into(new, selection)
+        if new.f is self.f:
+            new.f = select_function(self.f, selection, base=selection.base)
+        new._f_operator = None
 
     # -- second derivatives (competitive methods) -----------------------------------------
     def mixed_products(self, z: Point) -> MixedProducts:
@@ -414,6 +506,12 @@ class _CompositeOperator(Operator):
             self._phi = SaddleOperator(self.coupling.value)
         return self._phi
 
+    selectable = True
+
+    def select(self, index) -> "_CompositeOperator":
+        sel = as_selection(index)._replace(base=None)
+        return _CompositeOperator(self.coupling.select(sel), self.g_smooth.select(sel), self.h_smooth.select(sel))
+
     def lipschitz(self) -> Tensor | None:
         if not isinstance(self.coupling, Bilinear):
             return None
@@ -488,6 +586,25 @@ class CompositeSaddleProblem(SaddleProblem):
     def _f(self, x: Tensor, y: Tensor) -> Tensor:
         return self.g.value(x) + self.coupling.value(x, y) - self.h.value(y)
 
+    def select_into(self, new: "CompositeSaddleProblem", selection: Selection) -> None:
+        """The coupling's and the terms' selections (`Coupling.select`, `Term.select`), then `SaddleProblem`'s."""
+        parts = selection._replace(base=None)
+        chosen: dict[int, object] = {}
+
+        def pick(part):  # one selection per object (g may be its own smooth part)
+            if id(part) not in chosen:
+                chosen[id(part)] = part.select(parts)
+            return chosen[id(part)]
+
+        new.coupling, new.g, new.h = pick(self.coupling), pick(self.g), pick(self.h)
+        new._g_split, new._h_split = tuple(map(pick, self._g_split)), tuple(map(pick, self._h_split))
+        op = self.operator
+        if type(op) is _CompositeOperator and op.coupling is self.coupling and op.g_smooth is self._g_split[0] \
+                and op.h_smooth is self._h_split[0]:
+            new.operator = _CompositeOperator(new.coupling, new._g_split[0], new._h_split[0])
+        new.f = new._f
+        super().select_into(new, selection)
+
     def block_prox(self, i: int, u: Tensor, grad: Tensor, step) -> Tensor:
         rough = (self._g_split if i == 0 else self._h_split)[1]
         return rough.prox(u - column(step, grad) * grad, step, self.domain[i])
@@ -557,6 +674,11 @@ class BilinearProblem(CompositeSaddleProblem):
                 self.duality_gap(self.z0)
             except NotImplementedError:
                 self._gap_available = False
+
+    def select_into(self, new: "BilinearProblem", selection: Selection) -> None:
+        super().select_into(new, selection)
+        new.K = self.K if new.coupling.sparse else new.coupling.K
+        new.h_conj = new.h
 
     def duality_gap(self, z: Point) -> Tensor | None:
         """``max_{y' in Y} f(x, y') - min_{x' in X} f(x', y)`` per instance, shape ``(B,)``."""

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from .operator import Operator
 from .point import Point
+from .selection import as_selection, select_function, take
 
 __all__ = ["StochasticOperator", "draw", "uniform"]
 
@@ -112,6 +113,29 @@ class StochasticOperator(Operator):
         B = z[0].shape[0]
         idx = torch.arange(self.n, device=z[0].device).expand(B, self.n)
         return tuple(self.component(z, idx))
+
+    @property
+    def selectable(self) -> bool:
+        return all(f is None or callable(getattr(f, "select", None)) for f in (self.component, self._full))
+
+    def select(self, index) -> "StochasticOperator":
+        """The operator of the selected instances (`saddle.selection`), with their seeds.
+
+        The functions are selected by their own ``select``, or evaluated on the
+        full batch with the selected rows in place (the selection's ``base``
+        point, and sample 0, elsewhere); the seeds are the selected instances'
+        (needs the selection's batch size for an int seed), so the selection
+        draws the same samples as its instances do in the batch.
+        """
+        sel = as_selection(index)
+        if sel.batch_size is None and isinstance(self._seed, int):
+            raise ValueError("select the problem (problem.select), or give as_selection(index, batch_size): "
+                             "the instances' seeds depend on the batch size")
+        B = sel.batch_size if sel.batch_size is not None else self._seed.shape[0]
+        seeds = take(self.seeds(B, "cpu" if isinstance(self._seed, int) else self._seed.device), sel)
+        component = select_function(self.component, sel, base=(sel.base, None))
+        full = None if self._full is None else select_function(self._full, sel, base=(sel.base,))
+        return StochasticOperator(component, self.n, seeds, full=full, lipschitz=take(self._lip, sel))
 
     def sample(self, z: Point, idx: Tensor) -> Point:
         """The minibatch estimate ``(1/m) sum_j F_{idx[:, j]}(z)``; ``idx`` is ``(B, m)``."""

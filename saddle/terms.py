@@ -15,6 +15,14 @@ P dense ``(B, n, n)`` or diagonal ``(B, n)``), `L1` (``sum_i w_i |x_i|``),
 `Indicator` (0 on a set, +inf outside), `Smooth` (any differentiable
 function, gradients by autograd) and `Sum` of terms. `Term.split` separates
 the smooth part (used through its gradient) from the prox-friendly part.
+
+Closed forms are chosen by the capabilities of the set (`ConstraintSet.separable`,
+``unconstrained``), never by its type, so a set of one's own that declares them
+gets them. Terms declare their own: ``smooth``, ``separable`` (a sum of
+functions of single coordinates, so its prox in a diagonal metric acts
+coordinate by coordinate: diagonal preconditioning keeps primal-dual steps
+exact) and ``linear`` (``<c, x>`` or 0: `linear_coefficient` gives c).
+``select(index)`` gives the term of the selected instances (`saddle.selection`).
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ import torch
 from torch import Tensor
 
 from .point import column
-from .sets import Box, ConstraintSet, Reals
+from .selection import as_selection, check_selectable, replace, select_function, take
+from .sets import Box, ConstraintSet
 
 __all__ = ["Term", "Zero", "Linear", "Quadratic", "L1", "Indicator", "Smooth", "Sum", "box_concave_qp"]
 
@@ -33,6 +42,25 @@ class Term:
 
     #: Whether the term is differentiable with a Lipschitz gradient (`grad` exists).
     smooth: bool = True
+    #: Whether the term is a sum of functions of single coordinates (its prox in a diagonal metric is coordinatewise).
+    separable: bool = False
+    #: Whether the term is linear, ``<c, x>`` (`linear_coefficient` gives c).
+    linear: bool = False
+
+    def linear_coefficient(self, like: Tensor) -> Tensor:
+        """c of a linear term ``<c, x>``, broadcast to ``like`` ``(B, n)`` (linear terms only)."""
+        raise TypeError(f"{type(self).__name__} is not a linear term")
+
+    def select(self, index) -> "Term":
+        """The term of the selected instances (``index``: see `saddle.selection`).
+
+        Per-instance data are indexed, shared data kept. The default returns
+        the term itself, right for terms without per-instance data; it raises
+        ``TypeError`` for a term holding per-instance tensors that does not
+        implement `select`.
+        """
+        check_selectable(self, as_selection(index))
+        return self
 
     def value(self, x: Tensor) -> Tensor:
         """The term ``g(x)`` per instance: ``(B, n) -> (B,)``."""
@@ -82,6 +110,12 @@ class Term:
 class Zero(Term):
     """The zero term ``g(x) = 0``: no regularization; its prox is the projection onto the domain."""
 
+    separable = True
+    linear = True
+
+    def linear_coefficient(self, like: Tensor) -> Tensor:
+        return torch.zeros_like(like)
+
     def value(self, x: Tensor) -> Tensor:
         return x.new_zeros(x.shape[0])
 
@@ -98,10 +132,19 @@ class Zero(Term):
 class Linear(Term):
     """g(x) = <c, x>; ``c`` has shape ``(B, n)`` or ``(1, n)``."""
 
+    separable = True
+    linear = True
+
     def __init__(self, c: Tensor):
         if not isinstance(c, Tensor) or c.dim() != 2:
             raise ValueError("Linear: c must be a (B, n) tensor")
         self.c = c
+
+    def linear_coefficient(self, like: Tensor) -> Tensor:
+        return self.c.expand_as(like)
+
+    def select(self, index) -> "Linear":
+        return replace(self, c=take(self.c, as_selection(index)))
 
     def value(self, x: Tensor) -> Tensor:
         return (self.c * x).sum(-1)
@@ -135,6 +178,16 @@ class Quadratic(Term):
         self._cholesky: Tensor | None = None  # of P, computed on first use by `conj`
         self._largest_eigenvalue: Tensor | None = None  # of P, likewise
 
+    @property
+    def separable(self) -> bool:
+        """Whether P is diagonal."""
+        return self.diagonal
+
+    def select(self, index) -> "Quadratic":
+        sel = as_selection(index)
+        rows = {name: take(getattr(self, name), sel) for name in ("P", "c", "_cholesky", "_largest_eigenvalue")}
+        return replace(self, **rows)
+
     def _Px(self, x: Tensor) -> Tensor:
         if self.diagonal:
             return self.P * x
@@ -150,18 +203,18 @@ class Quadratic(Term):
 
     def conj(self, v: Tensor, domain: ConstraintSet) -> Tensor:
         q = v if self.c is None else v - self.c
-        if self.diagonal and isinstance(domain, (Reals, Box)):
+        if self.diagonal and domain.separable:
             # Separable: each coordinate maximizes q u - p u^2 / 2 over an interval.
             if (self.P <= 0).any():
                 raise NotImplementedError("conjugate of a diagonal quadratic with zero curvature")
             u = domain.project(q / self.P)
             return (q * u - 0.5 * self.P * u * u).sum(-1)
-        if not self.diagonal and type(domain) is Reals:
+        if not self.diagonal and domain.unconstrained:
             if self._cholesky is None:
                 self._cholesky = torch.linalg.cholesky(self.P)
             w = torch.cholesky_solve(q.unsqueeze(-1), self._cholesky).squeeze(-1)
             return 0.5 * (q * w).sum(-1)
-        if not self.diagonal and isinstance(domain, Box) and (domain.bounded or self.strongly_convex()):
+        if not self.diagonal and domain.separable and (domain.bounded or self.strongly_convex()):
             if self._largest_eigenvalue is None:
                 self._largest_eigenvalue = torch.linalg.eigvalsh(self.P)[..., -1]
             u = box_concave_qp(self.P, q, domain, self._largest_eigenvalue)
@@ -171,10 +224,10 @@ class Quadratic(Term):
     def prox(self, v: Tensor, step, domain: ConstraintSet) -> Tensor:
         t = column(step, v)
         w = v if self.c is None else v - t * self.c
-        if self.diagonal and isinstance(domain, (Reals, Box)):
+        if self.diagonal and domain.separable:
             # Separable: the box projection of the unconstrained minimizer is exact.
             return domain.project(w / (1 + t * self.P))
-        if not self.diagonal and type(domain) is Reals:
+        if not self.diagonal and domain.unconstrained:
             eye = torch.eye(v.shape[-1], dtype=v.dtype, device=v.device)
             t3 = t.unsqueeze(-1) if isinstance(t, Tensor) else t
             return torch.linalg.solve(eye + t3 * self.P, w.unsqueeze(-1)).squeeze(-1)
@@ -200,6 +253,7 @@ class L1(Term):
     """
 
     smooth = False
+    separable = True
 
     def __init__(self, weight=1.0):
         if isinstance(weight, bool) or not isinstance(weight, (int, float, Tensor)):
@@ -208,6 +262,9 @@ class L1(Term):
         if w.dim() > 2 or not torch.isfinite(w).all() or (w < 0).any():
             raise ValueError(f"L1: weight must be finite and >= 0, a float, (B,) or (B, n) tensor; got {weight!r}")
         self.weight = weight
+
+    def select(self, index) -> "L1":
+        return replace(self, weight=take(self.weight, as_selection(index)))
 
     def _w(self, like: Tensor):
         if isinstance(self.weight, Tensor):
@@ -219,13 +276,13 @@ class L1(Term):
         return (self._w(x) * x.abs()).sum(-1)
 
     def prox(self, v: Tensor, step, domain: ConstraintSet) -> Tensor:
-        if not isinstance(domain, (Reals, Box)):
+        if not domain.separable:
             return super().prox(v, step, domain)
         t = column(step, v) * self._w(v)
         return domain.project(torch.sign(v) * (v.abs() - t).clamp_min(0))
 
     def conj(self, v: Tensor, domain: ConstraintSet) -> Tensor:
-        if not isinstance(domain, (Reals, Box)):
+        if not domain.separable:
             return super().conj(v, domain)
         w = self._w(v)
         w = torch.as_tensor(w, dtype=v.dtype, device=v.device).expand_as(v)
@@ -256,17 +313,20 @@ class Indicator(Term):
             raise TypeError(f"Indicator: set must be a ConstraintSet, got {type(set).__name__}")
         self.set = set
 
+    def select(self, index) -> "Indicator":
+        return replace(self, set=self.set.select(index))
+
     def value(self, x: Tensor) -> Tensor:
         inside = self.set.contains(x, atol=1e-9)
         return torch.where(inside, torch.zeros_like(x[..., 0]), torch.full_like(x[..., 0], torch.inf))
 
     def prox(self, v: Tensor, step, domain: ConstraintSet) -> Tensor:
-        if type(domain) is not Reals:
+        if not domain.unconstrained:
             return super().prox(v, step, domain)
         return self.set.project(v)
 
     def conj(self, v: Tensor, domain: ConstraintSet) -> Tensor:
-        if type(domain) is not Reals:
+        if not domain.unconstrained:
             return super().conj(v, domain)
         return self.set.support(v)
 
@@ -291,6 +351,13 @@ class Smooth(Term):
         self._lipschitz = lipschitz
         self._mu = strong_convexity
         self._grad = torch.func.grad(lambda x: self.fn(x).sum())
+
+    def select(self, index) -> "Smooth":
+        """The term of the selected instances: ``fn.select`` if ``fn`` has one, else ``fn`` on the full batch
+        with zeros in the other rows (`saddle.selection.Embedded`; needs the selection's batch size)."""
+        sel = as_selection(index)
+        return Smooth(select_function(self.fn, sel._replace(base=None)), lipschitz=take(self._lipschitz, sel),
+                      strong_convexity=take(self._mu, sel))
 
     def value(self, x: Tensor) -> Tensor:
         return self.fn(x)
@@ -321,6 +388,11 @@ class Sum(Term):
             raise ValueError("Sum: at most one non-smooth term (its prox is used as is)")
         self.terms = tuple(terms)
         self.smooth = all(t.smooth for t in terms)
+        self.separable = all(t.separable for t in terms)
+
+    def select(self, index) -> "Sum":
+        sel = as_selection(index)
+        return replace(self, terms=tuple(t.select(sel) for t in self.terms))
 
     def value(self, x: Tensor) -> Tensor:
         return sum(t.value(x) for t in self.terms)

@@ -24,12 +24,14 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import problems
-from saddle.distributed import (SHARED_OPTIONS, WorkerGroup, _decode, _encode, _parser, _problem_digest, _ranks,
-                                _RankReport, _refusal, _shared_options, _hash64, main)
+from saddle.distributed import SHARED_OPTIONS, WorkerGroup, main
+from saddle.distributed.agreement import (RankReport, decode, encode, format_ranks, hash64, problem_digest, refusal,
+                                          shared_options)
+from saddle.distributed.cli import parser
 from _helpers import ROOT, worker_env
 
 FLAGS = ["--" + name.replace("_", "-") for name in SHARED_OPTIONS]
-PARSER = _parser()
+PARSER = parser()
 
 
 class _Rank(WorkerGroup):
@@ -42,15 +44,15 @@ class _Rank(WorkerGroup):
         return local
 
 
-def _report(argv: list[str], problem=None, error: str | None = None) -> _RankReport:
+def _report(argv: list[str], problem=None, error: str | None = None) -> RankReport:
     """What a rank started with ``argv`` sends to the others (through the fixed-size encoding)."""
     args = PARSER.parse_args(argv)
-    options = _shared_options(args, _Rank(0, 2, args.backend or "gloo"))
-    report = _RankReport(_hash64(" ".join(options)), 0 if problem is None else _problem_digest(problem),
-                         tuple(_hash64(v) for v in options.values()), options, error)
-    encoded = _encode(report)
+    options = shared_options(args, _Rank(0, 2, args.backend or "gloo"))
+    report = RankReport(hash64(" ".join(options)), 0 if problem is None else problem_digest(problem),
+                        tuple(hash64(v) for v in options.values()), options, error)
+    encoded = encode(report)
     assert encoded.shape == (8 * 32 + 4096,) and encoded.dtype == torch.uint8  # fixed, whatever the options
-    return _decode(encoded)
+    return decode(encoded)
 
 
 # Two values of every option that must agree.
@@ -75,28 +77,28 @@ def test_ranks_that_differ_in_any_options_are_all_told_which_and_how(flags, size
     odd = data.draw(st.lists(st.integers(0, size - 1), min_size=1, max_size=size - 1, unique=True), label="odd ranks")
     common = [arg for flag, (value, _) in ALTERNATIVES.items() if flag not in flags for arg in (flag, value)]
     reports = [_report(common + [a for f in flags for a in (f, ALTERNATIVES[f][rank in odd])]) for rank in range(size)]
-    message = _refusal(reports)
+    message = refusal(reports)
     assert message is not None and message.startswith("the ranks were started with different options: ")
     named = [flag for flag in FLAGS if f"{flag} {ALTERNATIVES[flag][0]} on " in message]
     assert sorted(named) == sorted(flags)
     for flag in flags:
-        assert f"{flag} {ALTERNATIVES[flag][1]} on {_ranks(sorted(odd))}" in message
-    assert _refusal([reports[0]] * size) is None
+        assert f"{flag} {ALTERNATIVES[flag][1]} on {format_ranks(sorted(odd))}" in message
+    assert refusal([reports[0]] * size) is None
 
 
 def test_unset_and_long_values_are_shown_and_still_compared_in_full():
     long_a, long_b = "x" * 200 + "a", "x" * 200 + "b"   # differ after the 60 characters shown
-    message = _refusal([_report(["--compressor", long_a]), _report(["--compressor", long_b, "--keep", "3"])])
+    message = refusal([_report(["--compressor", long_a]), _report(["--compressor", long_b, "--keep", "3"])])
     assert "--compressor " + "x" * 60 + " on rank 0 vs --compressor " in message
     assert "no --keep on rank 0 vs --keep 3 on rank 1" in message
 
 
 def test_one_rank_failing_at_setup_stops_every_rank_with_its_message():
     ok, bad = _report([]), _report([], error="--save /x/y.pt: the folder '/x' does not exist")
-    assert _refusal([ok, bad, ok]) == "rank 1: --save /x/y.pt: the folder '/x' does not exist"
-    assert _refusal([bad, bad]) == "--save /x/y.pt: the folder '/x' does not exist"
+    assert refusal([ok, bad, ok]) == "rank 1: --save /x/y.pt: the folder '/x' does not exist"
+    assert refusal([bad, bad]) == "--save /x/y.pt: the folder '/x' does not exist"
     other = _report([], error="masha1: participation (3) must be at most the number of workers (2)")
-    assert _refusal([bad, other, other]) == ("rank 0: --save /x/y.pt: the folder '/x' does not exist; "
+    assert refusal([bad, other, other]) == ("rank 0: --save /x/y.pt: the folder '/x' does not exist; "
                                              "ranks 1-2: masha1: participation (3) must be at most the number "
                                              "of workers (2)")
 
@@ -105,23 +107,24 @@ def test_problem_digest_is_the_same_on_every_rank_and_changes_with_the_data():
     def held_by(rank, seed=0, **kw):
         return problems.get("distributed_bilinear", n=4, group=_Rank(rank, 3), batch_size=2, seed=seed, **kw)
 
-    digests = {_problem_digest(held_by(rank)) for rank in range(3)}      # different shards, the same problem
-    assert digests == {_problem_digest(problems.get("distributed_bilinear", n=4, workers=3, batch_size=2, seed=0))}
-    assert _problem_digest(held_by(0, seed=1)) not in digests
-    assert _problem_digest(held_by(0, lam=0.5)) not in digests           # not an option: only the data differ
+    digests = {problem_digest(held_by(rank)) for rank in range(3)}      # different shards, the same problem
+    assert digests == {problem_digest(problems.get("distributed_bilinear", n=4, workers=3, batch_size=2, seed=0))}
+    assert problem_digest(held_by(0, seed=1)) not in digests
+    assert problem_digest(held_by(0, lam=0.5)) not in digests           # not an option: only the data differ
     same = [_report([], held_by(0)), _report([], held_by(1)), _report([], held_by(2, lam=0.5))]
-    assert _refusal(same[:2]) is None
-    assert "the ranks built different problems from the same options" in _refusal(same)
-    assert "ranks 0-1 vs rank 2" in _refusal(same)
+    assert refusal(same[:2]) is None
+    assert "the ranks built different problems from the same options" in refusal(same)
+    assert "ranks 0-1 vs rank 2" in refusal(same)
 
 
 def test_a_rank_running_another_version_is_refused_by_name():
     report = _report([])
-    assert "different versions of saddle.distributed" in _refusal([report, report._replace(layout=1)])
+    assert "different versions of saddle.distributed" in refusal([report, report._replace(layout=1)])
 
 
 def test_rank_lists_are_short():
-    assert _ranks([3]) == "rank 3" and _ranks([0, 2]) == "ranks 0, 2" and _ranks([0, 1, 2, 3, 5]) == "ranks 0-3, 5"
+    assert format_ranks([3]) == "rank 3" and format_ranks([0, 2]) == "ranks 0, 2"
+    assert format_ranks([0, 1, 2, 3, 5]) == "ranks 0-3, 5"
 
 
 # -- real processes ---------------------------------------------------------------------------------------

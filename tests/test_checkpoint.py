@@ -12,46 +12,28 @@ import problems
 import saddle
 from saddle.checkpoint import CheckpointWarning, load_checkpoint
 
-from _helpers import ALL_SOLVERS as ALL, distributed_problem, problem_for, settings_for
+import saddle.testing
+from _helpers import settings_for
 
 
-def test_every_solver_is_covered():
-    assert set(saddle.solver_names()) == ALL
-
-
-@pytest.mark.parametrize("solver", sorted(ALL))
+@pytest.mark.parametrize("solver", saddle.solver_names())
 def test_resumed_solve_is_bit_identical(solver, tmp_path):
-    assert_resume_is_bit_identical(problem_for(solver), solver, settings_for(solver), tmp_path)
+    # saddle.testing's resume check on the first conformance family the solver applies to.
+    s = saddle.testing.conformance_solver(solver)
+    family = saddle.testing.representative(s, saddle.testing.PREFERRED["resume"])
+    # The SAM family's problem is built on a closure (the loss captures H): the resume says what it checked.
+    opaque = family.name == "sharpness"
+    with pytest.warns(CheckpointWarning, match="cannot see") if opaque else contextlib.nullcontext():
+        saddle.testing.check_resume(s, family, directory=tmp_path)
 
 
 @pytest.mark.parametrize("solver", ["masha1", "masha2"])
 def test_resumed_full_operator_masha_is_bit_identical(solver, tmp_path):
     # The conformance settings run MASHA on minibatches (and MASHA2 with partial participation);
     # the default full-operator, all-worker variant has its own state path.
-    settings = {k: v for k, v in settings_for(solver).items() if k not in ("batch_size", "participation")}
-    assert_resume_is_bit_identical(distributed_problem(), solver, settings, tmp_path)
-
-
-def assert_resume_is_bit_identical(problem, solver: str, settings: dict, tmp_path):
-    # Different tolerances: some instances stop before the interruption, some after, one never.
-    r0 = saddle.merit.residual(problem, problem.z0)
-    tol = r0 * torch.tensor([0.3, 1e-3, 0.0], dtype=torch.float64)
-    full = saddle.solve(problem, solver, tol=tol, max_iters=80, check_every=10, **settings)
-    path = tmp_path / "solve.pt"
-    first = saddle.solve(problem, solver, tol=tol, max_iters=40, check_every=10, checkpoint=path,
-                         checkpoint_every=20, **settings)
-    assert first.history["iteration"].tolist()[-1] == 40
-    # The SAM family's problem is built on a closure (the loss captures H): the resume says what it checked.
-    opaque = isinstance(problem, problems.sharpness.SharpnessProblem)
-    with pytest.warns(CheckpointWarning, match="cannot see") if opaque else contextlib.nullcontext():
-        resumed = saddle.solve(problem, solver, tol=tol, max_iters=80, check_every=10, resume=path, **settings)
-    for a, b in zip(full.z, resumed.z):
-        assert torch.equal(a, b)
-    assert torch.equal(full.status, resumed.status)
-    assert torch.equal(full.iterations, resumed.iterations)
-    assert torch.equal(full.operator_calls, resumed.operator_calls)
-    assert full.history["iteration"].tolist() == resumed.history["iteration"].tolist()
-    torch.testing.assert_close(full.history["residual"], resumed.history["residual"], rtol=0, atol=0)
+    settings = {k: v for k, v in settings_for(solver).items() if k not in ("minibatch", "participation")}
+    saddle.testing.check_resume(saddle.get_solver(solver, **settings), saddle.testing.FAMILIES["distributed"],
+                                directory=tmp_path)
 
 
 def test_a_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

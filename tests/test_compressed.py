@@ -322,7 +322,7 @@ def test_samples_split_each_worker_operator_exactly():
 def test_minibatch_masha_converges_linearly_to_the_exact_solution(solver, compressor):
     problem = _samples_problem()
     z_star = _exact_solution(problem)
-    sol = saddle.solve(problem, solver, compressor=compressor, batch_size=1, tol=1e-7, measure="distance",
+    sol = saddle.solve(problem, solver, compressor=compressor, minibatch=1, tol=1e-7, measure="distance",
                        max_iters=5000, check_every=20)
     assert (sol.status == Status.CONVERGED).all(), sol
     assert _distance(sol.z, z_star).max() <= 1e-6
@@ -348,7 +348,7 @@ def test_minibatch_counts_bits_and_samples_exactly(solver):
     problem.local_operator = recorder
     r = M if solver == "masha1" else 2
     kw = {"compressor": RandK(k=k)} if solver == "masha1" else {"compressor": TopK(k=k), "participation": r}
-    s = saddle.get_solver(solver, batch_size=b, seed=torch.tensor([0, 1, 2]), **kw)
+    s = saddle.get_solver(solver, minibatch=b, seed=torch.tensor([0, 1, 2]), **kw)
     state, syncs = _run(problem, s, R)
     assert torch.equal(state.syncs, syncs)
     p = min(k / d, b / N)  # the default: the compressor's p capped by b / N
@@ -379,7 +379,7 @@ def test_full_batch_reproduces_the_full_operator_iterates(solver, kw):
     # the samples: equal up to rounding), with the same default step and p and the same random draws.
     N, R = 4, 150
     problem = _samples_problem(samples=N)
-    full_s, mini_s = saddle.get_solver(solver, **kw), saddle.get_solver(solver, batch_size=N, **kw)
+    full_s, mini_s = saddle.get_solver(solver, **kw), saddle.get_solver(solver, minibatch=N, **kw)
     z_full, z_mini = problem.z0, problem.z0
     full, mini = full_s.init(problem, z_full), mini_s.init(problem, z_mini)
     assert torch.equal(full.step_size, mini.step_size) and torch.equal(full.tau, mini.tau)
@@ -438,15 +438,15 @@ def test_full_operator_masha_batched_solve_equals_loop_of_single_solves(solver, 
 def test_minibatch_and_participation_settings_are_checked(solver):
     problem = _samples_problem(samples=4)
     for bad in (0, -2):
-        with pytest.raises(ValueError, match=f"{solver}: batch_size must be a positive integer"):
-            saddle.get_solver(solver, batch_size=bad)
+        with pytest.raises(ValueError, match=f"{solver}: minibatch must be a positive integer"):
+            saddle.get_solver(solver, minibatch=bad)
     for bad in (2.0, "2", True):
-        with pytest.raises(TypeError, match=f"{solver}: batch_size must be a positive integer"):
-            saddle.get_solver(solver, batch_size=bad)
-    with pytest.raises(ValueError, match=r"batch_size \(5\) must be at most the number of samples per worker N = 4"):
-        saddle.solve(problem, solver, batch_size=5)
-    with pytest.raises(ValueError, match=r"batch_size \(2\) must be at most .* N = 1"):
-        saddle.solve(_problem(), solver, batch_size=2)
+        with pytest.raises(TypeError, match=f"{solver}: minibatch must be a positive integer"):
+            saddle.get_solver(solver, minibatch=bad)
+    with pytest.raises(ValueError, match=r"minibatch \(5\) must be at most the number of samples per worker N = 4"):
+        saddle.solve(problem, solver, minibatch=5)
+    with pytest.raises(ValueError, match=r"minibatch \(2\) must be at most .* N = 1"):
+        saddle.solve(_problem(), solver, minibatch=2)
     with pytest.raises(ValueError, match=r"participation \(4\) must be at most the number of workers \(3\)"):
         saddle.solve(problem, solver, participation=4)
     with pytest.raises(ValueError, match="participation must be a positive integer"):
@@ -455,9 +455,9 @@ def test_minibatch_and_participation_settings_are_checked(solver):
     bare = DistributedProblem(problem.local_operator, problem.domain, problem.z0, group=problem.group,
                               lipschitz=problem.lipschitz(), local_lipschitz=problem.local_lipschitz())
     with pytest.raises(ValueError, match="needs the samples' mean-square Lipschitz constant"):
-        saddle.solve(bare, solver, batch_size=2)
-    saddle.solve(bare, solver, batch_size=2, step_size=0.01, max_iters=5)  # fine with a step size
-    saddle.solve(bare, solver, batch_size=4, max_iters=5)  # b = N: no sampling variance, no Lhat needed
+        saddle.solve(bare, solver, minibatch=2)
+    saddle.solve(bare, solver, minibatch=2, step_size=0.01, max_iters=5)  # fine with a step size
+    saddle.solve(bare, solver, minibatch=4, max_iters=5)  # b = N: no sampling variance, no Lhat needed
 
 
 def test_samples_are_checked():
@@ -466,3 +466,29 @@ def test_samples_are_checked():
             problems.get("distributed_bilinear", n=4, samples=bad)
     with pytest.raises(ValueError, match="samples must be at most n = 4"):
         problems.get("distributed_bilinear", n=4, samples=5)
+
+
+# batch_size means the number of instances B everywhere else; the solvers' minibatch setting took its
+# name until this release. The old keyword still works for one release: warned, and the same solver.
+@pytest.mark.parametrize("solver,problem,settings", [
+    ("masha1", lambda: _samples_problem(), {"compressor": RandK(k=3)}),
+    ("masha2", lambda: _samples_problem(), {"compressor": TopK(k=3), "participation": 2}),
+    ("seg", lambda: problems.get("dro", n=12, d=3, batch_size=2, seed=1), {"step_size": 0.01}),
+    ("double_step_seg", lambda: problems.get("dro", n=12, d=3, batch_size=2, seed=1), {"step_size": 0.01}),
+    ("vr_eg", lambda: problems.get("dro", n=12, d=3, batch_size=2, seed=1), {"step_size": 0.01}),
+])
+def test_the_deprecated_batch_size_keyword_still_sets_the_minibatch(solver, problem, settings):
+    problem = problem()
+    with pytest.warns(DeprecationWarning, match=f"{solver}: batch_size is deprecated .* use minibatch"):
+        old = saddle.get_solver(solver, batch_size=2, **settings)
+    new = saddle.get_solver(solver, minibatch=2, **settings)
+    assert old == new and old.minibatch == 2 and old.batch_size is None
+    with pytest.warns(DeprecationWarning) as caught:  # through solve(), attributed to the caller's line
+        by_old = saddle.solve(problem, solver, batch_size=2, max_iters=30, tol=0.0, **settings)
+    assert caught[0].filename == __file__
+    by_new = saddle.solve(problem, new, max_iters=30, tol=0.0)
+    for a, b in zip(by_old.z, by_new.z):
+        assert torch.equal(a, b)
+    assert torch.equal(by_old.operator_calls, by_new.operator_calls)
+    with pytest.raises(TypeError, match=f"{solver}: give minibatch only"):
+        saddle.get_solver(solver, batch_size=2, minibatch=3, **settings)

@@ -1,4 +1,8 @@
-"""The shared conformance suite: every solver x every problem it applies to.
+"""The shared conformance suite: every registered solver x every problem family it applies to.
+
+The checks are `saddle.testing`'s (`check_solver` runs them on anyone's solver); applicability comes
+from ``solver.check(problem)`` and what theory promises from the solver's metadata (``converges_on``,
+``calls_per_step``, ...), so a new solver joins by being registered. Here, for every solver:
 
 - converges to the exact reference where theory says it does (HiGHS values for
   matrix games, linear solves and cvxpy for bilinear and quadratic games), and
@@ -17,31 +21,54 @@ import torch
 
 import problems
 import saddle
+import saddle.testing as conformance
 from saddle import Backtracking, Status
-
-from _helpers import ADAPTIVE_COMPETITIVE, BILINEAR, COMPETITIVE, DISTRIBUTED, DISTRIBUTED_SETTINGS, GAMES, \
-    LINEARIZED_PD, MONOTONE, NO_PROX, PRIMAL_DUAL, PROBLEMS, SAM_FAMILY, SOLVER_SETTINGS, STOCHASTIC, \
-    STOCHASTIC_SETTINGS, STRONGLY_CONCAVE, STRONGLY_MONOTONE, SUBLINEAR, UNCONSTRAINED, counting, \
+from saddle.testing import FAMILIES, SETTINGS, SkipCheck, assert_stopped_instances_stay, counting, \
     distributed_problem, dro_problem, instance, sharpness_quadratic
 
 
-# Extragradient-type methods converge on LPs too, but need ~10^4 iterations there: too slow to test to 1e-9.
-SLOW_FOR_MONOTONE = {"linear_program"}
-
-CONVERGENT = [(s, p) for s in MONOTONE for p in PROBLEMS if p not in SLOW_FOR_MONOTONE] + \
-             [(s, p) for s in STRONGLY_MONOTONE for p in ("quadratic", "quadratic_box")] + \
-             [(s, p) for s in PRIMAL_DUAL for p in PROBLEMS if p not in NO_PROX] + \
-             [(s, p) for s in COMPETITIVE for p in UNCONSTRAINED] + \
-             [(s, p) for s in ADAPTIVE_COMPETITIVE for p in BILINEAR]
+def _cls(name: str) -> type:
+    return type(saddle.get_solver(name, **SETTINGS.get(name, {})))
 
 
-def test_every_registered_solver_is_covered():
-    assert set(saddle.solver_names()) == set(MONOTONE) | set(STRONGLY_MONOTONE) | set(SUBLINEAR) | \
-        set(PRIMAL_DUAL) | set(LINEARIZED_PD) | set(COMPETITIVE) | set(ADAPTIVE_COMPETITIVE) | set(SAM_FAMILY) | \
-        set(STOCHASTIC) | set(DISTRIBUTED)
+def solvers(category: str) -> list[str]:
+    """The registered solvers of a category (`saddle.solvers.base.CATEGORIES`)."""
+    return [s for s in saddle.solver_names() if _cls(s).category == category]
 
 
-@pytest.mark.parametrize("solver", COMPETITIVE + ADAPTIVE_COMPETITIVE)
+PROBLEMS = {name: FAMILIES[name] for name in ["bilinear", "xy", "matrix_game", "matrix_game_entropic",
+                                             "rock_paper_scissors", "matching_pennies", "quadratic",
+                                             "quadratic_box", "linear_program"]}
+UNCONSTRAINED = ("bilinear", "xy", "quadratic")
+NO_PROX = {"quadratic_box"}  # a dense quadratic term on a box
+STRONGLY_CONCAVE = ("quadratic", "quadratic_box")
+COMPETITIVE = solvers("competitive")
+# First-order methods for monotone problems (all take backtracking step sizes).
+MONOTONE = [s for s in solvers("first-order") if "monotone" in _cls(s).converges_on]
+LINEARIZED_PD = [s for s in solvers("primal-dual") if _cls(s).converges_on == ("convex-strongly-concave",)]
+SAM_FAMILY, STOCHASTIC, DISTRIBUTED = solvers("sharpness"), solvers("stochastic"), solvers("distributed")
+STOCHASTIC_SETTINGS = {s: SETTINGS[s] for s in STOCHASTIC}
+DISTRIBUTED_SETTINGS = {s: SETTINGS.get(s, {}) for s in DISTRIBUTED}
+
+
+def run(check, solver, family, **kw):
+    """A `saddle.testing` check as a test: `SkipCheck` becomes ``pytest.skip`` with the solver's reason."""
+    try:
+        return check(conformance.conformance_solver(solver), family, **kw)
+    except SkipCheck as skip:
+        pytest.skip(str(skip))
+
+
+@pytest.mark.parametrize("solver", saddle.solver_names())
+def test_solver_metadata_is_well_formed(solver):
+    conformance.check_metadata(saddle.get_solver(solver, **SETTINGS.get(solver, {})))
+
+
+def test_every_category_has_a_solver():
+    assert {_cls(s).category for s in saddle.solver_names()} == set(saddle.solvers.base.CATEGORIES)
+
+
+@pytest.mark.parametrize("solver", COMPETITIVE)
 @pytest.mark.parametrize("name", sorted(set(PROBLEMS) - set(UNCONSTRAINED)))
 def test_competitive_methods_explain_where_they_do_not_apply(solver, name):
     with pytest.raises(ValueError, match=f"{solver} needs unconstrained players"):
@@ -69,42 +96,13 @@ def test_linearized_primal_dual_explains_where_it_does_not_apply(solver, name):
         saddle.solve(problems.get("comonotone_linear"), solver)
 
 
-@pytest.mark.parametrize("solver", LINEARIZED_PD)
-@pytest.mark.parametrize("name", STRONGLY_CONCAVE)
-def test_linearized_primal_dual_converges_to_the_exact_reference(solver, name):
-    problem = PROBLEMS[name]()
-    sol = saddle.solve(problem, solver, tol=1e-5, measure="distance", max_iters=30_000, check_every=50)
-    assert (sol.status == Status.CONVERGED).all(), sol
-    distance = torch.sqrt(sum((a - b).square().sum(-1) for a, b in zip(sol.z, problem.reference.solution)))
-    assert distance.max() <= 1e-5
-    assert saddle.merit.residual(problem, sol.z).max() <= 1e-5
-
-
-@pytest.mark.parametrize("solver,name", CONVERGENT)
+@pytest.mark.parametrize("solver", saddle.solver_names())
+@pytest.mark.parametrize("name", list(PROBLEMS))
 def test_converges_to_the_exact_reference(solver, name):
-    problem = PROBLEMS[name]()
-    ref = problem.reference
-    settings = SOLVER_SETTINGS.get(solver, {})
-    if name == "linear_program":
-        sol = saddle.solve(problem, solver, tol=1e-9, measure="kkt", max_iters=30_000)
-        assert (sol.status == Status.CONVERGED).all(), sol
-        objective = (problem.c * sol.x).sum(-1)
-        assert ((objective - ref.value).abs() <= 1e-7 * ref.value.abs()).all()
-    elif name in GAMES:
-        sol = saddle.solve(problem, solver, tol=1e-6, measure="gap", max_iters=30_000)
-        assert (sol.status == Status.CONVERGED).all(), sol
-        # Value against HiGHS / the closed form, and the exact duality gap.
-        assert (problem.objective(sol.z) - ref.value).abs().max() <= 1e-6
-        assert sol.gap.max() <= 1e-6
-        # Independent recomputation of the gap from the payoff matrix: max_j (A^T x)_j - min_i (A y)_i.
-        A = problem.K.mT
-        gap = (A.mT @ sol.x.unsqueeze(-1)).squeeze(-1).amax(-1) - (A @ sol.y.unsqueeze(-1)).squeeze(-1).amin(-1)
-        torch.testing.assert_close(gap, sol.gap, rtol=0, atol=1e-12)
-    else:
-        sol = saddle.solve(problem, solver, tol=1e-9, max_iters=30_000, **settings)
-        assert (sol.status == Status.CONVERGED).all(), sol
-        distance = torch.sqrt(sum((a - b).square().sum(-1) for a, b in zip(sol.z, ref.solution)))
-        assert distance.max() <= 1e-6
+    # Where the solver's converges_on names a class of the family: residual 1e-9 and distance 1e-6;
+    # matrix games gap and value 1e-6 (and the gap recomputed from A); LPs KKT 1e-9, objective 1e-7;
+    # averaging sublinear solvers (LPD, ALPD) distance and residual 1e-5.
+    run(conformance.check_converges, solver, FAMILIES[name])
 
 
 @pytest.mark.parametrize("name", ["bilinear", "xy"])
@@ -116,8 +114,8 @@ def test_gda_diverges_on_bilinear_games(name):
     assert (sol.iterations < 5000).all()
 
 
-SETTINGS = [(s, {}) for s in saddle.solver_names()] + \
-           [(s, {"step_size": Backtracking(initial=1.0)}) for s in MONOTONE + SUBLINEAR]
+CASES = [(s, {}) for s in saddle.solver_names()] + \
+        [(s, {"step_size": Backtracking(initial=1.0)}) for s in MONOTONE]
 
 
 def _ids(case):
@@ -125,35 +123,11 @@ def _ids(case):
     return s + ("-backtracking" if kw else "")
 
 
-def _applies(solver, name):
-    if solver in DISTRIBUTED:
-        return False  # needs a DistributedProblem: the distributed conformance tests below
-    if solver in STOCHASTIC:
-        return False  # explicit steps, finite sums: the DRO conformance tests below
-    if solver == "asam":
-        return False  # needs a Euclidean ball for the max player: the sharpness tests below
-    if solver == "sam" and name not in ("quadratic_box", "matrix_game_entropic"):
-        return False  # needs a bounded set for the max player
-    if solver in STRONGLY_MONOTONE + LINEARIZED_PD and name not in STRONGLY_CONCAVE:
-        return False  # GDA has no default step without strong monotonicity; LPD needs h strongly convex
-    if solver in COMPETITIVE + ADAPTIVE_COMPETITIVE and name not in UNCONSTRAINED:
-        return False  # competitive methods need unconstrained players
-    return not (solver in PRIMAL_DUAL and name in NO_PROX)
-
-
-@pytest.mark.parametrize("solver,settings", SETTINGS, ids=[_ids(c) for c in SETTINGS])
+@pytest.mark.parametrize("solver,settings", CASES, ids=[_ids(c) for c in CASES])
 @pytest.mark.parametrize("name", ["quadratic_box", "matrix_game_entropic", "bilinear", "quadratic", "linear_program"])
 def test_batched_solve_equals_loop_of_single_solves(solver, settings, name):
-    if not _applies(solver, name):
-        pytest.skip("does not apply")
-    problem = PROBLEMS[name]()
-    batched = saddle.solve(problem, solver, tol=0.0, max_iters=150, **settings)
-    for i in range(problem.batch_size):
-        single = saddle.solve(instance(problem, i), solver, tol=0.0, max_iters=150, **settings)
-        for a, b in zip(batched.z, single.z):
-            torch.testing.assert_close(a[i:i + 1], b, rtol=0, atol=1e-12)
-        assert batched.operator_calls[i] == single.operator_calls[0]
-        assert batched.iterations[i] == single.iterations[0]
+    run(conformance.check_batch_equals_loop, saddle.get_solver(solver, **{**SETTINGS.get(solver, {}), **settings}),
+        FAMILIES[name])
 
 
 @pytest.mark.parametrize("solver", sorted(set(saddle.solver_names()) - set(LINEARIZED_PD) - set(SAM_FAMILY) -
@@ -161,11 +135,15 @@ def test_batched_solve_equals_loop_of_single_solves(solver, settings, name):
 def test_per_instance_step_sizes(solver):
     # (LPD and ALPD take per-instance constants instead: test_linearized_primal_dual.py; SAM and ASAM:
     # test_sam_family_batched_solve_equals_loop_of_single_solves.)
-    unconstrained = solver in PRIMAL_DUAL + COMPETITIVE + ADAPTIVE_COMPETITIVE
-    problem = problems.get("quadratic", n=6, m=4, batch_size=3, seed=3, box=None if unconstrained else 0.3)
+    boxed = problems.get("quadratic", n=6, m=4, batch_size=3, seed=3, box=0.3)
+    try:
+        saddle.get_solver(solver).check(boxed)
+        problem = boxed
+    except ValueError:  # PDHG (no closed-form prox of a dense quadratic on a box), competitive methods
+        problem = problems.get("quadratic", n=6, m=4, batch_size=3, seed=3)
     L = problem.lipschitz()
     mu = problem.strong_monotonicity()
-    base = mu / L**2 if solver in STRONGLY_MONOTONE else 0.1 / L
+    base = mu / L**2 if _cls(solver).converges_on == ("strongly monotone",) else 0.1 / L
     steps = base * torch.tensor([0.5, 1.0, 1.5], dtype=torch.float64)
     batched = saddle.solve(problem, solver, step_size=steps, tol=0.0, max_iters=60)
     for i in range(problem.batch_size):
@@ -174,73 +152,22 @@ def test_per_instance_step_sizes(solver):
             torch.testing.assert_close(a[i:i + 1], b, rtol=0, atol=1e-12)
 
 
-def assert_stopped_instances_stay(seen, batch_size: int) -> dict:
-    """Check callback snapshots ``(status, z, operator_calls)``: once an instance stops, its point and
-    count never change again. Returns ``{instance: (z, calls)}`` at each instance's stop."""
-    stopped_at = {}
-    for status, z, calls in seen:
-        for i in range(batch_size):
-            if status[i] != Status.RUNNING and i not in stopped_at:
-                stopped_at[i] = (z, calls)
-            elif i in stopped_at:
-                z_stop, calls_stop = stopped_at[i]
-                for a, b in zip(z, z_stop):
-                    assert torch.equal(a[i], b[i]), f"instance {i} moved after it stopped"
-                assert calls[i] == calls_stop[i]
-    return stopped_at
-
-
-@pytest.mark.parametrize("solver", MONOTONE + SUBLINEAR + STRONGLY_MONOTONE + PRIMAL_DUAL + LINEARIZED_PD +
-                         COMPETITIVE + ADAPTIVE_COMPETITIVE)
+@pytest.mark.parametrize("solver", sorted(set(saddle.solver_names()) - set(SAM_FAMILY) - set(STOCHASTIC) -
+                                          set(DISTRIBUTED)))
 def test_stopped_instances_stay_bitwise_unchanged(solver):
-    problem = PROBLEMS["quadratic"]()
-    # Very different tolerances: the instances stop at different checks.
-    r0 = saddle.merit.residual(problem, problem.z0)
-    tol = r0 * torch.tensor([0.5, 0.05, 1e-6, 0.0], dtype=torch.float64)
-    seen = []
-    sol = saddle.solve(problem, solver, tol=tol, max_iters=400, check_every=5, **SOLVER_SETTINGS.get(solver, {}),
-                       callback=lambda p: seen.append((p.status.clone(), tuple(b.clone() for b in p.z),
-                                                       p.state.operator_calls.clone())))
-    stopped_at = assert_stopped_instances_stay(seen, problem.batch_size)
+    # Tolerances [0.5, 0.05, 1e-6, 0] r0: the instances stop at different checks, the last never.
+    stopped_at = run(conformance.check_stopped_instances_stay, solver, FAMILIES["quadratic"])
     assert set(stopped_at) >= {0, 1}, "the loose instances should have stopped early"
-    for i, (z_stop, _) in stopped_at.items():
-        for a, b in zip(sol.z, z_stop):
-            assert torch.equal(a[i], b[i])
-    assert sol.status[3] == Status.MAX_ITERS
-
-
-def _calls_per_iteration(solver):
-    return {"extragradient": 2, "mirror_prox": 2, "eg_plus": 2, "anchored_eg": 2, "optimistic": 1, "reflected": 1,
-            "gda": 1, "alternating_gda": 2, "pdhg": 1, "cgd": 1, "acgd": 1, "cgo": 1, "ocgo": 2, "sam": 2,
-            "asam": 2}[solver]
-
-
-def _calls_at_init(solver):
-    return {"reflected": 0, "alternating_gda": 0, "cgd": 0, "acgd": 0, "cgo": 0, "ocgo": 0, "sam": 0,
-            "asam": 0}.get(solver, 1)
 
 
 @pytest.mark.parametrize("solver", saddle.solver_names())
 def test_operator_call_counts_are_exact(solver):
-    if solver in DISTRIBUTED:
-        pytest.skip("counts rounds of worker evaluations: test_distributed_solvers_count_exactly")
-    if solver in STOCHASTIC:
-        pytest.skip("counts per-sample evaluations: test_stochastic_solvers_count_per_sample_evaluations")
-    if solver in PRIMAL_DUAL + LINEARIZED_PD:
-        pytest.skip("uses K or the coupling directly: see test_pdhg_counts_products_with_K and "
-                    "test_linearized_primal_dual_counts_gradients")
-    # (Competitive methods: their mixed-product counts are tested in test_competitive.py.)
-    competitive = solver in COMPETITIVE + ADAPTIVE_COMPETITIVE
-    problem, op = counting(sharpness_quadratic() if solver in SAM_FAMILY else
-                           PROBLEMS["quadratic" if competitive else "quadratic_box"]())
-    s = saddle.get_solver(solver)
-    state = s.init(problem, problem.z0)
-    z = problem.z0
-    assert op.calls == _calls_at_init(solver)
-    for k in range(1, 8):
-        z, state = s.step(problem, z, state)
-        assert op.calls == _calls_at_init(solver) + k * _calls_per_iteration(solver)
-        assert (state.operator_calls == op.calls).all()
+    # (PDHG, LPD/ALPD, stochastic and distributed solvers declare no fixed count per step: see
+    # test_pdhg_counts_products_with_K, test_linearized_primal_dual_counts_gradients,
+    # test_stochastic_solvers_count_per_sample_evaluations, test_distributed_solvers_count_exactly;
+    # competitive methods' mixed-product counts are tested in test_competitive.py.)
+    s = conformance.conformance_solver(solver)
+    run(conformance.check_exact_counts, s, conformance.representative(s))
 
 
 def test_pdhg_counts_products_with_K(monkeypatch):
@@ -305,7 +232,7 @@ def test_linearized_primal_dual_counts_gradients(solver, name):
         assert (state.operator_calls == k + 1).all()
 
 
-@pytest.mark.parametrize("solver", MONOTONE + SUBLINEAR)
+@pytest.mark.parametrize("solver", MONOTONE)
 def test_backtracking_counts_trials_and_accepted_steps(solver):
     # With backtracking a rejected trial costs one evaluation (F at the trial
     # point; single-call methods pay nothing more); an accepted two-call step
@@ -321,23 +248,14 @@ def test_backtracking_counts_trials_and_accepted_steps(solver):
         moved += torch.stack([(a != b).any(-1) for a, b in zip(z_new, z)]).any(0).long()
         z = z_new
     assert (moved < trials).all(), "an initial step of 10 / L should be rejected at least once"
-    expected = _calls_at_init(solver) + trials + (moved if _calls_per_iteration(solver) == 2 else 0)
+    expected = _cls(solver).calls_at_init + trials + (moved if _cls(solver).calls_per_step == 2 else 0)
     assert torch.equal(state.operator_calls, expected + torch.zeros_like(moved))
 
 
 @pytest.mark.parametrize("solver", saddle.solver_names())
-def test_solve_does_not_mutate_inputs(solver):
-    if solver in DISTRIBUTED:
-        pytest.skip("needs a DistributedProblem: test_distributed_solvers_do_not_mutate_inputs")
-    if solver in STOCHASTIC:
-        pytest.skip("needs a step size and a finite sum: test_stochastic_solvers_do_not_mutate_inputs")
-    unconstrained = solver in PRIMAL_DUAL + LINEARIZED_PD + COMPETITIVE + ADAPTIVE_COMPETITIVE
-    problem = sharpness_quadratic() if solver in SAM_FAMILY else \
-        PROBLEMS["quadratic" if unconstrained else "quadratic_box"]()
-    z0 = tuple(b.clone() for b in problem.z0)
-    saddle.solve(problem, solver, max_iters=20)
-    for a, b in zip(problem.z0, z0):
-        assert torch.equal(a, b)
+def test_steps_do_not_mutate_inputs(solver):
+    s = conformance.conformance_solver(solver)
+    run(conformance.check_no_mutation, s, conformance.representative(s))
 
 
 @pytest.mark.cuda
@@ -345,10 +263,10 @@ def test_solve_does_not_mutate_inputs(solver):
 @pytest.mark.parametrize("solver", saddle.solver_names())
 @pytest.mark.parametrize("name", ["quadratic_box", "matrix_game_entropic", "quadratic"])
 def test_cpu_and_gpu_agree(solver, name):
-    if not _applies(solver, name):
-        pytest.skip("does not apply")
-    cpu = saddle.solve(PROBLEMS[name](), solver, tol=0.0, max_iters=300)
-    gpu = saddle.solve(PROBLEMS[name](device="cuda"), solver, tol=0.0, max_iters=300)
+    s = conformance.conformance_solver(solver)
+    run(conformance.applicable_problem, s, FAMILIES[name])  # skips where the solver does not apply
+    cpu = saddle.solve(PROBLEMS[name](), s, tol=0.0, max_iters=300)
+    gpu = saddle.solve(PROBLEMS[name](device="cuda"), s, tol=0.0, max_iters=300)
     for a, b in zip(cpu.z, gpu.z):
         torch.testing.assert_close(a, b.cpu(), rtol=0, atol=1e-10)
     assert torch.equal(cpu.operator_calls, gpu.operator_calls.cpu())
@@ -423,7 +341,7 @@ def test_stochastic_batched_solve_equals_loop_of_single_solves(solver, ambiguity
     settings = {**STOCHASTIC_SETTINGS[solver], "step_size": steps}
     batched = saddle.solve(problem, solver, tol=0.0, max_iters=120, **settings)
     for i in range(problem.batch_size):
-        single = saddle.solve(problem.instance(i), solver, tol=0.0, max_iters=120,
+        single = saddle.solve(problem.select(i), solver, tol=0.0, max_iters=120,
                               **{**settings, "step_size": float(steps[i])})
         for a, b in zip(batched.z, single.z):
             torch.testing.assert_close(a[i:i + 1], b, rtol=0, atol=1e-12)
@@ -457,7 +375,7 @@ def test_stochastic_solvers_count_per_sample_evaluations(solver):
     state = s.init(problem, problem.z0)
     z = problem.z0
     assert evaluated["samples"] == {"seg": 0, "double_step_seg": 0}.get(solver, n)
-    m = getattr(s, "batch_size", 1)
+    m = getattr(s, "minibatch", 1)
     for k in range(1, 40):
         before = evaluated["samples"]
         z, state = s.step(problem, z, state)
@@ -481,7 +399,7 @@ def test_stochastic_stopped_instances_stay_bitwise_unchanged(solver):
     # (SEG's iterates stay noisy: its residual hovers near r0, so its first instance stops at once.)
     tol = r0 * torch.tensor([1.2, 0.9, 0.0] if "seg" in solver else [0.7, 0.4, 0.0], dtype=torch.float64)
     seen = []
-    settings = {**STOCHASTIC_SETTINGS[solver], **({"batch_size": 16} if "seg" in solver else {})}
+    settings = {**STOCHASTIC_SETTINGS[solver], **({"minibatch": 16} if "seg" in solver else {})}
     sol = saddle.solve(problem, solver, tol=tol, max_iters=400, check_every=5,
                        callback=lambda p: seen.append((p.status.clone(), tuple(b.clone() for b in p.z),
                                                        p.state.operator_calls.clone())), **settings)

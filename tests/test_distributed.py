@@ -68,7 +68,7 @@ def test_gloo_processes_reproduce_minibatch_masha2_with_partial_participation(tm
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     remote = torch.load(save)
     problem = problems.get("distributed_bilinear", n=6, workers=3, samples=3, batch_size=2, seed=3)
-    local = saddle.solve(problem, "masha2", compressor=TopK(k=3), participation=2, batch_size=1, seed=3,
+    local = saddle.solve(problem, "masha2", compressor=TopK(k=3), participation=2, minibatch=1, seed=3,
                          max_iters=100, tol=0.0, check_every=50)
     for a, b in zip(remote["z"], local.z):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)

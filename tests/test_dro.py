@@ -178,7 +178,7 @@ def test_seg_noise_floor_shrinks_with_the_batch_size():
     problem = problems.get("dro", n=32, d=4, ambiguity="chi2", lam=1.0, mu=0.5, batch_size=8, seed=2)
     floors = {}
     for m in (1, 16):
-        d = _track(problem, "seg", 3000, 100, step_size=0.01, batch_size=m)
+        d = _track(problem, "seg", 3000, 100, step_size=0.01, minibatch=m)
         floors[m] = d[10:].square().mean()
     assert floors[16] < floors[1] / 6, floors
     assert floors[16] > 0
@@ -186,7 +186,7 @@ def test_seg_noise_floor_shrinks_with_the_batch_size():
 
 def test_same_sample_and_double_step_seg_make_progress():
     problem = problems.get("dro", n=32, d=4, ambiguity="chi2", lam=1.0, mu=0.5, batch_size=4, seed=2)
-    same = _track(problem, "seg", 1000, 100, step_size=0.01, batch_size=4, same_sample=True)
+    same = _track(problem, "seg", 1000, 100, step_size=0.01, minibatch=4, same_sample=True)
     assert (same[5:].mean(0) < 0.8 * same[0]).all()
     double = _track(problem, "double_step_seg", 3000, 500, step_size=0.05)
     assert (double[-1] < 0.4 * double[0]).all() and (double[-1] < double[1]).all()
@@ -237,8 +237,8 @@ def test_bad_inputs_raise_clear_errors():
         DROProblem(A, b, ambiguity="spectral", spectrum=torch.ones(3) / 3)
     with pytest.raises(ValueError, match="step_size"):
         saddle.solve(problems.get("dro", n=10), "seg")
-    with pytest.raises(ValueError, match="batch_size"):
-        saddle.SEG(step_size=0.1, batch_size=0)
+    with pytest.raises(ValueError, match="minibatch"):
+        saddle.SEG(step_size=0.1, minibatch=0)
     with pytest.raises(TypeError, match="prospect needs a DRO problem"):
         saddle.solve(problems.get("quadratic"), "prospect", step_size=0.1)
 

@@ -551,3 +551,25 @@ def test_sample_bad_arguments():
         sample(p, p.z0[0], 5, seed=-3)
     with pytest.raises(TypeError, match="MixtureGAN"):
         sample(problems.get("dirac_gan"), p.z0[0], 5)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "leaky_relu", "elu"])
+def test_batched_mlp_is_its_modules_on_flat_rows(activation):
+    # problems.mlp on its own: B networks as the rows of one tensor give each nn.Sequential's outputs and
+    # (for a scalar network) its autograd input gradients.
+    from problems.mlp import BatchedMLP, init_default, mlp
+
+    gen = torch.Generator().manual_seed(3)
+    nets = [init_default(mlp(2, 1, 5, 2, activation), gen) for _ in range(3)]
+    batched = BatchedMLP(nets, activation)
+    inputs = torch.randn(3, 7, 2, dtype=F64, generator=gen, requires_grad=True)
+    value, slope = batched.value_and_input_grad(batched.start, inputs)
+    for i, net in enumerate(nets):
+        assert torch.equal(batched.start[i], nn.utils.parameters_to_vector(net.parameters()).detach())
+        out = net(inputs[i])
+        torch.testing.assert_close(batched(batched.start, inputs)[i], out, rtol=0, atol=1e-14)
+        torch.testing.assert_close(value[i], out[:, 0], rtol=0, atol=1e-14)
+        (grad,) = torch.autograd.grad(out.sum(), inputs)
+        torch.testing.assert_close(slope[i], grad[i], rtol=0, atol=1e-14)
+    with pytest.raises(ValueError, match="activation must be one of 'tanh', 'relu', 'leaky_relu', 'elu'; got 'gelu'"):
+        mlp(2, 1, 5, 2, "gelu")

@@ -12,7 +12,6 @@ full pass on most steps (``host_check``; none with ``host_check=False``).
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import pytest
@@ -21,31 +20,11 @@ import torch
 import problems
 import saddle
 from saddle.linalg import conjugate_gradient
+from saddle.testing import count_host_syncs as count_syncs
 
 from _helpers import KNOWN, Counted, dro_problem, problem_for, random_spd, random_vectors
 
-CONVERSIONS = ("item", "__bool__", "tolist", "__int__", "__float__", "numpy")
 CG_SOLVERS = {"cgd", "acgd", "cgo", "ocgo"}
-
-
-@contextlib.contextmanager
-def count_syncs():
-    counts = {"syncs": 0}
-    originals = {name: getattr(torch.Tensor, name) for name in CONVERSIONS}
-
-    def counted(name):
-        def call(self, *args, **kwargs):
-            counts["syncs"] += 1
-            return originals[name](self, *args, **kwargs)
-        return call
-
-    for name in CONVERSIONS:
-        setattr(torch.Tensor, name, counted(name))
-    try:
-        yield counts
-    finally:
-        for name, fn in originals.items():
-            setattr(torch.Tensor, name, fn)
 
 
 def test_the_counter_sees_a_sync():
@@ -150,7 +129,7 @@ def test_competitive_steps_on_one_instance_read_once_per_cg_iteration():
 # ------------------------------------------------------------------ loopless VR-EG
 def vr_eg_run(host_check, *, probability=None, steps=12):
     problem = dro_problem(ambiguity="chi2", lam=1.0)  # a projection without host reads
-    s = saddle.get_solver("vr_eg", step_size=0.02, batch_size=2, probability=probability, host_check=host_check)
+    s = saddle.get_solver("vr_eg", step_size=0.02, minibatch=2, probability=probability, host_check=host_check)
     z = problem.domain.project(problem.z0)
     state = s.init(problem, z)
     with count_syncs() as counts:
@@ -191,7 +170,7 @@ def test_vr_eg_with_and_without_host_reads_stop_alike():
     problem = dro_problem(ambiguity="chi2", lam=1.0)
     r0 = saddle.merit.residual(problem, problem.z0)
     tol = r0 * torch.tensor([0.3, 1e-3, 0.0], dtype=torch.float64)  # frozen early, later, never
-    runs = [saddle.solve(problem, "vr_eg", step_size=0.02, batch_size=2, host_check=h, tol=tol, max_iters=200,
+    runs = [saddle.solve(problem, "vr_eg", step_size=0.02, minibatch=2, host_check=h, tol=tol, max_iters=200,
                          check_every=10) for h in (True, False)]
     for a, b in zip(runs[0].z, runs[1].z):
         assert torch.equal(a, b)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
+import warnings
 from numbers import Integral, Real
 
 import torch
@@ -10,7 +13,8 @@ from torch import Tensor
 
 from ..stepsize import Constant
 
-__all__ = ["per_instance", "check_flag", "check_choice", "check_integer", "check_number", "check_positive"]
+__all__ = ["per_instance", "check_flag", "check_choice", "check_integer", "check_number", "check_positive",
+           "renamed_setting"]
 
 
 def per_instance(value, name: str, solver: str, problem, *, dtype=None) -> Tensor:
@@ -84,3 +88,38 @@ def check_positive(solver: str, name: str, value) -> None:
     t = torch.as_tensor(value).detach()
     if not bool(torch.isfinite(t).all()) or bool((t <= 0).any()):
         raise ValueError(f"{solver}: {name} must be {expected}, got {value!r}")
+
+
+def renamed_setting(solver, old: str, new: str, default) -> None:
+    """Accept a setting under its deprecated name ``old`` for one release, with a ``DeprecationWarning``.
+
+    For a frozen dataclass solver that keeps ``old`` as a field defaulting to None (so `get_solver`,
+    ``solve(..., old=...)`` and ``dataclasses.replace`` still take it): the value moves to ``new`` and
+    ``old`` goes back to None, so both spellings make equal solvers. Call it first in ``__post_init__``.
+    Giving both names is a ``TypeError``.
+    """
+    value = getattr(solver, old)
+    if value is None:
+        return
+    if getattr(solver, new) != default:
+        raise TypeError(f"{solver.name}: give {new} only ({old} is its deprecated name)")
+    warnings.warn(f"{solver.name}: {old} is deprecated and will be removed in the next release; use {new}",
+                  DeprecationWarning, stacklevel=_caller_outside_saddle())
+    object.__setattr__(solver, new, value)
+    object.__setattr__(solver, old, None)
+
+
+_SADDLE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _caller_outside_saddle() -> int:
+    """The ``stacklevel`` that attributes a warning to the first caller outside saddle.
+
+    It skips saddle's own frames (``solve`` -> `get_solver` -> ``__post_init__`` -> ...) and the
+    ``__init__`` a dataclass writes, so the user's line is reported however deep the call came from.
+    """
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and (frame.f_code.co_filename.startswith(_SADDLE)
+                                        or frame.f_code.co_filename == "<string>"):
+        frame, level = frame.f_back, level + 1
+    return level

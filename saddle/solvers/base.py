@@ -10,6 +10,12 @@ A solver is a frozen dataclass of settings with two methods (optimistix style):
 and optionally ``output(problem, z, state) -> point`` (the point a solve
 returns; an average for solvers that average, ``z`` by default).
 
+What a solver is, and what theory promises for it, is class-level metadata
+(`Solver.category`, `Solver.converges_on`, `Solver.calls_per_step`, ...): the
+conformance checks (`saddle.testing.check_solver`), the docs' solver table
+(`solver_table`) and the API page read it from there, so a new solver is one
+class with its metadata and nothing else to edit.
+
 Only `saddle.solve` loops. It freezes finished instances by selecting the old
 ``z`` and state with `torch.where`, so ``step`` must be a pure function of its
 arguments, must not mutate them, and must not synchronize with the host.
@@ -18,13 +24,21 @@ arguments, must not mutate them, and must not synchronize with the host.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from torch import Tensor
 
 from ..point import Point
 
-__all__ = ["Solver", "register", "solver_names", "get_solver"]
+__all__ = ["Solver", "register", "solver_names", "get_solver", "unregister", "CATEGORIES", "PROBLEM_CLASSES", "solver_table"]
+
+#: The values of `Solver.category`.
+CATEGORIES = ("first-order", "primal-dual", "competitive", "sharpness", "stochastic", "distributed")
+
+#: The problem classes `Solver.converges_on` names (a problem family lists those it belongs to):
+#: monotone Lipschitz VIs; strongly monotone ones; convex-strongly-concave composite problems
+#: ``g(x) + phi(x, y) - h(y)`` with h strongly convex; unconstrained bilinear games; linear programs.
+PROBLEM_CLASSES = ("monotone", "strongly monotone", "convex-strongly-concave", "bilinear", "linear program")
 
 _REGISTRY: dict[str, type] = {}
 
@@ -34,6 +48,28 @@ class Solver:
 
     #: The registered name, e.g. ``"extragradient"``.
     name: str = ""
+
+    # -- metadata: what the solver is and what theory promises (read by saddle.testing and the docs)
+
+    #: One of `CATEGORIES`, e.g. ``"first-order"``.
+    category: ClassVar[str] = ""
+    #: Evaluations of F per ``step`` (what ``operator_calls`` adds each iteration), or None where the
+    #: count is not a constant (restart checks, per-sample or per-round counts, gradients of parts).
+    calls_per_step: ClassVar[int | None] = None
+    #: Evaluations of F made by ``init``, or None as for `calls_per_step`.
+    calls_at_init: ClassVar[int | None] = None
+    #: Whether ``output`` reports an average of the iterates (with the default settings).
+    averages: ClassVar[bool] = False
+    #: The `PROBLEM_CLASSES` on which theory promises convergence to a solution (the conformance
+    #: suite checks it against the exact reference there); empty when the method has no VI guarantee.
+    converges_on: ClassVar[tuple[str, ...]] = ()
+    #: ``"linear"`` where the promised convergence reaches 1e-9 in a few thousand iterations on the
+    #: conformance problems, ``"sublinear"`` where it is O(1/k) or O(1/k^2) (then the suite checks an
+    #: averaging solver's distance to 1e-5 and leaves a last-iterate one to its rate test).
+    rate: ClassVar[str] = "linear"
+    #: Whether ``step`` reads tensors on the host (a documented exception, such as a conjugate-gradient
+    #: loop's early exit or a sampled index): the no-host-sync check is skipped.
+    host_reads: ClassVar[bool] = False
 
     def init(self, problem, z0: Point) -> Any:
         """The solver's initial state at ``z0`` (blocks ``(B, n_i)``): a NamedTuple of ``(B, ...)`` tensors.
@@ -75,6 +111,28 @@ def register(name: str) -> Callable[[type], type]:
         return cls
 
     return wrap
+
+
+def unregister(name: str) -> None:
+    """Remove a registered solver (e.g. one a test registered for its duration); unknown names raise ``ValueError``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unregister: no solver is registered as {name!r}")
+    del _REGISTRY[name]
+
+
+def solver_table() -> str:
+    """A Markdown table of every registered solver's metadata, one row per name (the docs render it)."""
+    def count(n):
+        return "varies" if n is None else str(n)
+
+    rows = ["| name | class | category | calls per step | calls at init | averages | converges on |",
+            "|---|---|---|---|---|---|---|"]
+    for name in solver_names():
+        cls = _REGISTRY[name]
+        rows.append(f"| `{name}` | `{cls.__name__}` | {cls.category} | {count(cls.calls_per_step)} | "
+                    f"{count(cls.calls_at_init)} | {'yes' if cls.averages else 'no'} | "
+                    f"{', '.join(cls.converges_on) or '-'} |")
+    return "\n".join(rows)
 
 
 def solver_names() -> list[str]:

@@ -372,6 +372,13 @@ class CGD(_Competitive):
             converged every this many iterations.
     """
 
+    # metadata (saddle.solvers.base.Solver)
+    category = "competitive"
+    calls_per_step = 1
+    calls_at_init = 0
+    converges_on = ("bilinear", "strongly monotone")
+    host_reads = True
+
     step_size: float | Tensor | None = None
     cg_tol: float | Tensor | None = None
     cg_max_iters: int | Tensor = 100
@@ -420,6 +427,13 @@ class CGO(_Competitive):
         warm_start: warm-start CG from the previous solution, as for `CGD`.
         cg_check_every: CG's host-synchronization interval, as for `CGD`.
     """
+
+    # metadata (saddle.solvers.base.Solver)
+    category = "competitive"
+    calls_per_step = 1
+    calls_at_init = 0
+    converges_on = ("bilinear", "strongly monotone")
+    host_reads = True
 
     step_size: float | Tensor | None = None
     alpha: float | Tensor | None = None
@@ -478,6 +492,13 @@ class OCGO(CGO):
         cg_check_every: CG's host-synchronization interval, as for `CGD`.
     """
 
+    # metadata (saddle.solvers.base.Solver)
+    category = "competitive"
+    calls_per_step = 2
+    calls_at_init = 0
+    converges_on = ("bilinear", "strongly monotone")
+    host_reads = True
+
     c = 0.5
     fallback = 0.05
 
@@ -523,6 +544,13 @@ class ACGD(_Competitive):
         warm_start: warm-start CG from the previous solution, as for `CGD`.
         cg_check_every: CG's host-synchronization interval, as for `CGD`.
     """
+
+    # metadata (saddle.solvers.base.Solver)
+    category = "competitive"
+    calls_per_step = 1
+    calls_at_init = 0
+    converges_on = ("bilinear",)
+    host_reads = True
 
     step_size: float | Tensor = 1e-3
     beta: float | Tensor = 0.99

@@ -39,7 +39,7 @@ message over the rounds it takes part in is its accumulated ``gamma (F_m(z_half)
 weighted 1/r, the aggregate is unbiased, and the errors vanish with the
 differences as z, w -> z*.)
 
-**Minibatch (stochastic) variants** (``batch_size`` b, MASHA1 and MASHA2). When
+**Minibatch (stochastic) variants** (``minibatch`` b, MASHA1 and MASHA2). When
 each worker's operator is a finite sum ``F_m = (1/N) sum_j F_{m,j}`` (a
 `DistributedProblem` whose ``samples`` N > 1, e.g.
 ``distributed_bilinear(samples=N)``), the difference ``F_m(z_half) - F_m(w)``
@@ -123,17 +123,18 @@ are not smaller.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from ..distributed.problem import DistributedProblem, flatten, unflatten
 from ..compress import Compressor, RandK, RandomKey, TopK, get_compressor, uniform, value_bits
 from ..point import Point
 from ..sets import Reals
-from ._validate import per_instance
+from ._validate import per_instance, renamed_setting
 from .base import Solver, register
 
 __all__ = ["CompressedState", "MASHA1", "MASHA2", "DistributedEG", "CompressedEG"]
@@ -180,14 +181,6 @@ class CompressedState(NamedTuple):
     steps: Tensor
 
 
-def _flat(z: Point) -> Tensor:
-    return z[0] if len(z) == 1 else torch.cat(z, dim=-1)
-
-
-def _split(v: Tensor, dims) -> Point:
-    return tuple(torch.split(v, list(dims), dim=-1))
-
-
 class _Distributed(Solver):
     """Shared checks, constants, keys and bit counts of the compressed solvers."""
 
@@ -223,13 +216,13 @@ class _Distributed(Solver):
         r = getattr(self, "participation", None)
         if r is not None and (isinstance(r, bool) or not isinstance(r, Integral) or r < 1):
             raise ValueError(f"{self.name}: participation must be a positive integer (workers per round), got {r!r}")
-        b = getattr(self, "batch_size", None)
+        b = getattr(self, "minibatch", None)
         if b is not None:
             if isinstance(b, bool) or not isinstance(b, Integral):
-                raise TypeError(f"{self.name}: batch_size must be a positive integer (samples per minibatch) or None "
+                raise TypeError(f"{self.name}: minibatch must be a positive integer (samples per minibatch) or None "
                                 f"(the full local operator), got {type(b).__name__} {b!r}")
             if b < 1:
-                raise ValueError(f"{self.name}: batch_size must be a positive integer (samples per minibatch), "
+                raise ValueError(f"{self.name}: minibatch must be a positive integer (samples per minibatch), "
                                  f"got {b!r}")
         seed = getattr(self, "seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, (Integral, Tensor)) or \
@@ -243,8 +236,6 @@ class _Distributed(Solver):
                                  f"{type(c).__name__} is not: use masha2 for contractive compressors")
 
     def check(self, problem) -> None:
-        from ..distributed import DistributedProblem
-
         if not isinstance(problem, DistributedProblem):
             raise TypeError(f"{self.name} needs a DistributedProblem (an operator split over workers, "
                             f"see saddle.distributed), got {type(problem).__name__}")
@@ -262,9 +253,9 @@ class _Distributed(Solver):
         if r is not None and r > problem.workers:
             raise ValueError(f"{self.name}: participation ({r}) must be at most the number of workers "
                              f"({problem.workers})")
-        b = getattr(self, "batch_size", None)
+        b = getattr(self, "minibatch", None)
         if b is not None and b > problem.samples:
-            raise ValueError(f"{self.name}: batch_size ({b}) must be at most the number of samples per worker "
+            raise ValueError(f"{self.name}: minibatch ({b}) must be at most the number of samples per worker "
                              f"N = {problem.samples} (a finite-sum problem, e.g. distributed_bilinear(samples=N))")
         if self._unconstrained and not all(isinstance(s, Reals) for s in problem.domain):
             raise ValueError(f"{self.name} needs an unconstrained problem (Z = R^d, as in the paper's "
@@ -287,19 +278,19 @@ class _Distributed(Solver):
         M, r = problem.workers, self._participants(problem)
         return 0.0 if M == 1 else (M - r) / (r * (M - 1))
 
-    def _minibatch(self, problem) -> float:
+    def _minibatch_factor(self, problem) -> float:
         """``s = (N - b) / (b (N - 1))``: the variance factor of a minibatch of b of N samples (0: full batch)."""
-        b, N = getattr(self, "batch_size", None), problem.samples
+        b, N = getattr(self, "minibatch", None), problem.samples
         return 0.0 if b is None or N == 1 else (N - b) / (b * (N - 1))
 
     def _sample_variance(self, problem) -> Tensor | float:
         """``s Lhat^2``: bounds the minibatch's mean-square error per unit distance (0 for the full operator)."""
-        s = self._minibatch(problem)
+        s = self._minibatch_factor(problem)
         if s == 0.0:
             return 0.0
         Lhat = problem.mean_square_sample_lipschitz()
         if Lhat is None:
-            raise ValueError(f"{self.name}: the default step size with batch_size needs the samples' mean-square "
+            raise ValueError(f"{self.name}: the default step size with minibatch needs the samples' mean-square "
                              "Lipschitz constant (DistributedProblem(sample_lipschitz=...)); or pass step_size")
         return s * Lhat**2
 
@@ -312,7 +303,7 @@ class _Distributed(Solver):
 
     def _minibatch_p(self, problem, p: float) -> float:
         """The compressor's p, capped by ``b / N`` with minibatches (a full pass per N / b rounds on average)."""
-        b = getattr(self, "batch_size", None)
+        b = getattr(self, "minibatch", None)
         return p if b is None else min(p, b / problem.samples)
 
     def _constants(self, problem) -> tuple[Tensor, Tensor]:
@@ -398,7 +389,7 @@ class _Distributed(Solver):
         seed, the round, the stream and the global worker index): a uniformly random b-subset, the
         same on every backend, with no host synchronization.
         """
-        b = getattr(self, "batch_size", None)
+        b = getattr(self, "minibatch", None)
         if b is None:
             return None
         u = uniform(state.seed, state.steps, _SAMPLE, problem.group.worker_index(problem.device), problem.samples)
@@ -408,11 +399,11 @@ class _Distributed(Solver):
         """``(B, m, d)``: ``F_m(z_half) - F_m(w)``, or its same-sample minibatch estimate on ``idx``."""
         if idx is None:
             return problem.local_F(z_half) - state.Fw_local
-        return problem.local_sample(z_half, idx) - problem.local_sample(_flat(state.w), idx)
+        return problem.local_sample(z_half, idx) - problem.local_sample(flatten(state.w), idx)
 
     def _round_samples(self, problem) -> int:
         """Sample evaluations per worker in one compressed round: N (full ``F_m``) or 2 b (minibatch at two points)."""
-        b = getattr(self, "batch_size", None)
+        b = getattr(self, "minibatch", None)
         return problem.samples if b is None else 2 * b
 
     def _coin(self, state) -> Tensor:
@@ -437,13 +428,15 @@ class _Distributed(Solver):
 
 
 def _check_compressor_field(solver) -> None:
+    if hasattr(solver, "batch_size"):
+        renamed_setting(solver, "batch_size", "minibatch", None)
     solver._validate_settings()
 
 
 def _masha_init(solver, problem, z0: Point, *, error: bool) -> CompressedState:
     solver.check(problem)
     common = solver._common(problem)
-    Fw_local = problem.local_F(_flat(z0))
+    Fw_local = problem.local_F(flatten(z0))
     Fw = problem.group.mean(Fw_local)
     full = solver._full_bits(problem) * problem.workers
     common.update(operator_calls=common["operator_calls"] + 1, sample_calls=common["sample_calls"] + problem.samples,
@@ -460,7 +453,7 @@ def _end_round(solver, problem, state, z_new: Point, weights: Tensor) -> dict:
     With the coin, ``w <- z+`` and the workers exchange full ``F_m(w)``; else w stays.
     """
     coin = solver._coin(state)
-    F_loc = problem.local_F(_flat(z_new))
+    F_loc = problem.local_F(flatten(z_new))
     F_new = problem.group.mean(F_loc)
     c1, c2 = coin.view(-1, 1), coin.view(-1, 1, 1)
     w = tuple(torch.where(c1, a, b) for a, b in zip(z_new, state.w))
@@ -489,9 +482,13 @@ class MASHA1(_Distributed):
             with minibatches).
         participation: workers drawn uniformly per round (partial participation), or None (all).
         seed: the seed of the shared random numbers, an int or a ``(B,)`` int64 tensor.
-        batch_size: b, the samples per worker and round of the minibatch variant
+        minibatch: b, the samples per worker and round of the minibatch variant
             (``1 <= b <= N`` for a problem whose workers hold N samples), or None (the full ``F_m``).
+        batch_size: deprecated name of ``minibatch`` (a ``DeprecationWarning``; removed in the next release).
     """
+
+    # metadata (saddle.solvers.base.Solver)
+    category = "distributed"
 
     compressor: Compressor = RandK(ratio=0.1)
     server_compressor: Compressor | None = None
@@ -499,7 +496,8 @@ class MASHA1(_Distributed):
     p: float | None = None
     participation: int | None = None
     seed: object = 0
-    batch_size: int | None = None
+    minibatch: int | None = None
+    batch_size: int | None = field(default=None, repr=False)  # deprecated name of minibatch
 
     def __post_init__(self):
         _check_compressor_field(self)
@@ -515,14 +513,14 @@ class MASHA1(_Distributed):
 
     def step(self, problem, z, state):
         dims, gamma, tau = problem.dims, state.step_size, state.tau.unsqueeze(-1)
-        z_bar = tau * _flat(z) + (1 - tau) * _flat(state.w)
-        z_bar_p = _split(z_bar, dims)
-        z_half = problem.prox(z_bar_p, _split(state.Fw, dims), gamma)
-        delta = self._local_difference(problem, state, _flat(z_half), self._sample_indices(problem, state))
+        z_bar = tau * flatten(z) + (1 - tau) * flatten(state.w)
+        z_bar_p = unflatten(z_bar, dims)
+        z_half = problem.prox(z_bar_p, unflatten(state.Fw, dims), gamma)
+        delta = self._local_difference(problem, state, flatten(z_half), self._sample_indices(problem, state))
         q = self._worker_compressor().compress(delta, self._key(problem, state, _UP))
         weights = self._weights(problem, state)
         g = self._compress_reply(problem, state, problem.group.weighted_sum(q, weights), _DOWN)
-        z_new = problem.prox(z_bar_p, _split(state.Fw + g, dims), gamma)
+        z_new = problem.prox(z_bar_p, unflatten(state.Fw + g, dims), gamma)
         return z_new, state._replace(**_end_round(self, problem, state, z_new, weights))
 
 
@@ -545,9 +543,13 @@ class MASHA2(_Distributed):
         seed: the seed of the shared random numbers (the coin, the participants, the minibatches).
         participation: workers drawn uniformly per round (partial participation; the others
             send nothing and keep their errors), or None (all).
-        batch_size: b, the samples per worker and round of the minibatch variant
+        minibatch: b, the samples per worker and round of the minibatch variant
             (``1 <= b <= N``), or None (the full ``F_m``).
+        batch_size: deprecated name of ``minibatch`` (a ``DeprecationWarning``; removed in the next release).
     """
+
+    # metadata (saddle.solvers.base.Solver)
+    category = "distributed"
 
     compressor: Compressor = TopK(ratio=0.1)
     server_compressor: Compressor | None = None
@@ -555,7 +557,8 @@ class MASHA2(_Distributed):
     p: float | None = None
     seed: object = 0
     participation: int | None = None
-    batch_size: int | None = None
+    minibatch: int | None = None
+    batch_size: int | None = field(default=None, repr=False)  # deprecated name of minibatch
 
     _needs = "contractive"
     _unconstrained = True
@@ -584,7 +587,7 @@ class MASHA2(_Distributed):
 
     def step(self, problem, z, state):
         dims, gamma, tau = problem.dims, state.step_size.unsqueeze(-1), state.tau.unsqueeze(-1)
-        z_bar = tau * _flat(z) + (1 - tau) * _flat(state.w)
+        z_bar = tau * flatten(z) + (1 - tau) * flatten(state.w)
         z_half = z_bar - gamma * state.Fw
         delta = self._local_difference(problem, state, z_half, self._sample_indices(problem, state))
         v = gamma.unsqueeze(-1) * delta + state.error
@@ -600,7 +603,7 @@ class MASHA2(_Distributed):
             vs = g + server_error
             g = self._compress_reply(problem, state, vs, _DOWN)
             server_error = vs - g
-        z_new = _split(z_half - g, dims)
+        z_new = unflatten(z_half - g, dims)
         return z_new, state._replace(error=error, server_error=server_error,
                                      **_end_round(self, problem, state, z_new, weights))
 
@@ -621,6 +624,9 @@ class DistributedEG(_Distributed):
         step_size: gamma, a float or ``(B,)`` tensor (default ``1 / (2 L)``).
     """
 
+    # metadata (saddle.solvers.base.Solver)
+    category = "distributed"
+
     step_size: object = None
 
     _needs = None
@@ -639,15 +645,15 @@ class DistributedEG(_Distributed):
         common.update(operator_calls=common["operator_calls"] + 1,
                       sample_calls=common["sample_calls"] + problem.samples, bits_up=common["bits_up"] + full,
                       bits_down=common["bits_down"] + full, bits_sent=common["bits_sent"] + 2 * full)
-        Fz = problem.group.mean(problem.local_F(_flat(z0)))
+        Fz = problem.group.mean(problem.local_F(flatten(z0)))
         return CompressedState(w=None, Fw=Fz, Fw_local=None, error=None, server_error=None, **common)
 
     def step(self, problem, z, state):
         dims, gamma = problem.dims, state.step_size
-        z_half = problem.prox(z, _split(state.Fw, dims), gamma)
-        F_half = problem.group.mean(problem.local_F(_flat(z_half)))
-        z_new = problem.prox(z, _split(F_half, dims), gamma)
-        F_new = problem.group.mean(problem.local_F(_flat(z_new)))
+        z_half = problem.prox(z, unflatten(state.Fw, dims), gamma)
+        F_half = problem.group.mean(problem.local_F(flatten(z_half)))
+        z_new = problem.prox(z, unflatten(F_half, dims), gamma)
+        F_new = problem.group.mean(problem.local_F(flatten(z_new)))
         full = 2 * self._full_bits(problem) * problem.workers
         counts = self._count(state, calls=2, samples=2 * problem.samples, up=full, down=full)
         return z_new, state._replace(Fw=F_new, **counts)
@@ -674,6 +680,9 @@ class CompressedEG(_Distributed):
         seed: the seed of the shared random numbers.
     """
 
+    # metadata (saddle.solvers.base.Solver)
+    category = "distributed"
+
     compressor: Compressor = RandK(ratio=0.1)
     server_compressor: Compressor | None = None
     step_size: object = None
@@ -698,10 +707,10 @@ class CompressedEG(_Distributed):
 
     def step(self, problem, z, state):
         dims, gamma = problem.dims, state.step_size
-        g1, w1 = self._estimate(problem, state, _flat(z), _UP, _DOWN)
-        z_half = problem.prox(z, _split(g1, dims), gamma)
-        g2, w2 = self._estimate(problem, state, _flat(z_half), _UP2, _DOWN2)
-        z_new = problem.prox(z, _split(g2, dims), gamma)
+        g1, w1 = self._estimate(problem, state, flatten(z), _UP, _DOWN)
+        z_half = problem.prox(z, unflatten(g1, dims), gamma)
+        g2, w2 = self._estimate(problem, state, flatten(z_half), _UP2, _DOWN2)
+        z_new = problem.prox(z, unflatten(g2, dims), gamma)
         counts = self._count(state, calls=2, samples=2 * problem.samples,
                              up=self._uplink(problem, w1) + self._uplink(problem, w2),
                              down=2 * self._down_bits(problem))

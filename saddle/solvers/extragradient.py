@@ -152,6 +152,12 @@ class Extragradient(Solver):
             (the ergodic iterate of the O(1/k) gap bound) instead of the last iterate.
     """
 
+    # metadata (saddle.solvers.base.Solver)
+    category = "first-order"
+    calls_per_step = 2
+    calls_at_init = 1
+    converges_on = ("monotone",)
+
     step_size: object = None
     average: bool = False
 
@@ -186,6 +192,12 @@ class MirrorProx(Solver):
         average: report the eta-weighted average of the ``w`` iterates.
     """
 
+    # metadata (saddle.solvers.base.Solver)
+    category = "first-order"
+    calls_per_step = 2
+    calls_at_init = 1
+    converges_on = ("monotone",)
+
     step_size: object = None
     average: bool = False
 
@@ -218,6 +230,12 @@ class EGPlus(Solver):
             ``eta |F(w) - F(z)| <= |w - z|``).
         alpha: the update step as a fraction of eta.
     """
+
+    # metadata (saddle.solvers.base.Solver)
+    category = "first-order"
+    calls_per_step = 2
+    calls_at_init = 1
+    converges_on = ("monotone",)
 
     step_size: object = None
     alpha: float = 0.5
@@ -255,6 +273,13 @@ class AnchoredEG(Solver):
         step_size: eta (default ``1/(8L)``, or backtracking on
             ``eta |F(w) - F(z)| <= |w - z| / 8``).
     """
+
+    # metadata (saddle.solvers.base.Solver)
+    category = "first-order"
+    calls_per_step = 2
+    calls_at_init = 1
+    converges_on = ("monotone",)
+    rate = "sublinear"
 
     step_size: object = None
 

@@ -62,6 +62,12 @@ class GDA(Solver):
     One operator call per iteration (plus one at ``init``).
     """
 
+    # metadata (saddle.solvers.base.Solver)
+    category = "first-order"
+    calls_per_step = 1
+    calls_at_init = 1
+    converges_on = ("strongly monotone",)
+
     step_size: object = None
 
     def init(self, problem, z0):
@@ -93,6 +99,12 @@ class AlternatingGDA(Solver):
 
     One operator call per block per iteration.
     """
+
+    # metadata (saddle.solvers.base.Solver)
+    category = "first-order"
+    calls_per_step = 2
+    calls_at_init = 0
+    converges_on = ("strongly monotone",)
 
     step_size: object = None
 

@@ -414,6 +414,12 @@ class LPD(_LinearizedPrimalDual):
     constants void the guarantees; larger ones are safe and slower.
     """
 
+    # metadata (saddle.solvers.base.Solver)
+    category = "primal-dual"
+    averages = True
+    converges_on = ("convex-strongly-concave",)
+    rate = "sublinear"
+
 
 
 @register("alpd")
@@ -450,6 +456,12 @@ class ALPD(_LinearizedPrimalDual):
 
     Missing or invalid constants raise ``ValueError``, as for `LPD`.
     """
+
+    # metadata (saddle.solvers.base.Solver)
+    category = "primal-dual"
+    averages = True
+    converges_on = ("convex-strongly-concave",)
+    rate = "sublinear"
 
     accelerated = True
 
@@ -494,6 +506,13 @@ class InexactALPD(_LinearizedPrimalDual):
 
     Missing or invalid constants raise ``ValueError``, as for `LPD`.
     """
+
+    # metadata (saddle.solvers.base.Solver)
+    category = "primal-dual"
+    averages = True
+    converges_on = ("convex-strongly-concave",)
+    rate = "sublinear"
+    host_reads = True
 
     inner_iterations: int | None = 10
     inner_accuracy: float = 5.0

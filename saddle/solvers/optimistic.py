@@ -56,6 +56,12 @@ class Optimistic(Solver):
             (``1/(2L)`` if L is known, else backtracking).
     """
 
+    # metadata (saddle.solvers.base.Solver)
+    category = "first-order"
+    calls_per_step = 1
+    calls_at_init = 1
+    converges_on = ("monotone",)
+
     step_size: object = None
 
     c = 0.5
@@ -100,6 +106,12 @@ class Reflected(Solver):
             ``eta |F(w_k) - F(w_{k-1})| <= (sqrt(2) - 1) |w_k - w_{k-1}|``) or
             None (``0.41 / L`` if L is known, else backtracking).
     """
+
+    # metadata (saddle.solvers.base.Solver)
+    category = "first-order"
+    calls_per_step = 1
+    calls_at_init = 0
+    converges_on = ("monotone",)
 
     step_size: object = None
 

@@ -63,10 +63,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..sets import Box, Reals
 from ..solution import Status
 from ..stepsize import _as_batch
-from ..terms import L1, Linear, Quadratic, Zero
 from ._validate import check_choice, check_flag, check_integer, check_number, check_positive
 from .base import Solver, register
 
@@ -131,29 +129,23 @@ def _rmatvec(K, y: Tensor) -> Tensor:
 
 
 def _separable(problem) -> bool:
-    """Whether diagonal preconditioning keeps the prox steps exact: boxes and separable terms."""
-    sets_ok = all(type(s) in (Box, Reals) for s in problem.domain)
-
-    def term_ok(t):
-        return isinstance(t, (Zero, Linear, L1)) or (isinstance(t, Quadratic) and t.diagonal)
-
-    return sets_ok and term_ok(problem.g) and term_ok(problem.h_conj)
+    """Whether diagonal preconditioning keeps the prox steps exact: sets whose projection in a diagonal metric
+    is the projection (`ConstraintSet.diagonal_prox`: boxes, R^n) and separable terms (`Term.separable`)."""
+    return all(s.diagonal_prox for s in problem.domain) and problem.g.separable and problem.h_conj.separable
 
 
 def _bilinear_lagrangian(problem) -> bool:
     """Whether f is bilinear plus linear terms: then f(x, v) - f(u, y) = <F(z), z - w> exactly."""
-    return isinstance(problem.g, (Zero, Linear)) and isinstance(problem.h_conj, (Zero, Linear))
+    return problem.g.linear and problem.h_conj.linear
 
 
 def _linear_program(problem) -> bool:
-    return _bilinear_lagrangian(problem) and all(type(s) in (Box, Reals) for s in problem.domain)
+    return _bilinear_lagrangian(problem) and all(s.separable for s in problem.domain)
 
 
 def _vector(term, like: Tensor) -> Tensor:
-    """The vector c of a linear term ``<c, u>`` (zeros for `Zero`), broadcast to ``like``."""
-    if isinstance(term, Linear):
-        return term.c.expand_as(like)
-    return torch.zeros_like(like)
+    """The vector c of a linear term ``<c, u>`` (zeros for other terms), broadcast to ``like``."""
+    return term.linear_coefficient(like) if term.linear else torch.zeros_like(like)
 
 
 def _bounds(S, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -200,6 +192,12 @@ class PDHG(Solver):
     diagonal, or on R^n; L1 terms on boxes). Without preconditioning the
     projections are Euclidean whatever the sets' geometry.
     """
+
+    # metadata (saddle.solvers.base.Solver)
+    category = "primal-dual"
+    calls_at_init = 1
+    averages = True
+    converges_on = ("monotone", "linear program")
 
     step_size: object = None
     adaptive_step: bool = True

@@ -146,6 +146,11 @@ class SAM(Solver):
     Two operator calls per step. ``e`` is 0 after every step.
     """
 
+    # metadata (saddle.solvers.base.Solver)
+    category = "sharpness"
+    calls_per_step = 2
+    calls_at_init = 0
+
     step_size: object = 0.1
     momentum: float = 0.0
     dampening: float = 0.0
@@ -237,6 +242,11 @@ class ASAM(SAM):
         nesterov: as for `SAM`.
         weight_decay: as for `SAM`.
     """
+
+    # metadata (saddle.solvers.base.Solver)
+    category = "sharpness"
+    calls_per_step = 2
+    calls_at_init = 0
 
     eta: float | None = None
 

@@ -40,7 +40,7 @@ deterministic solvers count in on the same problem.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Real
 from typing import NamedTuple
 
@@ -49,7 +49,7 @@ from torch import Tensor
 
 from ..point import Point, where
 from ..stochastic import StochasticOperator, draw, uniform
-from ._validate import per_instance
+from ._validate import per_instance, renamed_setting
 from .base import Solver, register
 
 __all__ = ["StochasticState", "SEG", "DoubleStepSEG", "VREG", "VREGState", "Prospect", "ProspectState"]
@@ -104,7 +104,7 @@ class SEG(Solver):
     """Stochastic extragradient with independent or same-sample minibatches (Juditsky et al. 2011).
 
     ``w = P_Z(z - eta g(z; S))``, ``z+ = P_Z(z - eta g(w; S'))`` with ``g(.; S)`` the
-    mean of ``F_i`` over the minibatch S of ``batch_size`` uniform indices, and
+    mean of ``F_i`` over the minibatch S of ``minibatch`` uniform indices, and
     ``S'`` a fresh draw (default; Juditsky, Nemirovski and Tauvel, "Solving
     variational inequalities with stochastic mirror-prox algorithm", 2011) or
     ``S`` itself (``same_sample=True``; Mishchenko et al., "Revisiting
@@ -113,18 +113,25 @@ class SEG(Solver):
 
     Args:
         step_size: eta, a float or ``(B,)`` tensor (required).
-        batch_size: m, the minibatch size.
+        minibatch: m, the minibatch size.
         same_sample: reuse the extrapolation's minibatch for the update.
+        batch_size: deprecated name of ``minibatch`` (a ``DeprecationWarning``; removed in the next release).
 
     ``2 m`` per-sample evaluations per step.
     """
 
+    # metadata (saddle.solvers.base.Solver)
+    category = "stochastic"
+    host_reads = True
+
     step_size: object = None
-    batch_size: int = 1
+    minibatch: int = 1
     same_sample: bool = False
+    batch_size: int | None = field(default=None, repr=False)  # deprecated name of minibatch
 
     def __post_init__(self):
-        _check_int(self.batch_size, "batch_size", self.name)
+        renamed_setting(self, "batch_size", "minibatch", 1)
+        _check_int(self.minibatch, "minibatch", self.name)
         if not isinstance(self.same_sample, bool):
             raise TypeError(f"{self.name}: same_sample must be a bool, got {type(self.same_sample).__name__}")
 
@@ -142,7 +149,7 @@ class SEG(Solver):
 
     def step(self, problem, z: Point, state: StochasticState) -> tuple[Point, StochasticState]:
         n, _, sample = _oracle(problem)
-        m = self.batch_size
+        m = self.minibatch
         gamma, eta = self._steps(state)
         first = draw(state.seeds, state.steps, n, m, stream=0)
         w = problem.prox(z, sample(z, first), gamma)
@@ -166,9 +173,14 @@ class DoubleStepSEG(SEG):
         extrapolation_decay: r_gamma (default 1/3).
         update_decay: r_eta > r_gamma (default 2/3).
         offset: t0 >= 1.
-        batch_size: m, the minibatch size.
+        minibatch: m, the minibatch size.
         same_sample: reuse the extrapolation's minibatch (the paper draws independently).
+        batch_size: deprecated name of ``minibatch`` (removed in the next release).
     """
+
+    # metadata (saddle.solvers.base.Solver)
+    category = "stochastic"
+    host_reads = True
 
     update_step: object = None
     extrapolation_decay: float = 1.0 / 3.0
@@ -229,7 +241,7 @@ class VREG(Solver):
     Args:
         step_size: tau, a float or ``(B,)`` tensor (required; theory: ``tau = gamma sqrt(p) / L``
             with gamma < 1 and L the mean-square Lipschitz constant of the ``F_i``).
-        batch_size: m, the minibatch size of the correction ``g(zh; S) - g(w; S)``.
+        minibatch: m, the minibatch size of the correction ``g(zh; S) - g(w; S)``.
         probability: p, the snapshot refresh probability (default ``min(1, m / n)``:
             one full pass per n/m steps, so a step costs ``O(m)`` on average).
         host_check: how a step learns whether to compute the full pass ``F(z+)``.
@@ -243,17 +255,24 @@ class VREG(Solver):
             CPU when the chance that some instance refreshes at a step,
             ``1 - (1 - p)^B``, is at least 1/2 (the full pass runs on most steps
             anyway); True otherwise (on the CPU a host read costs nothing).
+        batch_size: deprecated name of ``minibatch`` (a ``DeprecationWarning``; removed in the next release).
 
     Per-sample evaluations: n at init (``F(w_0)``), then ``2 m`` per step plus n per refresh.
     """
 
+    # metadata (saddle.solvers.base.Solver)
+    category = "stochastic"
+    host_reads = True
+
     step_size: object = None
-    batch_size: int = 1
+    minibatch: int = 1
     probability: float | None = None
     host_check: bool | None = None
+    batch_size: int | None = field(default=None, repr=False)  # deprecated name of minibatch
 
     def __post_init__(self):
-        _check_int(self.batch_size, "batch_size", self.name)
+        renamed_setting(self, "batch_size", "minibatch", 1)
+        _check_int(self.minibatch, "minibatch", self.name)
         p = self.probability
         if p is not None and (isinstance(p, bool) or not isinstance(p, Real) or not 0 < p <= 1):
             raise ValueError(f"{self.name}: probability must be in (0, 1], got {p!r}")
@@ -261,7 +280,7 @@ class VREG(Solver):
             raise TypeError(f"{self.name}: host_check must be None or a bool, got {type(self.host_check).__name__}")
 
     def _p(self, n: int) -> float:
-        return min(1.0, self.batch_size / n) if self.probability is None else float(self.probability)
+        return min(1.0, self.minibatch / n) if self.probability is None else float(self.probability)
 
     def _host_check(self, p: float, batch_size: int, device: torch.device) -> bool:
         """Whether a step reads on the host if some instance refreshes (see ``host_check``)."""
@@ -282,7 +301,7 @@ class VREG(Solver):
 
     def step(self, problem, z: Point, state: VREGState) -> tuple[Point, VREGState]:
         n, _, sample = _oracle(problem)
-        m, p = self.batch_size, self._p(n)
+        m, p = self.minibatch, self._p(n)
         tau, w, Fw = state.step_size, state.snapshot, state.F_snapshot
         zbar = tuple((1 - p) * zi + p * wi for zi, wi in zip(z, w))
         zh = problem.prox(zbar, Fw, tau)
@@ -350,6 +369,10 @@ class Prospect(Solver):
     The iterate's q block is the current weights ``q``. Per-sample
     evaluations: n at init (the tables), 2 per step (``grad l_i`` and ``l_j``).
     """
+
+    # metadata (saddle.solvers.base.Solver)
+    category = "stochastic"
+    host_reads = True
 
     step_size: object = None
 
