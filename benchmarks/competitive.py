@@ -102,7 +102,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import problems
+from saddle import problems
 import saddle
 import saddle.optim
 

@@ -37,7 +37,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import problems  # noqa: E402
+from saddle import problems  # noqa: E402
 import saddle  # noqa: E402
 from saddle.compress import RandK, TopK  # noqa: E402
 

@@ -40,7 +40,7 @@ import time
 import torch
 
 import saddle
-from problems.dro import DROProblem, group_shift_data
+from saddle.problems.dro import DROProblem, group_shift_data
 
 SETTINGS = (("cvar", dict(alpha=0.5)), ("chi2_ball", dict(rho=0.1)))
 MU = 0.1
@@ -51,7 +51,7 @@ _CVXPY = r"""
 import json, math, sys, time
 import cvxpy as cp
 import numpy as np
-from problems.dro import group_shift_data
+from saddle.problems.dro import group_shift_data
 n, d, ambiguity, param, mu = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
 A, b, _ = group_shift_data(n, d, seed=0, noise=0.0)
 A, b = A[0].numpy(), b[0].numpy()
@@ -97,7 +97,7 @@ def describe_cvxpy(cvx, limit, t_saddle, P, solver):
 
 _DRO_PACKAGE = r"""
 import importlib.util, json, os, sys, time, types
-from problems.dro import group_shift_data
+from saddle.problems.dro import group_shift_data
 # Import dro.linear_model.cvar_dro without dro/__init__.py, which imports torchvision, xgboost,
 # lightgbm, ucimlrepo and torchattacks for its other models.
 root = os.path.dirname(importlib.util.find_spec("dro").origin)

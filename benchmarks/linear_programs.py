@@ -67,7 +67,7 @@ import scipy.optimize
 import scipy.sparse as sp
 import torch
 
-import problems
+from saddle import problems
 import saddle
 
 try:

@@ -21,7 +21,7 @@ import numpy as np
 import scipy.optimize
 import torch
 
-import problems
+from saddle import problems
 import saddle
 from saddle.cli import parse_spec
 

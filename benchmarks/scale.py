@@ -27,7 +27,8 @@ import sys
 CHILD = r"""
 import json, resource, sys, time
 import torch
-import problems, saddle
+import saddle
+from saddle import problems
 torch.set_num_threads(2)
 case, size, solve = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 if case == "games":

@@ -36,6 +36,15 @@ from .terms import L1, Indicator, Linear, Quadratic, Smooth, Sum, Zero
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """``saddle.problems`` and ``saddle.testing`` are imported on first use (``import saddle`` stays light)."""
+    if name in ("problems", "testing"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "Operator", "SaddleOperator", "LinearOperator", "MixedProducts",
     "ConstraintSet", "Reals", "Box", "Ball", "Simplex", "Product",

@@ -314,7 +314,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of the ``saddle`` command; its errors raise `_UsageError` (see `main`)."""
-    import problems
+    from saddle import problems
 
     import saddle
 
@@ -369,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _make_problem(spec: _Spec, args, option: str):
-    import problems
+    from saddle import problems
 
     settings = {"batch_size": args.batch_size, "seed": args.seed, "device": args.device, "dtype": args.dtype,
                 **spec.settings}

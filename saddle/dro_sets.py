@@ -79,6 +79,11 @@ class CappedSimplex(ConstraintSet):
 
     bounded = True
 
+    @classmethod
+    def examples(cls, batch_size: int, dim: int) -> list["CappedSimplex"]:
+        """A shared cap of ``2 / dim`` and per-instance caps from ``1 / dim`` to 1."""
+        return [cls(2.0 / dim), cls(torch.linspace(1.0 / dim, 1.0, batch_size, dtype=torch.float64))]
+
     def __init__(self, cap):
         self.cap = _check_parameter(cap, "cap", min_value=0.0)
         if isinstance(cap, Tensor) and cap.dim() > 1:
@@ -188,6 +193,11 @@ class ChiSquareBall(ConstraintSet):
 
     bounded = True
 
+    @classmethod
+    def examples(cls, batch_size: int, dim: int) -> list["ChiSquareBall"]:
+        """A shared radius and per-instance radii from 0.1 to 5."""
+        return [cls(0.5), cls(torch.linspace(0.1, 5.0, batch_size, dtype=torch.float64))]
+
     def __init__(self, rho):
         self.rho = _check_parameter(rho, "rho", min_value=0.0)
         if isinstance(rho, Tensor) and rho.dim() > 1:
@@ -235,6 +245,14 @@ class Permutahedron(ConstraintSet):
     """
 
     bounded = True
+
+    @classmethod
+    def examples(cls, batch_size: int, dim: int) -> list["Permutahedron"]:
+        """A shared spectrum (a softmax) and a per-instance one."""
+        shared = torch.softmax(torch.arange(dim, dtype=torch.float64), 0)
+        per_instance = torch.softmax(torch.arange(batch_size * dim, dtype=torch.float64).reshape(batch_size, dim)
+                                     .cos(), -1)
+        return [cls(shared), cls(per_instance)]
 
     def __init__(self, sigma: Tensor):
         if not isinstance(sigma, Tensor) or sigma.dim() not in (1, 2):

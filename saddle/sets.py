@@ -132,6 +132,15 @@ class ConstraintSet:
     #: Whether the projection in every diagonal metric D, ``argmin_{v in C} |v - u|_D``, is `project`.
     diagonal_prox: bool = False
 
+    @classmethod
+    def examples(cls, batch_size: int, dim: int) -> list["ConstraintSet"]:
+        """Instances for ``(batch_size, dim)`` float64 blocks that `saddle.testing.check_set` checks: ``[cls()]``.
+
+        A set whose constructor needs arguments overrides this (the set conformance
+        suite checks every `ConstraintSet` subclass of the library through it).
+        """
+        return [cls()]
+
     def project(self, u: Tensor) -> Tensor:
         """The Euclidean projection ``argmin_{v in C} |v - u|`` of each row of ``u``: ``(B, n) -> (B, n)``."""
         raise NotImplementedError
@@ -225,6 +234,12 @@ class Box(ConstraintSet):
     separable = True
     diagonal_prox = True
 
+    @classmethod
+    def examples(cls, batch_size: int, dim: int) -> list["Box"]:
+        """A box, per-instance lower bounds, and a half-line (``hi = inf``)."""
+        lo = torch.linspace(-2.0, -0.5, batch_size, dtype=torch.float64)
+        return [cls(-1.0, 2.0), cls(lo, 1.0), cls(0.0, math.inf)]
+
     def __init__(self, lo=-1.0, hi=1.0):
         self.lo = _check_parameter(lo, "lo", allow_inf=True)
         self.hi = _check_parameter(hi, "hi", allow_inf=True)
@@ -298,6 +313,13 @@ class Ball(ConstraintSet):
     """
 
     bounded = True
+
+    @classmethod
+    def examples(cls, batch_size: int, dim: int) -> list["Ball"]:
+        """Balls in the 1-, 2- and inf-norms, per-instance radii, and two groups when ``dim`` is even."""
+        radii = torch.linspace(0.5, 2.0, batch_size, dtype=torch.float64)
+        out = [cls(1.5), cls(1.0, p=1), cls(0.7, p=math.inf), cls(radii)]
+        return out + ([cls(1.0, groups=2)] if dim % 2 == 0 else [])
 
     def __init__(self, radius=1.0, p: float = 2, *, groups: int = 1):
         self.radius = _check_parameter(radius, "radius", min_value=0.0)
@@ -405,6 +427,11 @@ class Simplex(ConstraintSet):
     """
 
     bounded = True
+
+    @classmethod
+    def examples(cls, batch_size: int, dim: int) -> list["Simplex"]:
+        """The simplex in both geometries."""
+        return [cls(), cls("entropic")]
 
     def __init__(self, geometry: str = "euclidean"):
         if geometry not in ("euclidean", "entropic"):

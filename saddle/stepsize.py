@@ -36,7 +36,7 @@ class Constant(StepSize):
     value: float | Tensor
 
     def __post_init__(self):
-        _check_step(self.value, "step_size")
+        _check_positive_step("step_size", self.value)
 
 
 @dataclass(frozen=True)
@@ -55,22 +55,19 @@ class Backtracking(StepSize):
     growth: float = 1.2
 
     def __post_init__(self):
+        from .solvers._validate import check_number
+
         if self.initial is not None:
-            _check_step(self.initial, "Backtracking.initial")
-        if not (isinstance(self.shrink, Real) and 0 < self.shrink < 1):
-            raise ValueError(f"Backtracking.shrink must be in (0, 1), got {self.shrink!r}")
-        if not (isinstance(self.growth, Real) and self.growth >= 1):
-            raise ValueError(f"Backtracking.growth must be >= 1, got {self.growth!r}")
+            _check_positive_step("Backtracking.initial", self.initial)
+        check_number("", "Backtracking.shrink", self.shrink, low=0, high=1)
+        check_number("", "Backtracking.growth", self.growth, low=1, include_low=True)
 
 
-def _check_step(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (Real, Tensor)):
-        raise TypeError(f"{name} must be a float, a (B,) tensor or a StepSize, got {type(value).__name__}")
-    t = torch.as_tensor(value).detach()
-    if t.dim() > 1:
-        raise ValueError(f"{name} must be a float or a (B,) tensor, got shape {tuple(t.shape)}")
-    if not torch.isfinite(t).all() or (t <= 0).any():
-        raise ValueError(f"{name} must be positive and finite, got {value}")
+def _check_positive_step(name: str, value) -> None:
+    # saddle.solvers imports this module: the shared checks are imported when first used.
+    from .solvers._validate import STEP, check_positive
+
+    check_positive("", name, value, allow_none=False, expected=STEP)
 
 
 def initial_step_size(step_size, problem, c: float, *, solver: str) -> tuple[Tensor, Backtracking | None]:
@@ -86,29 +83,22 @@ def initial_step_size(step_size, problem, c: float, *, solver: str) -> tuple[Ten
         ``(eta, rule)``: the initial steps ``(B,)`` on the problem's device and
         dtype, and the `Backtracking` rule or None for a constant step.
     """
-    B = problem.batch_size
     L = problem.lipschitz()
     if step_size is None:
         step_size = Constant(c / L) if L is not None else Backtracking()
     if isinstance(step_size, (Real, Tensor)) and not isinstance(step_size, bool):
         step_size = Constant(step_size)
+    from .solvers._validate import positive_steps
+
     if isinstance(step_size, Constant):
-        return _as_batch(step_size.value, B, problem, "step_size"), None
+        return positive_steps(solver, "step_size", step_size.value, problem), None
     if isinstance(step_size, Backtracking):
         initial = step_size.initial
         if initial is None:
             initial = (c / L) if L is not None else 1.0
-        return _as_batch(initial, B, problem, "Backtracking.initial"), step_size
-    _check_step(step_size, f"{solver}: step_size")
-    raise AssertionError("unreachable")
-
-
-def _as_batch(value, B: int, problem, name: str) -> Tensor:
-    t = torch.as_tensor(value, dtype=problem.dtype).to(problem.device)
-    if t.dim() == 1 and t.shape[0] != B:
-        raise ValueError(f"{name} has shape {tuple(t.shape)}; a per-instance step must have shape (B,) = ({B},)")
-    _check_step(t, name)
-    return t.expand(B).clone()
+        return positive_steps(solver, "Backtracking.initial", initial, problem), step_size
+    raise TypeError(f"{solver}: step_size must be None, a positive number, a (B,) tensor, Constant or "
+                    f"Backtracking, got {type(step_size).__name__}")
 
 
 def adapt(eta: Tensor, accept: Tensor, rule: Backtracking | None) -> Tensor:

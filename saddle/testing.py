@@ -30,6 +30,9 @@ not apply):
 
 Applicability comes from the solver itself: a check is skipped, with the
 solver's own message, where ``solver.check(problem)`` or ``solver.init`` raises.
+`check_set` does the same for a `saddle.ConstraintSet` (`SET_CHECKS`: the
+projection is one, non-expansive, its JVP matches finite differences,
+``select`` takes rows, a ``separable`` set acts coordinate by coordinate).
 `parametrize_with_checks` turns the checks into pytest cases; `assert_solution`
 compares a `saddle.Solution` with a problem's reference, naming the measure
 that failed. This module does not import pytest (only `parametrize_with_checks`
@@ -47,12 +50,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
+from torch import Tensor
 
-import problems as _problems
+from saddle import problems as _problems
 
 from . import compress
 from .operator import Operator
 from .problem import VIProblem
+from .sets import ConstraintSet
 from .solvers.base import CATEGORIES, PROBLEM_CLASSES, Solver, get_solver, register, unregister
 from .solution import Status
 
@@ -62,6 +67,7 @@ __all__ = [
     "applicable_problem", "representative",
     "instance", "CountingOperator", "counting", "count_host_syncs",
     "sharpness_quadratic", "dro_problem", "distributed_problem",
+    "SET_CHECKS", "check_set", "set_classes",
 ]
 
 
@@ -229,9 +235,9 @@ def conformance_solver(solver: str | Solver) -> Solver:
 
 
 @contextlib.contextmanager
-def registered(name: str, cls: type):
-    """Register ``cls`` as ``name`` for the duration of a ``with`` block (tests, walk-throughs)."""
-    register(name)(cls)
+def registered(name: str, cls: type, **metadata):
+    """Register ``cls`` as ``name`` (with its ``metadata``, as `saddle.register`) for the duration of a ``with`` block."""
+    register(name, **metadata)(cls)
     try:
         yield cls
     finally:
@@ -525,10 +531,11 @@ class CheckResult:
 
 @dataclass(frozen=True)
 class Report:
-    """The results of `check_solver`: ``failed``, ``passed`` and ``skipped`` select them."""
+    """The results of `check_solver` (or `check_set`): ``failed``, ``passed`` and ``skipped`` select them."""
 
     solver: str
     results: tuple[CheckResult, ...]
+    kind: str = "check_solver"
 
     def _select(self, outcome: str) -> list[CheckResult]:
         return [r for r in self.results if r.outcome == outcome]
@@ -549,7 +556,7 @@ class Report:
         return self._select("skipped")
 
     def __str__(self) -> str:
-        lines = [f"check_solver({self.solver}): {len(self.passed)} passed, {len(self.failed)} failed, "
+        lines = [f"{self.kind}({self.solver}): {len(self.passed)} passed, {len(self.failed)} failed, "
                  f"{len(self.skipped)} skipped"]
         lines += [f"  {r.outcome:7s} {r.check} [{r.family}]" + (f": {r.message}" if r.message else "")
                   for r in self.results]
@@ -570,8 +577,13 @@ def representative(solver: Solver, families: Iterable[str] = REPRESENTATIVE) -> 
 
 def _run(name: str, solver: Solver, family: Family | SkipCheck | None) -> CheckResult:
     label = family.name if isinstance(family, Family) else "-"
+    return _outcome(name, label, lambda: _call(name, solver, family))
+
+
+def _outcome(name: str, label: str, call: Callable[[], Any]) -> CheckResult:
+    """``call()``'s outcome as a `CheckResult`: passed, skipped (`SkipCheck`) or failed (any other error)."""
     try:
-        _call(name, solver, family)
+        call()
     except SkipCheck as skip:
         return CheckResult(name, label, "skipped", str(skip))
     except AssertionError as err:
@@ -660,3 +672,94 @@ def _pytest_check(name: str, family: Family | SkipCheck | None, solver: Solver):
         return _call(name, solver, family)
     except SkipCheck as skip:
         pytest.skip(str(skip))
+
+
+# -- sets: the same idea for a ConstraintSet ------------------------------------------------------
+
+def set_classes() -> list[type]:
+    """Every `saddle.ConstraintSet` subclass the library defines (the set conformance suite checks each)."""
+    found, todo = [], [ConstraintSet]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            todo.append(sub)
+            if sub.__module__.startswith("saddle."):
+                found.append(sub)
+    return sorted(set(found), key=lambda c: c.__name__)
+
+
+def _set_points(batch_size: int, dim: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return tuple(3 * torch.randn(batch_size, dim, dtype=torch.float64, generator=g) for _ in range(3))
+
+
+def check_projection_is_a_projection(s: ConstraintSet, batch_size: int, dim: int) -> None:
+    """``P(u)`` lies in the set, ``P(P(u)) = P(u)``, and ``<u - P(u), w - P(u)> <= 0`` for points w of the set."""
+    u, v, _ = _set_points(batch_size, dim)
+    p, w = s.project(u), s.project(v)
+    assert bool(s.contains(p, atol=1e-9).all()), "project(u) is not in the set (contains says so)"
+    torch.testing.assert_close(s.project(p), p, rtol=1e-12, atol=1e-12, msg="project is not idempotent")
+    angle = ((u - p) * (w - p)).sum(-1)
+    assert bool((angle <= 1e-9 * (1 + (u - p).norm(dim=-1) * (w - p).norm(dim=-1))).all()), \
+        f"project(u) is not the nearest point: <u - P(u), w - P(u)> = {angle.max().item():.3g} > 0 for w in the set"
+
+
+def check_projection_is_nonexpansive(s: ConstraintSet, batch_size: int, dim: int) -> None:
+    """``|P(u) - P(v)| <= |u - v|``."""
+    u, v, _ = _set_points(batch_size, dim)
+    lhs, rhs = (s.project(u) - s.project(v)).norm(dim=-1), (u - v).norm(dim=-1)
+    assert bool((lhs <= rhs * (1 + 1e-12)).all()), f"|P(u) - P(v)| = {lhs.max().item():.6g} > |u - v|"
+
+
+def check_project_jvp(s: ConstraintSet, batch_size: int, dim: int) -> None:
+    """``project_jvp(u, v)`` equals the central difference ``(P(u + h v) - P(u - h v)) / 2h`` (h = 1e-6)."""
+    u, v, _ = _set_points(batch_size, dim)
+    try:
+        jvp = s.project_jvp(u, v)
+    except NotImplementedError as err:
+        raise SkipCheck(f"no project_jvp: {err}") from None
+    h = 1e-6
+    fd = (s.project(u + h * v) - s.project(u - h * v)) / (2 * h)
+    torch.testing.assert_close(jvp, fd, rtol=1e-5, atol=1e-5, msg="project_jvp differs from central differences")
+
+
+def check_select_takes_rows(s: ConstraintSet, batch_size: int, dim: int) -> None:
+    """``s.select(i).project(u[i:i+1])`` is row i of ``s.project(u)``, bit for bit."""
+    u, _, _ = _set_points(batch_size, dim)
+    full = s.project(u)
+    for i in range(batch_size):
+        assert torch.equal(s.select(i).project(u[i:i + 1]), full[i:i + 1]), f"select({i}) projects differently"
+
+
+def check_separable(s: ConstraintSet, batch_size: int, dim: int) -> None:
+    """A set that declares ``separable`` projects coordinate by coordinate: moving u_j moves only P(u)_j."""
+    if not getattr(s, "separable", False):
+        raise SkipCheck("the set does not declare separable")
+    u, v, _ = _set_points(batch_size, dim)
+    moved = u.clone()
+    moved[:, 0] = v[:, 0]
+    assert torch.equal(s.project(moved)[:, 1:], s.project(u)[:, 1:]), "a separable set's projection mixes coordinates"
+
+
+#: Every check of a set by name.
+SET_CHECKS: dict[str, Callable] = {
+    "projection": check_projection_is_a_projection,
+    "nonexpansive": check_projection_is_nonexpansive,
+    "project_jvp": check_project_jvp,
+    "select": check_select_takes_rows,
+    "separable": check_separable,
+}
+
+
+def check_set(s: ConstraintSet, *, batch_size: int = 3, dim: int = 6, raise_on_failure: bool = True) -> Report:
+    """Run every check of `SET_CHECKS` on the set ``s`` for ``(batch_size, dim)`` float64 blocks.
+
+    Raises:
+        AssertionError: where a check fails (unless ``raise_on_failure=False``), naming the check.
+    """
+    s.check(batch_size, dim)
+    results = tuple(_outcome(name, "-", functools.partial(check, s, batch_size, dim))
+                    for name, check in SET_CHECKS.items())
+    report = Report(repr(s), results, kind="check_set")
+    if raise_on_failure and report.failed:
+        raise AssertionError("\n".join(f"{r.check}: {r.message}" for r in report.failed) + "\n\n" + str(report))
+    return report

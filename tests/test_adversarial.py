@@ -167,7 +167,7 @@ def test_norms_of_float16_points_accumulate_in_float32():
 
 
 def test_problem_to_float64_converts_the_data_and_leaves_the_problem_alone():
-    import problems
+    from saddle import problems
 
     games = problems.get("matrix_game", n=6, batch_size=3, seed=0, dtype=torch.float32)
     copy = games.to(torch.float64)

@@ -23,7 +23,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import problems
+from saddle import problems
 import saddle
 from saddle import checkpoint as checkpoints
 from saddle.checkpoint import CheckpointWarning, load_checkpoint

@@ -19,7 +19,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import problems
+from saddle import problems
 import saddle.comparison
 from saddle.cli import _UsageError, build_parser, main, parse_spec
 from saddle.comparison import check_comparison

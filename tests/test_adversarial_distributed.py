@@ -23,7 +23,7 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import problems
+from saddle import problems
 from saddle.distributed import SHARED_OPTIONS, WorkerGroup, main
 from saddle.distributed.agreement import (RankReport, decode, encode, format_ranks, hash64, problem_digest, refusal,
                                           shared_options)

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-import problems
+from saddle import problems
 import saddle
 from saddle.checkpoint import CheckpointWarning, load_checkpoint
 

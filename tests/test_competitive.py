@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-import problems
+from saddle import problems
 import saddle
 from saddle import ACGD, CGD, CGO, OCGO, Backtracking, Status
 from saddle.coupling import SmoothCoupling

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-import problems
+from saddle import problems
 import saddle
 from saddle import Status
 from saddle.compress import (

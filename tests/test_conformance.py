@@ -19,7 +19,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import problems
+from saddle import problems
 import saddle
 import saddle.testing as conformance
 from saddle import Backtracking, Status
@@ -530,3 +530,13 @@ def test_distributed_solvers_explain_bad_input(solver):
     with pytest.raises(ValueError, match="larger than the dimension"):
         saddle.solve(distributed_problem(), solver, compressor=saddle.compress.RandK(k=11))
 
+
+# -- sets: every ConstraintSet of the library passes the set checks --------------------------------
+
+@pytest.mark.parametrize("cls", saddle.testing.set_classes(), ids=lambda cls: cls.__name__)
+def test_every_set_passes_the_set_checks(cls):
+    examples = cls.examples(3, 6)
+    assert examples, f"{cls.__name__}.examples gives no instance to check"
+    for s in examples:
+        report = saddle.testing.check_set(s)  # raises naming the failed check
+        assert {r.check for r in report.passed} >= {"projection", "nonexpansive", "select"}

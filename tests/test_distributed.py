@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-import problems
+from saddle import problems
 import saddle
 from saddle.compress import RandK, TopK
 

@@ -18,8 +18,11 @@ registry and the problem registry):
 
 Documentation pages:
 
-- the "which solver" table of ``docs/concepts.md`` has a row for every
-  registered solver, and the API reference renders every public name;
+- as the site renders them (after the hooks of ``mkdocs.yml``), the "which
+  solver" table of ``docs/concepts.md`` has one row for every registered
+  solver and the API reference renders every public name and every solver;
+  a solver registered without editing the pages gets a generated row and an
+  API entry (``docs/hooks/registered_solvers.py``);
 - the new pages and every notebook are in the nav, the notebooks are stored
   executed with their plots (the site renders them with ``execute: false``);
 - the Python code blocks of ``docs/index.md``, ``docs/getting_started.md``,
@@ -42,14 +45,16 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
-import problems
+from saddle import problems
 import saddle
 import saddle.optim
+import saddle.testing
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -140,7 +145,7 @@ def _solver_class(name: str) -> type:
 def test_the_walk_finds_the_api():
     assert len(PUBLIC) > 200
     for name in ["saddle.solve", "saddle.Extragradient", "saddle.optim.SAM", "saddle.distributed.main",
-                 "problems.get", "solver 'masha1'", "problem 'dro'"]:
+                 "saddle.problems.get", "solver 'masha1'", "problem 'dro'"]:
         assert name in PUBLIC, name
 
 
@@ -229,56 +234,107 @@ def test_reference_pattern():
 
 # -------------------------------------------------------------------------- the pages
 
-def test_which_solver_table_has_a_row_per_registered_solver():
-    text = (DOCS / "concepts.md").read_text()
-    rows = set(re.findall(r"^\| `(\w+)` \|", text, flags=re.M))
-    missing = set(saddle.solver_names()) - rows
+def _load_hooks() -> list:
+    """The MkDocs hooks that mkdocs.yml lists, loaded from their files as mkdocs loads them."""
+    config = (ROOT / "mkdocs.yml").read_text()
+    listed = re.search(r"^hooks:\n((?:  - .*\n)+)", config, flags=re.M)
+    hooks = []
+    for path in re.findall(r"  - (\S+)", listed.group(1)):
+        spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        hooks.append(module)
+    return hooks
+
+
+HOOKS = _load_hooks()
+REGISTRY_HOOK = next(h for h in HOOKS if h.__name__ == "registered_solvers")
+
+
+def rendered(page: str) -> str:
+    """The Markdown of ``docs/<page>`` after every hook of mkdocs.yml, as the site shows it."""
+    text = (DOCS / page).read_text()
+    for hook in HOOKS:
+        text = hook.on_page_markdown(text, page=None, config=None, files=None)
+    return text
+
+
+def test_which_solver_table_has_one_row_per_registered_solver():
+    text = rendered("concepts.md")
+    names = re.findall(r"^\| `(\w+)` \|", text, flags=re.M)
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    assert not duplicated, f"docs/concepts.md's which-solver table has several rows for {duplicated}"
+    missing = set(saddle.solver_names()) - set(names)
     assert not missing, f"docs/concepts.md's which-solver table has no row for {sorted(missing)}"
-    assert rows <= set(saddle.solver_names()) | {"name"}, sorted(rows - set(saddle.solver_names()))
+    assert set(names) <= set(saddle.solver_names()) | {"name"}, sorted(set(names) - set(saddle.solver_names()))
+    assert "<!--" not in text  # every marker was filled
     for section in ["## Variational inequalities", "## Monotonicity", "## Measuring progress: merit functions",
                     "## Why gradient descent-ascent fails", "## Which solver"]:
         assert section in text, section
 
 
-def _directives(text: str) -> list[tuple[str, list[str] | None]]:
-    """The ``::: target`` directives of an API page with their ``members`` option (None: all)."""
-    out = []
-    for match in re.finditer(r"^::: ([\w.]+)\n((?:    .*\n)*)", text, flags=re.M):
-        options = match.group(2)
-        members = re.search(r"members: (\[[^\]]*\]|false)", options.replace("\n", " "))
-        if members is None:
-            out.append((match.group(1), None))
-        elif members.group(1) == "false":
-            out.append((match.group(1), []))
-        else:
-            out.append((match.group(1), re.findall(r"\w+", members.group(1))))
-    return out
-
-
 def test_api_reference_renders_every_public_name():
-    directives = _directives((DOCS / "api.md").read_text())
-
-    def rendered(obj, name: str, alias: str) -> bool:
-        for target, members in directives:
-            if target in (alias, f"{obj.__module__}.{name}"):
-                return True
-            if target == obj.__module__ and (members is None or name in members):
-                return True
-        return False
-
+    text = rendered("api.md")
+    assert "<!--" not in text  # every marker was filled
+    found = REGISTRY_HOOK.directives(text)
     missing = []
     for name in saddle.__all__:
         obj = getattr(saddle, name)
-        if not inspect.ismodule(obj) and not rendered(obj, name, f"saddle.{name}"):
+        if not inspect.ismodule(obj) and not REGISTRY_HOOK.renders(found, obj, f"saddle.{name}", name=name):
             missing.append(f"saddle.{name}")
     for name in saddle.optim.__all__:
-        if not rendered(getattr(saddle.optim, name), name, f"saddle.optim.{name}"):
+        if not REGISTRY_HOOK.renders(found, getattr(saddle.optim, name), f"saddle.optim.{name}", name=name):
             missing.append(f"saddle.optim.{name}")
+    for name in saddle.solver_names():
+        if not REGISTRY_HOOK.renders_solver(found, _solver_class(name)):
+            missing.append(f"solver {name!r}")
     for name in problems.names():
         factory = problems._REGISTRY[name]
-        if not rendered(factory, factory.__name__, f"problems.{factory.__name__}"):
+        if not REGISTRY_HOOK.renders(found, factory, f"problems.{factory.__name__}"):
             missing.append(f"problems: {name}")
     assert not missing, f"docs/api.md does not render {missing}"
+    targets = [target for target, _ in found]
+    duplicated = sorted({t for t in targets if targets.count(t) > 1})
+    assert not duplicated, f"docs/api.md renders {duplicated} more than once"
+
+
+@dataclass(frozen=True)
+class Halpern(saddle.Solver):
+    """Halpern-anchored extragradient (Diakonikolas 2020): z+ = P(z0/(k+2) + (k+1)/(k+2) P(z - eta F(w))).
+
+    A solver registered only for the length of a test (it never runs).
+
+    Args:
+        step_size: eta.
+    """
+
+    category = "first-order"
+    calls_per_step = 2
+    converges_on = ("monotone",)
+    rate = "sublinear"
+
+    step_size: float = 0.1
+
+
+def test_a_newly_registered_solver_appears_on_both_pages():
+    entry = f"::: {__name__}.Halpern"
+    with saddle.testing.registered("halpern_eg", Halpern):
+        concepts, api = rendered("concepts.md"), rendered("api.md")
+    row = re.search(r"^\| `halpern_eg` \|.*\|$", concepts, flags=re.M)
+    assert row, "no row for the newly registered solver"
+    cells = [c.strip() for c in re.split(r"(?<!\\)\|", row.group(0))[1:-1]]
+    assert len(cells) == 6  # the columns of the hand-written table
+    assert cells[1] == Halpern.__doc__.split("\n")[0]
+    assert cells[2] == "2"
+    assert "monotone" in cells[4] and "sublinear" in cells[4]
+    assert cells[5] == "category: first-order"
+    # the row continues the hand-written table: it follows one of its rows, with no line in between
+    lines = concepts.split("\n")
+    assert lines[lines.index(row.group(0)) - 1].startswith("| `")
+    assert entry in api
+    assert api.index("### More first-order solvers") < api.index(entry) < api.index("### Step sizes")
+    # unregistered, it is gone, and nothing else is generated
+    assert "halpern_eg" not in rendered("concepts.md") and entry not in rendered("api.md")
 
 
 def test_new_pages_are_in_the_nav_and_linked_from_the_home_page():

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-import problems
+from saddle import problems
 import saddle
-from problems.dro import DROProblem, esrm, extremile, superquantile
+from saddle.problems.dro import DROProblem, esrm, extremile, superquantile
 from saddle.sets import CappedSimplex, ChiSquareBall, Permutahedron, project_simplex
 from saddle.stochastic import draw
 

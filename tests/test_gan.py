@@ -21,9 +21,9 @@ import torch
 from torch import nn
 from torch.nn.utils import vector_to_parameters
 
-import problems
+from saddle import problems
 import saddle
-from problems.gan import (MixtureGAN, dirac_jacobian, high_quality_fraction, mixture_centers, modes_covered,
+from saddle.problems.gan import (MixtureGAN, dirac_jacobian, high_quality_fraction, mixture_centers, modes_covered,
                           sample)
 from saddle import Status, merit
 
@@ -557,7 +557,7 @@ def test_sample_bad_arguments():
 def test_batched_mlp_is_its_modules_on_flat_rows(activation):
     # problems.mlp on its own: B networks as the rows of one tensor give each nn.Sequential's outputs and
     # (for a scalar network) its autograd input gradients.
-    from problems.mlp import BatchedMLP, init_default, mlp
+    from saddle.problems.mlp import BatchedMLP, init_default, mlp
 
     gen = torch.Generator().manual_seed(3)
     nets = [init_default(mlp(2, 1, 5, 2, activation), gen) for _ in range(3)]

@@ -36,9 +36,9 @@ import numpy as np
 import pytest
 import torch
 
-import problems
+from saddle import problems
 import saddle
-from problems.gan import dirac_jacobian, high_quality_fraction, modes_covered, sample
+from saddle.problems.gan import dirac_jacobian, high_quality_fraction, modes_covered, sample
 from saddle import ACGD, CGD, CGO, OCGO, Status, merit
 
 F64 = torch.float64

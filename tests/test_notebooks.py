@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import problems
+from saddle import problems
 import saddle
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "docs" / "notebooks"

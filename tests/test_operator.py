@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import problems
+from saddle import problems
 from saddle import LinearOperator, Operator, SaddleOperator
 from saddle.operator import spectral_norm
 

@@ -265,7 +265,7 @@ def test_dirac_gan(kind):
 
 
 def test_dirac_gan_loss_is_the_problem_familys():
-    import problems
+    from saddle import problems
 
     problem = problems.get("dirac_gan", batch_size=6, seed=2)
     theta, psi = problem.z0
@@ -308,7 +308,7 @@ def play_decaying(kind, f, x, y, iters, lr, gamma=0.998, betas=(0.0, 0.99)):
 
 @pytest.mark.parametrize("kind", ["ExtraAdam", "OptimisticAdam", "Adam"])
 def test_games_with_adams_eps_and_a_decaying_lr(kind):
-    import problems
+    from saddle import problems
 
     A, x0, y0 = bilinear_game()
     end = play_decaying(kind, lambda x, y: ((x @ A) * y).sum(), x0.clone().view(1, 5).requires_grad_(),

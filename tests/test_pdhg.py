@@ -8,10 +8,10 @@ import scipy.optimize
 import scipy.sparse
 import torch
 
-import problems
+from saddle import problems
 import saddle
 from saddle import Status
-from problems.reference import matrix_game_lp
+from saddle.problems.reference import matrix_game_lp
 
 
 def _strategies_vs_highs(problem, sol):

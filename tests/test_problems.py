@@ -16,7 +16,7 @@ import pytest
 import scipy.optimize
 import torch
 
-import problems
+from saddle import problems
 from saddle import BilinearProblem, Box, Linear, Reals, SaddleProblem, Simplex, VIProblem
 
 EXPECTED_NAMES = {"bilinear", "xy", "matrix_game", "rock_paper_scissors", "matching_pennies", "quadratic",

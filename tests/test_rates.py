@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-import problems
+from saddle import problems
 import saddle
 from saddle import Status
 from saddle.plot import trace

@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-import problems
+from saddle import problems
 import saddle
-from problems.sharpness import classification_data, largest_hessian_eigenvalue
+from saddle.problems.sharpness import classification_data, largest_hessian_eigenvalue
 from saddle.optim import SAM as SAMOptimizer
 
 cross_entropy = nn.functional.cross_entropy
@@ -287,7 +287,7 @@ def test_power_iteration_matches_the_dense_hessian():
 def test_sam_reaches_a_flatter_minimum_than_gradient_descent():
     """Same start, same steps; rho = 0 is plain gradient descent (shown above)."""
     X, Y = classification_data(256, seed=0)
-    from problems.sharpness import _default_model
+    from saddle.problems.sharpness import _default_model
     model = _default_model(16, 2, torch.Generator().manual_seed(0))
     rho = torch.tensor([0.0, 0.1], dtype=torch.float64)
     problem = problems.get("sharpness", model=model, data=(X, Y), loss_fn=cross_entropy, rho=rho, batch_size=2)

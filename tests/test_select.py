@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 
-import problems
+from saddle import problems
 import saddle
 from saddle import Ball, Box, CappedSimplex, ChiSquareBall, ConstraintSet, Permutahedron, Product, Reals, Simplex
 from saddle.selection import as_selection

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-import problems
+from saddle import problems
 import saddle
 from saddle import Backtracking, BilinearProblem, Box, Reals, SaddleProblem, Simplex, SolveError, Status, VIProblem
 

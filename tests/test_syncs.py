@@ -17,7 +17,7 @@ import math
 import pytest
 import torch
 
-import problems
+from saddle import problems
 import saddle
 from saddle.linalg import conjugate_gradient
 from saddle.testing import count_host_syncs as count_syncs

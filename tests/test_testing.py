@@ -166,7 +166,7 @@ def test_parametrize_with_checks_lists_the_cases():
 def test_contributing_walk_throughs_run(monkeypatch):
     text = (ROOT / "docs" / "contributing.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     module = types.ModuleType("contributing")  # dataclasses look their module up in sys.modules
     monkeypatch.setitem(sys.modules, "contributing", module)
     exec(compile("\n".join(blocks), "docs/contributing.md", "exec"), module.__dict__)
@@ -178,3 +178,50 @@ def test_solver_table_has_a_row_per_registered_solver():
     rows = re.findall(r"^\| `(\w+)` \|", table, flags=re.M)
     assert rows == saddle.solver_names()
     assert "| `extragradient` | `Extragradient` | first-order | 2 | 1 | no | monotone |" in table
+
+
+# -- check_set: passes on the library's sets (test_conformance), fails naming the check on broken ones ------
+
+class _Shrinking(saddle.ConstraintSet):
+    """Not a projection: halves every point (idempotent nowhere but 0)."""
+
+    def project(self, u):
+        return 0.5 * u
+
+
+class _Expanding(saddle.Box):
+    """A box whose 'projection' triples the interior: not non-expansive (nor idempotent)."""
+
+    def project(self, u):
+        return (3 * u).clamp(self.lo, self.hi)
+
+
+class _WrongRows(saddle.Box):
+    """Per-instance bounds whose select keeps the whole batch's first row: select does not take rows."""
+
+    def select(self, index):
+        return saddle.Box(self.lo[:1], self.hi)
+
+
+class _FalselySeparable(saddle.Ball):
+    separable = True
+
+
+class _WrongJacobian(saddle.Box):
+    def project_jvp(self, u, v):
+        return v  # ignores the clamp
+
+
+@pytest.mark.parametrize("broken, check", [
+    (_Shrinking(), "projection"),
+    (_Expanding(-100.0, 100.0), "nonexpansive"),
+    (_WrongRows(torch.tensor([-3.0, -0.1, -1.0], dtype=torch.float64), 0.5), "select"),
+    (_FalselySeparable(1.0), "separable"),
+    (_WrongJacobian(-0.5, 0.5), "project_jvp"),
+])
+def test_check_set_fails_naming_the_broken_check(broken, check):
+    report = saddle.testing.check_set(broken, raise_on_failure=False)
+    assert check in {r.check for r in report.failed}, str(report)
+    with pytest.raises(AssertionError, match=check):
+        saddle.testing.check_set(broken)
+    assert str(report).startswith("check_set(")

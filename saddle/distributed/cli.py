@@ -51,7 +51,7 @@ _probability = _argument_type(float, lambda v: 0 < v <= 1, "a probability in (0,
 
 def parser() -> argparse.ArgumentParser:
     """The options of ``python -m saddle.distributed`` (``--help`` lists them)."""
-    import problems.distributed
+    from saddle import problems
     from ..solve import MEASURES
 
     p = argparse.ArgumentParser(
@@ -205,7 +205,7 @@ def _solver_settings(args) -> dict:
 
 def _make_problem(args, group: WorkerGroup) -> DistributedProblem:
     """The ``--problem`` with the workers of ``group`` (no communication)."""
-    import problems.distributed
+    from saddle import problems
 
     kw = dict(group=group, workers=group.size, seed=args.seed, batch_size=args.batch_size,
               device=getattr(group, "device", torch.device("cpu")))

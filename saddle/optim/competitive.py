@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from numbers import Real
 from typing import Any, Callable, Iterable
 
 import torch
@@ -35,6 +34,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ..operator import MixedProducts
+from ..solvers._validate import check_choice, check_flag, check_integer, check_number
 from ..solvers.competitive import local_game
 
 __all__ = ["CGD", "ACGD"]
@@ -60,13 +60,6 @@ def _cg_settings(name: str, cg_tol, cg_max_iters, deprecated: dict[str, Any]) ->
         warnings.warn(f"{name}: {old} is deprecated, use {new}", DeprecationWarning, stacklevel=4)
         settings[new] = value
     return settings["cg_tol"], settings["cg_max_iters"]
-
-
-def _check_number(name: str, arg: str, value, valid: Callable[[float], bool], what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name}: {arg} must be a number, got {type(value).__name__}")
-    if not valid(value):
-        raise ValueError(f"{name}: {arg} must be {what}, got {value!r}")
 
 
 def _flat(pieces: Iterable[Tensor | None], params: list[Tensor], dtype: torch.dtype) -> Tensor:
@@ -98,16 +91,10 @@ class _Competitive(Optimizer):
                  cg_max_iters: int | None, solve_for: str, warm_start: bool, deprecated: dict[str, Any]):
         name = type(self).__name__
         cg_tol, cg_max_iters = _cg_settings(name, cg_tol, cg_max_iters, deprecated)
-        _check_number(name, "cg_tol", cg_tol, lambda tol: math.isfinite(tol) and tol >= 0, "a finite number >= 0")
-        if cg_max_iters is not None:
-            if isinstance(cg_max_iters, bool) or not isinstance(cg_max_iters, int):
-                raise TypeError(f"{name}: cg_max_iters must be None or an int, got {type(cg_max_iters).__name__}")
-            if cg_max_iters < 0:
-                raise ValueError(f"{name}: cg_max_iters must be >= 0, got {cg_max_iters!r}")
-        if solve_for not in _SOLVE_FOR:
-            raise ValueError(f"{name}: solve_for must be one of {_SOLVE_FOR}, got {solve_for!r}")
-        if not isinstance(warm_start, bool):
-            raise TypeError(f"{name}: warm_start must be a bool, got {type(warm_start).__name__}")
+        check_number(name, "cg_tol", cg_tol, low=0, include_low=True)
+        check_integer(name, "cg_max_iters", cg_max_iters, minimum=0, allow_none=True)
+        check_choice(name, "solve_for", solve_for, _SOLVE_FOR)
+        check_flag(name, "warm_start", warm_start)
         self.cg_tol = float(cg_tol)
         self.cg_max_iters = cg_max_iters
         self.solve_for = solve_for
@@ -154,8 +141,7 @@ class _Competitive(Optimizer):
         return groups
 
     def _check_hyperparameters(self, group: dict[str, Any]) -> None:
-        _check_number(type(self).__name__, "lr", group["lr"], lambda lr: math.isfinite(lr) and lr >= 0,
-                      "a finite number >= 0")
+        check_number(type(self).__name__, "lr", group["lr"], low=0, include_low=True)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a parameter group; it must say whose it is: ``player="min"`` or ``"max"``."""
@@ -464,8 +450,8 @@ class ACGD(_Competitive):
     def _check_hyperparameters(self, group):
         super()._check_hyperparameters(group)
         name = type(self).__name__
-        _check_number(name, "beta", group["beta"], lambda beta: 0 <= beta < 1, "in [0, 1)")
-        _check_number(name, "eps", group["eps"], lambda eps: math.isfinite(eps) and eps > 0, "a finite number > 0")
+        check_number(name, "beta", group["beta"], low=0, high=1, include_low=True)
+        check_number(name, "eps", group["eps"], low=0)
 
     def _step_sizes(self, group, p, grad):
         state = self.state[p]

@@ -35,28 +35,21 @@ is skipped (see `_Extrapolating.first_pass` and docs/optimizers.md).
 from __future__ import annotations
 
 import math
-from numbers import Real
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ..solvers._validate import check_number
 from ._amp import FirstPass, any_inf, forget_scaler, scaler_call, unscale_grads
 
 __all__ = ["ExtraSGD", "ExtraAdam", "OptimisticAdam"]
 
 
 # ------------------------------------------------------------------ checks
-def _check_real(name: str, arg: str, value, valid: Callable[[float], bool], what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name}: {arg} must be a number, got {type(value).__name__}")
-    if not valid(value):
-        raise ValueError(f"{name}: {arg} must be {what}, got {value!r}")
-
-
 def _nonnegative(name: str, arg: str, value) -> None:
-    _check_real(name, arg, value, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+    check_number(name, arg, value, low=0, include_low=True)
 
 
 def _flag(name: str, arg: str, value) -> None:
@@ -68,7 +61,7 @@ def _betas(name: str, arg: str, value) -> None:
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise TypeError(f"{name}: {arg} must be a pair (beta1, beta2), got {value!r}")
     for i, beta in enumerate(value):
-        _check_real(name, f"{arg}[{i}]", beta, lambda b: 0 <= b < 1, "in [0, 1)")
+        check_number(name, f"{arg}[{i}]", beta, low=0, high=1, include_low=True, expected="in [0, 1)")
 
 
 _CHECKS: dict[str, Callable[[str, str, Any], None]] = {

@@ -17,30 +17,23 @@ The perturbation is `saddle.solvers.sam.sam_perturbation`, the function the
 
 from __future__ import annotations
 
-import math
-from numbers import Real
 from typing import Callable
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ..solvers._validate import check_number
 from ..solvers.sam import perturbation_norm, sam_perturbation
 from ._amp import FirstPass, any_inf, forget_scaler, scaler_call, unscale_grads
 
 __all__ = ["SAM"]
 
 
-def _check_rho(rho, where: str) -> None:
-    if isinstance(rho, bool) or not isinstance(rho, Real):
-        raise TypeError(f"SAM: {where}rho must be a float, got {type(rho).__name__}")
-    if not (rho >= 0 and math.isfinite(rho)):
-        raise ValueError(f"SAM: {where}rho must be finite and >= 0, got {rho!r}")
-
-
-def _check_eta(eta, where: str) -> None:
-    if isinstance(eta, bool) or not isinstance(eta, Real) or not (eta >= 0 and math.isfinite(eta)):
-        raise ValueError(f"SAM: {where}adaptive_eta must be a finite float >= 0, got {eta!r}")
+def _check_ball(rho, adaptive_eta, where: str) -> None:
+    """The perturbation ball's radius ``rho`` and ASAM's ``adaptive_eta``: finite numbers >= 0."""
+    check_number("SAM", f"{where}rho", rho, low=0, include_low=True)
+    check_number("SAM", f"{where}adaptive_eta", adaptive_eta, low=0, include_low=True)
 
 
 class SAM(Optimizer):
@@ -107,15 +100,13 @@ class SAM(Optimizer):
         if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer)):
             raise TypeError("SAM: base_optimizer must be a torch.optim.Optimizer class (e.g. torch.optim.SGD), got "
                             f"{base_optimizer!r}")
-        _check_rho(rho, "")
+        _check_ball(rho, adaptive_eta, "")
         if not isinstance(adaptive, bool):
             raise TypeError(f"SAM: adaptive must be a bool, got {type(adaptive).__name__}")
-        _check_eta(adaptive_eta, "")
         defaults = dict(rho=rho, adaptive=adaptive, adaptive_eta=adaptive_eta, **base_kwargs)
         super().__init__(params, defaults)
         for i, group in enumerate(self.param_groups):
-            _check_rho(group["rho"], f"param_groups[{i}].")
-            _check_eta(group["adaptive_eta"], f"param_groups[{i}].")
+            _check_ball(group["rho"], group["adaptive_eta"], f"param_groups[{i}].")
         self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
         self.param_groups = self.base_optimizer.param_groups  # one list: schedulers and the base see the same lr
         self.defaults.update(self.base_optimizer.defaults)

@@ -14,7 +14,7 @@ from torch import Tensor
 from ..stepsize import Constant
 
 __all__ = ["per_instance", "check_flag", "check_choice", "check_integer", "check_number", "check_positive",
-           "renamed_setting"]
+           "positive_steps", "in_interval", "STEP", "renamed_setting"]
 
 
 def per_instance(value, name: str, solver: str, problem, *, dtype=None) -> Tensor:
@@ -55,39 +55,119 @@ def check_choice(solver: str, name: str, value, choices: tuple) -> None:
         raise ValueError(f"{solver}: {name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
 
-def check_integer(solver: str, name: str, value, *, minimum: int) -> None:
-    """``value`` must be an integer (not a bool) ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(f"{solver}: {name} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{solver}: {name} must be an integer >= {minimum}, got {value!r}")
+def _prefix(solver: str) -> str:
+    return f"{solver}: " if solver else ""
 
 
-def check_number(solver: str, name: str, value, *, low: float = -math.inf, high: float = math.inf) -> None:
-    """``value`` must be a finite real number (not a bool) in the open interval ``(low, high)``."""
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{solver}: {name} must be a number in ({low}, {high}), got {value!r}")
-    if not (low < value < high and math.isfinite(value)):
-        raise ValueError(f"{solver}: {name} must be a finite number in ({low}, {high}), got {value!r}")
+def check_integer(solver: str, name: str, value, *, minimum: int, batched: bool = False,
+                  allow_none: bool = False, expected: str | None = None) -> None:
+    """``value`` must be an integer (not a bool) ``>= minimum``.
 
-
-def check_positive(solver: str, name: str, value) -> None:
-    """``value`` must be None, a positive finite number, or a 0-d or ``(B,)`` real tensor of them."""
-    if value is None:
+    With ``batched``, also a 0-d or ``(B,)`` integer tensor of them (the batch
+    size is checked where the solver knows it); with ``allow_none``, also None.
+    ``expected`` replaces the description of what is accepted in the messages.
+    """
+    if value is None and allow_none:
         return
-    expected = "None, a positive number or a (B,) tensor of positive numbers"
-    if isinstance(value, bool) or not isinstance(value, (Real, Tensor)):
-        raise TypeError(f"{solver}: {name} must be {expected}, got {type(value).__name__}")
+    if expected is None:
+        expected = f"an integer >= {minimum}" + (" or a (B,) integer tensor of them" if batched else "")
+    where = f"{_prefix(solver)}{name}"
+    if isinstance(value, Tensor) and batched:
+        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"{where} must be {expected}, got a {value.dtype} tensor")
+        if value.dim() > 1:
+            raise ValueError(f"{where} must be {expected}, got shape {tuple(value.shape)}")
+        too_small = bool((value < minimum).any())
+    elif isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{where} must be {expected}, got {value!r}")
+    else:
+        too_small = value < minimum
+    if too_small:
+        raise ValueError(f"{where} must be {expected}, got {value!r}")
+
+
+def check_number(solver: str, name: str, value, *, low: float = -math.inf, high: float = math.inf,
+                 include_low: bool = False, include_high: bool = False, batched: bool = False,
+                 allow_none: bool = False, expected: str | None = None) -> None:
+    """``value`` must be a finite real number (not a bool) between ``low`` and ``high``.
+
+    The interval is open unless ``include_low`` / ``include_high``. With
+    ``batched``, ``value`` may also be a 0-d or ``(B,)`` real tensor whose every
+    entry is such a number (the batch size is checked by `per_instance`); with
+    ``allow_none``, also None. A wrong type is a ``TypeError``, a wrong shape or
+    value a ``ValueError``, each naming ``solver`` (omitted when "") and
+    ``name``. ``expected`` replaces the description of what is accepted.
+    """
+    if value is None and allow_none:
+        return
+    interval = _interval(low, high, include_low, include_high)
+    where = f"{_prefix(solver)}{name}"
+    if isinstance(value, bool) or not isinstance(value, (Real, Tensor) if batched else Real):
+        kinds = "a number or a (B,) tensor" if batched else f"a number{interval and ' ' + interval}"
+        raise TypeError(f"{where} must be {expected or kinds}, got {type(value).__name__} {value!r}")
     if isinstance(value, Tensor):
         if value.is_complex() or value.dtype == torch.bool:
-            raise TypeError(f"{solver}: {name} must be {expected}, got a {value.dtype} tensor")
+            raise TypeError(f"{where} must be {expected or 'real'}, got a {value.dtype} tensor")
         if value.dim() > 1:
-            raise ValueError(f"{solver}: {name} must be {expected}, got shape {tuple(value.shape)}")
+            raise ValueError(f"{where} must be {expected or 'a number or a (B,) tensor'}, got shape "
+                             f"{tuple(value.shape)}")
         if value.device.type == "meta":
-            raise ValueError(f"{solver}: {name} is on the meta device, which holds no values")
-    t = torch.as_tensor(value).detach()
-    if not bool(torch.isfinite(t).all()) or bool((t <= 0).any()):
-        raise ValueError(f"{solver}: {name} must be {expected}, got {value!r}")
+            raise ValueError(f"{where} is on the meta device, which holds no values")
+    if not in_interval(value, low, high, include_low, include_high):
+        if expected is None:
+            bounded = math.isfinite(low) and math.isfinite(high)
+            expected = (f"a finite number{interval and ' ' + interval}" if not batched
+                        else interval if bounded else f"finite{interval and ' and ' + interval}")
+        raise ValueError(f"{where} must be {expected}, got {value!r}")
+
+
+def in_interval(value, low: float, high: float, include_low: bool, include_high: bool) -> bool:
+    """Whether ``value`` (a number or a tensor) is finite and between ``low`` and ``high``, everywhere."""
+    if not isinstance(value, Tensor):
+        try:
+            value = torch.tensor(float(value), dtype=torch.float64)
+        except OverflowError:  # an int beyond the float range
+            return False
+    t = value.detach().double()
+    above = t >= low if include_low else t > low
+    below = t <= high if include_high else t < high
+    return bool((torch.isfinite(t) & above & below).all())
+
+
+def _interval(low: float, high: float, include_low: bool, include_high: bool) -> str:
+    """``"in [0, 1)"``, ``"> 0"``, ``"<= 1"`` or "" (the bounds as given: ``0`` or ``0.0``)."""
+    if math.isfinite(low) and math.isfinite(high):
+        return f"in {'[' if include_low else '('}{low}, {high}{']' if include_high else ')'}"
+    if math.isfinite(low):
+        return f"{'>=' if include_low else '>'} {low}"
+    if math.isfinite(high):
+        return f"{'<=' if include_high else '<'} {high}"
+    return ""
+
+
+#: How the step sizes' checks describe them.
+STEP = "positive and finite (a number or a (B,) tensor)"
+
+
+def check_positive(solver: str, name: str, value, *, allow_none: bool = True,
+                   expected: str = "None, a positive number or a (B,) tensor of positive numbers") -> None:
+    """``value`` must be a positive finite number, or a 0-d or ``(B,)`` real tensor of them (or None)."""
+    check_number(solver, name, value, low=0, batched=True, allow_none=allow_none, expected=expected)
+
+
+def positive_steps(solver: str, name: str, value, problem, *, expected: str = STEP) -> Tensor:
+    """A positive step setting (a number, a ``(B,)`` tensor or a `Constant`) as a checked ``(B,)`` tensor.
+
+    In the problem's device and dtype (`per_instance`); the values are checked
+    before and after the conversion (a step that rounds to 0 or overflows in
+    the problem's dtype is refused too).
+    """
+    check_positive(solver, name, value.value if isinstance(value, Constant) else value, allow_none=False,
+                   expected=expected)
+    t = per_instance(value, name, solver, problem)
+    if not in_interval(t, 0, math.inf, False, False):
+        raise ValueError(f"{_prefix(solver)}{name} must be {expected}, got {value!r} (in {problem.dtype})")
+    return t
 
 
 def renamed_setting(solver, old: str, new: str, default) -> None:

@@ -30,7 +30,8 @@ from torch import Tensor
 
 from ..point import Point
 
-__all__ = ["Solver", "register", "solver_names", "get_solver", "unregister", "CATEGORIES", "PROBLEM_CLASSES", "solver_table"]
+__all__ = ["Solver", "register", "solver_names", "get_solver", "unregister", "CATEGORIES", "PROBLEM_CLASSES",
+           "METADATA", "solver_table"]
 
 #: The values of `Solver.category`.
 CATEGORIES = ("first-order", "primal-dual", "competitive", "sharpness", "stochastic", "distributed")
@@ -100,17 +101,44 @@ class Solver:
         return None
 
 
-def register(name: str) -> Callable[[type], type]:
-    """Class decorator: make a solver available as ``solve(problem, solver=name)``."""
+#: The metadata `register` may set: the class attributes of `Solver` under "metadata".
+METADATA = ("category", "calls_per_step", "calls_at_init", "averages", "converges_on", "rate", "host_reads")
+
+
+def register(name: str, **metadata) -> Callable[[type], type]:
+    """Class decorator: make a solver available as ``solve(problem, solver=name)``, with its metadata.
+
+    ``metadata`` sets the class attributes `Solver` documents (``category``,
+    ``calls_per_step``, ``calls_at_init``, ``averages``, ``converges_on``,
+    ``rate``, ``host_reads``); what is not given is inherited. For example
+    ``@register("optimistic", category="first-order", calls_per_step=1,
+    calls_at_init=1, converges_on=("monotone",))``.
+    """
+    _check_metadata(name, metadata)
 
     def wrap(cls: type) -> type:
         if name in _REGISTRY:
             raise ValueError(f"solver name {name!r} is already registered")
+        for key, value in metadata.items():
+            setattr(cls, key, value)
         cls.name = name
         _REGISTRY[name] = cls
         return cls
 
     return wrap
+
+
+def _check_metadata(name: str, metadata: dict) -> None:
+    unknown = set(metadata) - set(METADATA)
+    if unknown:
+        raise TypeError(f"register({name!r}): unknown metadata {sorted(unknown)}; the metadata are {list(METADATA)}")
+    if "category" in metadata and metadata["category"] not in CATEGORIES:
+        raise ValueError(f"register({name!r}): category must be one of {CATEGORIES}, got {metadata['category']!r}")
+    if not set(metadata.get("converges_on", ())) <= set(PROBLEM_CLASSES):
+        raise ValueError(f"register({name!r}): converges_on must name classes of {PROBLEM_CLASSES}, "
+                         f"got {metadata['converges_on']!r}")
+    if metadata.get("rate", "linear") not in ("linear", "sublinear"):
+        raise ValueError(f"register({name!r}): rate must be 'linear' or 'sublinear', got {metadata['rate']!r}")
 
 
 def unregister(name: str) -> None:

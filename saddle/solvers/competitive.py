@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from numbers import Integral, Real
 from typing import NamedTuple
 
 import torch
@@ -67,7 +66,7 @@ from ..operator import MixedProducts
 from ..point import Point, column
 from ..sets import Reals
 from ..stepsize import Constant, StepSize
-from ._validate import per_instance
+from ._validate import check_flag, check_integer, check_number, per_instance
 from .base import Solver, register
 
 __all__ = ["CompetitiveState", "CGD", "ACGD", "CGO", "OCGO"]
@@ -112,54 +111,21 @@ class CompetitiveState(NamedTuple):
 
 # -- settings -------------------------------------------------------------------------------
 
-def _check_value(value, name: str, solver: str, *, low: float, high: float = math.inf, low_open: bool = True,
-                 high_open: bool = False, allow_none: bool = False, step: bool = False) -> None:
-    """Validate a finite float-or-(B,)-tensor setting on construction (the batch size is checked at init)."""
-    if value is None and allow_none:
-        return
-    if step and isinstance(value, Constant):
-        value = value.value
-    if step and isinstance(value, StepSize):
-        raise ValueError(f"{solver}: {name} must be a float or a (B,) tensor; competitive methods take no "
+def _check_fixed_step(solver: str, value, *, allow_none: bool) -> None:
+    """step_size: a finite number > 0 or a ``(B,)`` tensor of them (a `Constant` is its value), no rule."""
+    if isinstance(value, StepSize) and not isinstance(value, Constant):
+        raise ValueError(f"{solver}: step_size must be a float or a (B,) tensor; competitive methods take no "
                          f"step-size rule such as {type(value).__name__}")
-    if isinstance(value, bool) or not isinstance(value, (Real, Tensor)):
-        raise TypeError(f"{solver}: {name} must be a float or a (B,) tensor, got {type(value).__name__}")
-    t = value.detach() if isinstance(value, Tensor) else torch.as_tensor(value, dtype=torch.float64)
-    if t.dim() > 1:
-        raise ValueError(f"{solver}: {name} must be a float or a (B,) tensor, got shape {tuple(t.shape)}")
-    if t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"{solver}: {name} must be real, got {t.dtype}")
-    t = t.double()
-    bad = ~torch.isfinite(t) | ((t <= low) if low_open else (t < low)) | ((t >= high) if high_open else (t > high))
-    if bool(bad.any()):
-        if math.isinf(high):
-            rule = f"finite and {'>' if low_open else '>='} {low:g}"
-        else:
-            rule = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        raise ValueError(f"{solver}: {name} must be {rule}, got {value!r}")
-
-
-def _check_cap(value, solver: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (Integral, Tensor)):
-        raise TypeError(f"{solver}: cg_max_iters must be an int or a (B,) integer tensor, got {type(value).__name__}")
-    if isinstance(value, Tensor):
-        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
-            raise TypeError(f"{solver}: cg_max_iters must be an int or a (B,) integer tensor, got {value.dtype}")
-        if value.dim() > 1:
-            raise ValueError(f"{solver}: cg_max_iters must be an int or a (B,) tensor, got shape {tuple(value.shape)}")
-    if bool((torch.as_tensor(value) < 1).any()):
-        raise ValueError(f"{solver}: cg_max_iters must be >= 1, got {value!r}")
+    value = value.value if isinstance(value, Constant) else value
+    check_number(solver, "step_size", value, low=0, batched=True, allow_none=allow_none)
 
 
 def _check_common(solver) -> None:
     name = solver.name
-    _check_value(solver.cg_tol, "cg_tol", name, low=0.0, low_open=False, high=1.0, high_open=True, allow_none=True)
-    _check_cap(solver.cg_max_iters, name)
-    if not isinstance(solver.warm_start, bool):
-        raise TypeError(f"{name}: warm_start must be a bool, got {type(solver.warm_start).__name__}")
-    cg_check = solver.cg_check_every
-    if isinstance(cg_check, bool) or not isinstance(cg_check, Integral) or cg_check < 1:
-        raise ValueError(f"{name}: cg_check_every must be a positive int, got {cg_check!r}")
+    check_number(name, "cg_tol", solver.cg_tol, low=0, high=1, include_low=True, batched=True, allow_none=True)
+    check_integer(name, "cg_max_iters", solver.cg_max_iters, minimum=1, batched=True)
+    check_flag(name, "warm_start", solver.warm_start)
+    check_integer(name, "cg_check_every", solver.cg_check_every, minimum=1)
 
 
 def _default_step(problem, c: float, fallback: float) -> Tensor:
@@ -301,7 +267,7 @@ class _Competitive(Solver):
 
     def _check_settings(self) -> None:
         _check_common(self)
-        _check_value(self.step_size, "step_size", self.name, low=0.0, allow_none=True, step=True)
+        _check_fixed_step(self.name, self.step_size, allow_none=True)
 
     def check(self, problem) -> None:
         _check_problem(self.name, problem)
@@ -331,7 +297,8 @@ class _Competitive(Solver):
             cg_iterations=cg.iterations, cg_converged=cg.converged, steps=state.steps + 1)
 
 
-@register("cgd")
+@register("cgd", category="competitive", calls_per_step=1, calls_at_init=0,
+          converges_on=("bilinear", "strongly monotone"), host_reads=True)
 @dataclass(frozen=True)
 class CGD(_Competitive):
     """Competitive gradient descent (Schäfer and Anandkumar 2019, arXiv 1905.12103).
@@ -372,13 +339,6 @@ class CGD(_Competitive):
             converged every this many iterations.
     """
 
-    # metadata (saddle.solvers.base.Solver)
-    category = "competitive"
-    calls_per_step = 1
-    calls_at_init = 0
-    converges_on = ("bilinear", "strongly monotone")
-    host_reads = True
-
     step_size: float | Tensor | None = None
     cg_tol: float | Tensor | None = None
     cg_max_iters: int | Tensor = 100
@@ -396,7 +356,8 @@ class CGD(_Competitive):
         return _initial_state(self, problem, z0, eta, eta)
 
 
-@register("cgo")
+@register("cgo", category="competitive", calls_per_step=1, calls_at_init=0,
+          converges_on=("bilinear", "strongly monotone"), host_reads=True)
 @dataclass(frozen=True)
 class CGO(_Competitive):
     """Competitive gradient optimization (Vyas, Bullins and Azizzadenesheli, ICML 2023, arXiv 2205.14232).
@@ -428,13 +389,6 @@ class CGO(_Competitive):
         cg_check_every: CG's host-synchronization interval, as for `CGD`.
     """
 
-    # metadata (saddle.solvers.base.Solver)
-    category = "competitive"
-    calls_per_step = 1
-    calls_at_init = 0
-    converges_on = ("bilinear", "strongly monotone")
-    host_reads = True
-
     step_size: float | Tensor | None = None
     alpha: float | Tensor | None = None
     cg_tol: float | Tensor | None = None
@@ -450,7 +404,7 @@ class CGO(_Competitive):
 
     def _check_settings(self) -> None:
         super()._check_settings()
-        _check_value(self.alpha, "alpha", self.name, low=0.0, allow_none=True)
+        check_number(self.name, "alpha", self.alpha, low=0, batched=True, allow_none=True)
 
     def _resolve(self, problem) -> tuple[Tensor, Tensor]:
         eta = self._step_size(problem)
@@ -467,7 +421,8 @@ class CGO(_Competitive):
         return _initial_state(self, problem, z0, *self._resolve(problem))
 
 
-@register("ocgo")
+@register("ocgo", category="competitive", calls_per_step=2, calls_at_init=0,
+          converges_on=("bilinear", "strongly monotone"), host_reads=True)
 @dataclass(frozen=True)
 class OCGO(CGO):
     """Optimistic competitive gradient optimization (Vyas, Bullins and Azizzadenesheli, ICML 2023).
@@ -492,13 +447,6 @@ class OCGO(CGO):
         cg_check_every: CG's host-synchronization interval, as for `CGD`.
     """
 
-    # metadata (saddle.solvers.base.Solver)
-    category = "competitive"
-    calls_per_step = 2
-    calls_at_init = 0
-    converges_on = ("bilinear", "strongly monotone")
-    host_reads = True
-
     c = 0.5
     fallback = 0.05
 
@@ -512,7 +460,8 @@ class OCGO(CGO):
             cg_converged=cg0.converged & cg1.converged, steps=state.steps + 1)
 
 
-@register("acgd")
+@register("acgd", category="competitive", calls_per_step=1, calls_at_init=0, converges_on=("bilinear",),
+          host_reads=True)
 @dataclass(frozen=True)
 class ACGD(_Competitive):
     """Adaptive competitive gradient descent (Schäfer, Zheng and Anandkumar 2019, arXiv 1910.05852).
@@ -545,13 +494,6 @@ class ACGD(_Competitive):
         cg_check_every: CG's host-synchronization interval, as for `CGD`.
     """
 
-    # metadata (saddle.solvers.base.Solver)
-    category = "competitive"
-    calls_per_step = 1
-    calls_at_init = 0
-    converges_on = ("bilinear",)
-    host_reads = True
-
     step_size: float | Tensor = 1e-3
     beta: float | Tensor = 0.99
     eps: float | Tensor = 1e-5
@@ -562,9 +504,9 @@ class ACGD(_Competitive):
 
     def _check_settings(self) -> None:
         _check_common(self)
-        _check_value(self.step_size, "step_size", self.name, low=0.0, step=True)
-        _check_value(self.beta, "beta", self.name, low=0.0, low_open=False, high=1.0, high_open=True)
-        _check_value(self.eps, "eps", self.name, low=0.0)
+        _check_fixed_step(self.name, self.step_size, allow_none=False)
+        check_number(self.name, "beta", self.beta, low=0, high=1, include_low=True, batched=True)
+        check_number(self.name, "eps", self.eps, low=0, batched=True)
 
     def init(self, problem, z0):
         self.check(problem)

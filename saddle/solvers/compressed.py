@@ -124,7 +124,6 @@ are not smaller.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from numbers import Integral, Real
 from typing import NamedTuple
 
 import torch
@@ -134,7 +133,7 @@ from ..distributed.problem import DistributedProblem, flatten, unflatten
 from ..compress import Compressor, RandK, RandomKey, TopK, get_compressor, uniform, value_bits
 from ..point import Point
 from ..sets import Reals
-from ._validate import per_instance, renamed_setting
+from ._validate import STEP, check_integer, check_number, check_positive, per_instance, renamed_setting
 from .base import Solver, register
 
 __all__ = ["CompressedState", "MASHA1", "MASHA2", "DistributedEG", "CompressedEG"]
@@ -196,38 +195,22 @@ class _Distributed(Solver):
         return None if spec is None else get_compressor(spec, "server_compressor")
 
     def _validate_settings(self) -> None:
-        step = self.step_size
-        if step is not None:
-            if isinstance(step, bool) or not isinstance(step, (Real, Tensor)):
-                raise TypeError(f"{self.name}: step_size must be a float, a (B,) tensor or None, "
-                                f"got {type(step).__name__}")
-            t = torch.as_tensor(step, dtype=torch.float64) if not isinstance(step, Tensor) else step.detach()
-            if t.dim() > 1 or not bool(torch.isfinite(t).all()) or bool((t <= 0).any()):
-                raise ValueError(f"{self.name}: step_size must be positive and finite (a float or a (B,) tensor), "
-                                 f"got {step!r}")
+        name = self.name
+        check_positive(name, "step_size", self.step_size, expected=STEP)
         dev = self._worker_compressor()
         srv = self._server_compressor()
         if srv is not None and srv.per_worker:
-            raise ValueError(f"{self.name}: server_compressor cannot be {type(srv).__name__} "
+            raise ValueError(f"{name}: server_compressor cannot be {type(srv).__name__} "
                              "(it splits coordinates among workers)")
-        p = getattr(self, "p", None)
-        if p is not None and (isinstance(p, bool) or not isinstance(p, Real) or not 0 < p <= 1):
-            raise ValueError(f"{self.name}: p must be a probability in (0, 1], got {p!r}")
-        r = getattr(self, "participation", None)
-        if r is not None and (isinstance(r, bool) or not isinstance(r, Integral) or r < 1):
-            raise ValueError(f"{self.name}: participation must be a positive integer (workers per round), got {r!r}")
-        b = getattr(self, "minibatch", None)
-        if b is not None:
-            if isinstance(b, bool) or not isinstance(b, Integral):
-                raise TypeError(f"{self.name}: minibatch must be a positive integer (samples per minibatch) or None "
-                                f"(the full local operator), got {type(b).__name__} {b!r}")
-            if b < 1:
-                raise ValueError(f"{self.name}: minibatch must be a positive integer (samples per minibatch), "
-                                 f"got {b!r}")
+        check_number(name, "p", getattr(self, "p", None), low=0, high=1, include_high=True, allow_none=True,
+                     expected="a probability in (0, 1]")
+        check_integer(name, "participation", getattr(self, "participation", None), minimum=1, allow_none=True,
+                      expected="a positive integer (workers per round)")
+        check_integer(name, "minibatch", getattr(self, "minibatch", None), minimum=1, allow_none=True,
+                      expected="a positive integer (samples per minibatch) or None (the full local operator)")
         seed = getattr(self, "seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, (Integral, Tensor)) or \
-                (isinstance(seed, Integral) and seed < 0):
-            raise ValueError(f"{self.name}: seed must be a non-negative integer or a (B,) int64 tensor, got {seed!r}")
+        if not isinstance(seed, Tensor):  # a tensor of seeds is checked against the batch at init
+            check_integer(name, "seed", seed, minimum=0, expected="a non-negative integer or a (B,) int64 tensor")
         for c, label in ((dev, "compressor"), (srv, "server_compressor")):
             if c is None:
                 continue
@@ -465,7 +448,7 @@ def _end_round(solver, problem, state, z_new: Point, weights: Tensor) -> dict:
     return dict(w=w, Fw=torch.where(c1, F_new, state.Fw), Fw_local=torch.where(c2, F_loc, state.Fw_local), **counts)
 
 
-@register("masha1")
+@register("masha1", category="distributed")
 @dataclass(frozen=True)
 class MASHA1(_Distributed):
     """MASHA1: variance-reduced extragradient with unbiased compression (arXiv 2110.03313, Algorithm 1).
@@ -486,9 +469,6 @@ class MASHA1(_Distributed):
             (``1 <= b <= N`` for a problem whose workers hold N samples), or None (the full ``F_m``).
         batch_size: deprecated name of ``minibatch`` (a ``DeprecationWarning``; removed in the next release).
     """
-
-    # metadata (saddle.solvers.base.Solver)
-    category = "distributed"
 
     compressor: Compressor = RandK(ratio=0.1)
     server_compressor: Compressor | None = None
@@ -524,7 +504,7 @@ class MASHA1(_Distributed):
         return z_new, state._replace(**_end_round(self, problem, state, z_new, weights))
 
 
-@register("masha2")
+@register("masha2", category="distributed")
 @dataclass(frozen=True)
 class MASHA2(_Distributed):
     """MASHA2: variance-reduced extragradient with contractive compression and error feedback (Algorithm 2).
@@ -547,9 +527,6 @@ class MASHA2(_Distributed):
             (``1 <= b <= N``), or None (the full ``F_m``).
         batch_size: deprecated name of ``minibatch`` (a ``DeprecationWarning``; removed in the next release).
     """
-
-    # metadata (saddle.solvers.base.Solver)
-    category = "distributed"
 
     compressor: Compressor = TopK(ratio=0.1)
     server_compressor: Compressor | None = None
@@ -608,7 +585,7 @@ class MASHA2(_Distributed):
                                      **_end_round(self, problem, state, z_new, weights))
 
 
-@register("distributed_eg")
+@register("distributed_eg", category="distributed")
 @dataclass(frozen=True)
 class DistributedEG(_Distributed):
     """Uncompressed distributed extragradient: the baseline that sends every ``F_m`` in full.
@@ -623,9 +600,6 @@ class DistributedEG(_Distributed):
     Args:
         step_size: gamma, a float or ``(B,)`` tensor (default ``1 / (2 L)``).
     """
-
-    # metadata (saddle.solvers.base.Solver)
-    category = "distributed"
 
     step_size: object = None
 
@@ -659,7 +633,7 @@ class DistributedEG(_Distributed):
         return z_new, state._replace(Fw=F_new, **counts)
 
 
-@register("compressed_eg")
+@register("compressed_eg", category="distributed")
 @dataclass(frozen=True)
 class CompressedEG(_Distributed):
     """Compressed distributed extragradient without variance reduction (a baseline).
@@ -679,9 +653,6 @@ class CompressedEG(_Distributed):
         participation: workers per round (partial participation), or None (all).
         seed: the seed of the shared random numbers.
     """
-
-    # metadata (saddle.solvers.base.Solver)
-    category = "distributed"
 
     compressor: Compressor = RandK(ratio=0.1)
     server_compressor: Compressor | None = None

@@ -133,7 +133,7 @@ def _average(z: Point, state: ExtragradientState) -> Point:
     return tuple(torch.where(has, s / denom, zi) for s, zi in zip(state.weighted_sum, z))
 
 
-@register("extragradient")
+@register("extragradient", category="first-order", calls_per_step=2, calls_at_init=1, converges_on=("monotone",))
 @dataclass(frozen=True)
 class Extragradient(Solver):
     """Extragradient (Korpelevich 1976) with Euclidean projections.
@@ -152,12 +152,6 @@ class Extragradient(Solver):
             (the ergodic iterate of the O(1/k) gap bound) instead of the last iterate.
     """
 
-    # metadata (saddle.solvers.base.Solver)
-    category = "first-order"
-    calls_per_step = 2
-    calls_at_init = 1
-    converges_on = ("monotone",)
-
     step_size: object = None
     average: bool = False
 
@@ -174,7 +168,7 @@ class Extragradient(Solver):
         return _average(z, state)
 
 
-@register("mirror_prox")
+@register("mirror_prox", category="first-order", calls_per_step=2, calls_at_init=1, converges_on=("monotone",))
 @dataclass(frozen=True)
 class MirrorProx(Solver):
     """Mirror-prox (Nemirovski 2004): extragradient with Bregman prox steps.
@@ -192,12 +186,6 @@ class MirrorProx(Solver):
         average: report the eta-weighted average of the ``w`` iterates.
     """
 
-    # metadata (saddle.solvers.base.Solver)
-    category = "first-order"
-    calls_per_step = 2
-    calls_at_init = 1
-    converges_on = ("monotone",)
-
     step_size: object = None
     average: bool = False
 
@@ -213,7 +201,7 @@ class MirrorProx(Solver):
         return _average(z, state)
 
 
-@register("eg_plus")
+@register("eg_plus", category="first-order", calls_per_step=2, calls_at_init=1, converges_on=("monotone",))
 @dataclass(frozen=True)
 class EGPlus(Solver):
     """EG+ (Diakonikolas, Daskalakis and Jordan 2021) for weak-MVI / negatively comonotone F.
@@ -231,12 +219,6 @@ class EGPlus(Solver):
         alpha: the update step as a fraction of eta.
     """
 
-    # metadata (saddle.solvers.base.Solver)
-    category = "first-order"
-    calls_per_step = 2
-    calls_at_init = 1
-    converges_on = ("monotone",)
-
     step_size: object = None
     alpha: float = 0.5
 
@@ -253,7 +235,8 @@ class EGPlus(Solver):
         return _step(self, problem, z, state, c=self.c, alpha=self.alpha)
 
 
-@register("anchored_eg")
+@register("anchored_eg", category="first-order", calls_per_step=2, calls_at_init=1, converges_on=("monotone",),
+          rate="sublinear")
 @dataclass(frozen=True)
 class AnchoredEG(Solver):
     """Extra anchored gradient, EAG-C (Yoon and Ryu 2021, arXiv 2102.07922).
@@ -273,13 +256,6 @@ class AnchoredEG(Solver):
         step_size: eta (default ``1/(8L)``, or backtracking on
             ``eta |F(w) - F(z)| <= |w - z| / 8``).
     """
-
-    # metadata (saddle.solvers.base.Solver)
-    category = "first-order"
-    calls_per_step = 2
-    calls_at_init = 1
-    converges_on = ("monotone",)
-    rate = "sublinear"
 
     step_size: object = None
 

@@ -44,7 +44,7 @@ def _gda_step_size(solver, problem) -> Tensor:
     return eta
 
 
-@register("gda")
+@register("gda", category="first-order", calls_per_step=1, calls_at_init=1, converges_on=("strongly monotone",))
 @dataclass(frozen=True)
 class GDA(Solver):
     """Simultaneous gradient descent-ascent ``z+ = P_Z(z - eta F(z))`` (Arrow, Hurwicz and Uzawa 1958).
@@ -62,12 +62,6 @@ class GDA(Solver):
     One operator call per iteration (plus one at ``init``).
     """
 
-    # metadata (saddle.solvers.base.Solver)
-    category = "first-order"
-    calls_per_step = 1
-    calls_at_init = 1
-    converges_on = ("strongly monotone",)
-
     step_size: object = None
 
     def init(self, problem, z0):
@@ -80,7 +74,8 @@ class GDA(Solver):
         return z_next, GDAState(problem.F(z_next), state.step_size, state.operator_calls + 1)
 
 
-@register("alternating_gda")
+@register("alternating_gda", category="first-order", calls_per_step=2, calls_at_init=0,
+          converges_on=("strongly monotone",))
 @dataclass(frozen=True)
 class AlternatingGDA(Solver):
     """Alternating (Gauss-Seidel) gradient descent-ascent (Bailey, Gidel and Piliouras, COLT 2020).
@@ -99,12 +94,6 @@ class AlternatingGDA(Solver):
 
     One operator call per block per iteration.
     """
-
-    # metadata (saddle.solvers.base.Solver)
-    category = "first-order"
-    calls_per_step = 2
-    calls_at_init = 0
-    converges_on = ("strongly monotone",)
 
     step_size: object = None
 

@@ -369,7 +369,7 @@ class _LinearizedPrimalDual(Solver):
         return state.x_bar, state.y_bar
 
 
-@register("lpd")
+@register("lpd", category="primal-dual", averages=True, converges_on=("convex-strongly-concave",), rate="sublinear")
 @dataclass(frozen=True)
 class LPD(_LinearizedPrimalDual):
     """Linearized primal-dual method (LPD) of Khalafi and Boob (ICML 2023, arXiv 2209.04604).
@@ -414,15 +414,9 @@ class LPD(_LinearizedPrimalDual):
     constants void the guarantees; larger ones are safe and slower.
     """
 
-    # metadata (saddle.solvers.base.Solver)
-    category = "primal-dual"
-    averages = True
-    converges_on = ("convex-strongly-concave",)
-    rate = "sublinear"
 
 
-
-@register("alpd")
+@register("alpd", category="primal-dual", averages=True, converges_on=("convex-strongly-concave",), rate="sublinear")
 @dataclass(frozen=True)
 class ALPD(_LinearizedPrimalDual):
     """Accelerated linearized primal-dual method (ALPD) of Khalafi and Boob (ICML 2023, arXiv 2209.04604).
@@ -457,16 +451,11 @@ class ALPD(_LinearizedPrimalDual):
     Missing or invalid constants raise ``ValueError``, as for `LPD`.
     """
 
-    # metadata (saddle.solvers.base.Solver)
-    category = "primal-dual"
-    averages = True
-    converges_on = ("convex-strongly-concave",)
-    rate = "sublinear"
-
     accelerated = True
 
 
-@register("inexact_alpd")
+@register("inexact_alpd", category="primal-dual", averages=True, converges_on=("convex-strongly-concave",),
+          rate="sublinear", host_reads=True)
 @dataclass(frozen=True)
 class InexactALPD(_LinearizedPrimalDual):
     """Inexact ALPD of Khalafi and Boob (ICML 2023, arXiv 2209.04604): ALPD with phi kept in the primal step.
@@ -506,13 +495,6 @@ class InexactALPD(_LinearizedPrimalDual):
 
     Missing or invalid constants raise ``ValueError``, as for `LPD`.
     """
-
-    # metadata (saddle.solvers.base.Solver)
-    category = "primal-dual"
-    averages = True
-    converges_on = ("convex-strongly-concave",)
-    rate = "sublinear"
-    host_reads = True
 
     inner_iterations: int | None = 10
     inner_accuracy: float = 5.0

@@ -39,7 +39,7 @@ class SingleCallState(NamedTuple):
     steps: Tensor
 
 
-@register("optimistic")
+@register("optimistic", category="first-order", calls_per_step=1, calls_at_init=1, converges_on=("monotone",))
 @dataclass(frozen=True)
 class Optimistic(Solver):
     """Optimistic GDA / Popov's past extragradient (Popov 1980; Hsieh et al. 2019).
@@ -55,12 +55,6 @@ class Optimistic(Solver):
             ``eta |F(w_k) - F(w_{k-1})| <= |w_k - w_{k-1}| / 2``) or None
             (``1/(2L)`` if L is known, else backtracking).
     """
-
-    # metadata (saddle.solvers.base.Solver)
-    category = "first-order"
-    calls_per_step = 1
-    calls_at_init = 1
-    converges_on = ("monotone",)
 
     step_size: object = None
 
@@ -91,7 +85,7 @@ class Optimistic(Solver):
         )
 
 
-@register("reflected")
+@register("reflected", category="first-order", calls_per_step=1, calls_at_init=0, converges_on=("monotone",))
 @dataclass(frozen=True)
 class Reflected(Solver):
     """Malitsky's projected reflected gradient method (Malitsky 2015).
@@ -106,12 +100,6 @@ class Reflected(Solver):
             ``eta |F(w_k) - F(w_{k-1})| <= (sqrt(2) - 1) |w_k - w_{k-1}|``) or
             None (``0.41 / L`` if L is known, else backtracking).
     """
-
-    # metadata (saddle.solvers.base.Solver)
-    category = "first-order"
-    calls_per_step = 1
-    calls_at_init = 0
-    converges_on = ("monotone",)
 
     step_size: object = None
 

@@ -64,8 +64,7 @@ import torch
 from torch import Tensor
 
 from ..solution import Status
-from ..stepsize import _as_batch
-from ._validate import check_choice, check_flag, check_integer, check_number, check_positive
+from ._validate import check_choice, check_flag, check_integer, check_number, check_positive, positive_steps
 from .base import Solver, register
 
 __all__ = ["PDHG", "PDHGState"]
@@ -153,7 +152,7 @@ def _bounds(S, like: Tensor) -> tuple[Tensor, Tensor]:
     return S.project(torch.full_like(like, -math.inf)), S.project(torch.full_like(like, math.inf))
 
 
-@register("pdhg")
+@register("pdhg", category="primal-dual", calls_at_init=1, averages=True, converges_on=("monotone", "linear program"))
 @dataclass(frozen=True)
 class PDHG(Solver):
     """Primal-dual hybrid gradient (Chambolle and Pock 2011) with PDLP's machinery (arXiv 2106.04756).
@@ -192,12 +191,6 @@ class PDHG(Solver):
     diagonal, or on R^n; L1 terms on boxes). Without preconditioning the
     projections are Euclidean whatever the sets' geometry.
     """
-
-    # metadata (saddle.solvers.base.Solver)
-    category = "primal-dual"
-    calls_at_init = 1
-    averages = True
-    converges_on = ("monotone", "linear program")
 
     step_size: object = None
     adaptive_step: bool = True
@@ -346,7 +339,7 @@ class PDHG(Solver):
                 eta = 0.9 / _nonzero(self._scaled_norm(K, dc, dr))
             eta = eta.to(dt).expand(B).clone()
         else:
-            eta = _as_batch(self.step_size, B, problem, "step_size")
+            eta = positive_steps(self.name, "step_size", self.step_size, problem)
         if self.primal_weight is None:
             c, d = _vector(problem.g, x), _vector(problem.h_conj, y)
             if dc is not None:
@@ -355,7 +348,7 @@ class PDHG(Solver):
             ok = (cn > 1e-10) & (dn > 1e-10)
             omega = torch.where(ok, cn / dn.clamp_min(1e-300), torch.ones_like(cn))
         else:
-            omega = _as_batch(self.primal_weight, B, problem, "primal_weight")
+            omega = positive_steps(self.name, "primal_weight", self.primal_weight, problem)
         Kx, Kty = _matvec(K, x), _rmatvec(K, y)
         zeros = torch.zeros(B, dtype=dt, device=dev)
         return PDHGState(

@@ -25,7 +25,6 @@ optimizer compute the same iterates.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from numbers import Real
 from typing import NamedTuple, Sequence
 
 import torch
@@ -34,7 +33,7 @@ from torch import Tensor
 from ..point import Point
 from ..sets import Ball
 from .base import Solver, register
-from ._validate import per_instance
+from ._validate import check_flag, check_number, per_instance, positive_steps
 
 __all__ = ["SAMState", "SAM", "ASAM", "sam_perturbation", "perturbation_norm"]
 
@@ -111,15 +110,7 @@ class SAMState(NamedTuple):
     steps: Tensor
 
 
-def _check_float(value, name: str, solver: str, *, low: float = 0.0, high: float | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{solver}: {name} must be a float, got {type(value).__name__}")
-    if not (value >= low and (high is None or value < high)):
-        bound = f"in [{low}, {high})" if high is not None else f">= {low}"
-        raise ValueError(f"{solver}: {name} must be {bound}, got {value!r}")
-
-
-@register("sam")
+@register("sam", category="sharpness", calls_per_step=2, calls_at_init=0)
 @dataclass(frozen=True)
 class SAM(Solver):
     """Sharpness-aware minimization: the extragradient step preset for ``min_w max_{e in Y} f(w, e)``.
@@ -146,11 +137,6 @@ class SAM(Solver):
     Two operator calls per step. ``e`` is 0 after every step.
     """
 
-    # metadata (saddle.solvers.base.Solver)
-    category = "sharpness"
-    calls_per_step = 2
-    calls_at_init = 0
-
     step_size: object = 0.1
     momentum: float = 0.0
     dampening: float = 0.0
@@ -158,11 +144,10 @@ class SAM(Solver):
     weight_decay: float = 0.0
 
     def __post_init__(self):
-        _check_float(self.momentum, "momentum", self.name, high=1.0)
-        _check_float(self.dampening, "dampening", self.name, high=1.0 + 1e-300)
-        _check_float(self.weight_decay, "weight_decay", self.name)
-        if not isinstance(self.nesterov, bool):
-            raise TypeError(f"{self.name}: nesterov must be a bool, got {type(self.nesterov).__name__}")
+        check_number(self.name, "momentum", self.momentum, low=0, high=1, include_low=True)
+        check_number(self.name, "dampening", self.dampening, low=0, high=1, include_low=True)
+        check_number(self.name, "weight_decay", self.weight_decay, low=0, include_low=True)
+        check_flag(self.name, "nesterov", self.nesterov)
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError(f"{self.name}: nesterov momentum needs momentum > 0 and dampening = 0")
 
@@ -179,10 +164,7 @@ class SAM(Solver):
         return problem.perturbation_scale(w)
 
     def _step_size(self, problem) -> Tensor:
-        eta = per_instance(self.step_size, "step_size", self.name, problem)
-        if not bool(torch.isfinite(eta).all()) or bool((eta <= 0).any()):
-            raise ValueError(f"{self.name}: step_size must be positive and finite, got {self.step_size!r}")
-        return eta
+        return positive_steps(self.name, "step_size", self.step_size, problem)
 
     def init(self, problem, z0: Point) -> SAMState:
         eta = self._step_size(problem)
@@ -222,7 +204,7 @@ class SAM(Solver):
                                                steps=state.steps + 1)
 
 
-@register("asam")
+@register("asam", category="sharpness", calls_per_step=2, calls_at_init=0)
 @dataclass(frozen=True)
 class ASAM(SAM):
     """Adaptive SAM (Kwon et al., arXiv 2102.11600): `SAM` in the metric ``T_w = diag(|w| + eta)``.
@@ -243,17 +225,12 @@ class ASAM(SAM):
         weight_decay: as for `SAM`.
     """
 
-    # metadata (saddle.solvers.base.Solver)
-    category = "sharpness"
-    calls_per_step = 2
-    calls_at_init = 0
-
     eta: float | None = None
 
     def __post_init__(self):
         super().__post_init__()
         if self.eta is not None:
-            _check_float(self.eta, "eta", self.name)
+            check_number(self.name, "eta", self.eta, low=0, include_low=True)
 
     def check(self, problem) -> None:
         super().check(problem)

@@ -41,7 +41,6 @@ deterministic solvers count in on the same problem.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from numbers import Real
 from typing import NamedTuple
 
 import torch
@@ -49,7 +48,7 @@ from torch import Tensor
 
 from ..point import Point, where
 from ..stochastic import StochasticOperator, draw, uniform
-from ._validate import per_instance, renamed_setting
+from ._validate import check_flag, check_integer, check_number, positive_steps, renamed_setting
 from .base import Solver, register
 
 __all__ = ["StochasticState", "SEG", "DoubleStepSEG", "VREG", "VREGState", "Prospect", "ProspectState"]
@@ -64,20 +63,11 @@ def _oracle(problem):
     return 1, seeds, lambda z, idx: problem.F(z)
 
 
-def _check_int(value, name: str, solver: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{solver}: {name} must be a positive integer, got {value!r}")
-
-
-def _positive_steps(value, name: str, solver: str, problem) -> Tensor:
+def _required_steps(value, name: str, solver: str, problem) -> Tensor:
+    """A step setting as a checked ``(B,)`` tensor (`positive_steps`); stochastic solvers have no default."""
     if value is None:
         raise ValueError(f"{solver}: give {name} (stochastic solvers have no default step)")
-    if isinstance(value, bool) or not isinstance(value, (Real, Tensor)):
-        raise TypeError(f"{solver}: {name} must be a float or a (B,) tensor, got {type(value).__name__}")
-    eta = per_instance(value, name, solver, problem)
-    if not bool(torch.isfinite(eta).all()) or bool((eta <= 0).any()):
-        raise ValueError(f"{solver}: {name} must be positive and finite, got {value!r}")
-    return eta
+    return positive_steps(solver, name, value, problem)
 
 
 class StochasticState(NamedTuple):
@@ -98,7 +88,7 @@ class StochasticState(NamedTuple):
     steps: Tensor
 
 
-@register("seg")
+@register("seg", category="stochastic", host_reads=True)
 @dataclass(frozen=True)
 class SEG(Solver):
     """Stochastic extragradient with independent or same-sample minibatches (Juditsky et al. 2011).
@@ -120,10 +110,6 @@ class SEG(Solver):
     ``2 m`` per-sample evaluations per step.
     """
 
-    # metadata (saddle.solvers.base.Solver)
-    category = "stochastic"
-    host_reads = True
-
     step_size: object = None
     minibatch: int = 1
     same_sample: bool = False
@@ -131,15 +117,14 @@ class SEG(Solver):
 
     def __post_init__(self):
         renamed_setting(self, "batch_size", "minibatch", 1)
-        _check_int(self.minibatch, "minibatch", self.name)
-        if not isinstance(self.same_sample, bool):
-            raise TypeError(f"{self.name}: same_sample must be a bool, got {type(self.same_sample).__name__}")
+        check_integer(self.name, "minibatch", self.minibatch, minimum=1)
+        check_flag(self.name, "same_sample", self.same_sample)
 
     def check(self, problem) -> None:
-        _positive_steps(self.step_size, "step_size", self.name, problem)
+        _required_steps(self.step_size, "step_size", self.name, problem)
 
     def init(self, problem, z0: Point) -> StochasticState:
-        eta = _positive_steps(self.step_size, "step_size", self.name, problem)
+        eta = _required_steps(self.step_size, "step_size", self.name, problem)
         _, seeds, _ = _oracle(problem)
         zeros = torch.zeros(problem.batch_size, dtype=torch.int64, device=problem.device)
         return StochasticState(seeds, eta, eta, zeros, zeros)
@@ -159,7 +144,7 @@ class SEG(Solver):
         return z_next, state._replace(operator_calls=state.operator_calls + cost, steps=state.steps + 1)
 
 
-@register("double_step_seg")
+@register("double_step_seg", category="stochastic", host_reads=True)
 @dataclass(frozen=True)
 class DoubleStepSEG(SEG):
     """Double step-size stochastic extragradient (Hsieh, Iutzeler, Malick and Mertikopoulos 2020).
@@ -178,10 +163,6 @@ class DoubleStepSEG(SEG):
         batch_size: deprecated name of ``minibatch`` (removed in the next release).
     """
 
-    # metadata (saddle.solvers.base.Solver)
-    category = "stochastic"
-    host_reads = True
-
     update_step: object = None
     extrapolation_decay: float = 1.0 / 3.0
     update_decay: float = 2.0 / 3.0
@@ -190,18 +171,15 @@ class DoubleStepSEG(SEG):
     def __post_init__(self):
         super().__post_init__()
         for key in ("extrapolation_decay", "update_decay"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value <= 1:
-                raise ValueError(f"{self.name}: {key} must be in [0, 1], got {value!r}")
+            check_number(self.name, key, getattr(self, key), low=0, high=1, include_low=True, include_high=True)
         if self.update_decay < self.extrapolation_decay:
             raise ValueError(f"{self.name}: update_decay must be >= extrapolation_decay (update conservatively)")
-        if isinstance(self.offset, bool) or not isinstance(self.offset, Real) or not self.offset >= 1:
-            raise ValueError(f"{self.name}: offset must be >= 1, got {self.offset!r}")
+        check_number(self.name, "offset", self.offset, low=1, include_low=True)
 
     def init(self, problem, z0: Point) -> StochasticState:
         state = super().init(problem, z0)
         eta = state.step_size if self.update_step is None else \
-            _positive_steps(self.update_step, "update_step", self.name, problem)
+            _required_steps(self.update_step, "update_step", self.name, problem)
         return state._replace(update_step=eta)
 
     def _steps(self, state: StochasticState) -> tuple[Tensor, Tensor]:
@@ -231,7 +209,7 @@ class VREGState(NamedTuple):
     refreshes: Tensor
 
 
-@register("vr_eg")
+@register("vr_eg", category="stochastic", host_reads=True)
 @dataclass(frozen=True)
 class VREG(Solver):
     """Loopless variance-reduced extragradient (Alacaoglu and Malitsky 2022, Algorithm 1).
@@ -260,10 +238,6 @@ class VREG(Solver):
     Per-sample evaluations: n at init (``F(w_0)``), then ``2 m`` per step plus n per refresh.
     """
 
-    # metadata (saddle.solvers.base.Solver)
-    category = "stochastic"
-    host_reads = True
-
     step_size: object = None
     minibatch: int = 1
     probability: float | None = None
@@ -272,12 +246,9 @@ class VREG(Solver):
 
     def __post_init__(self):
         renamed_setting(self, "batch_size", "minibatch", 1)
-        _check_int(self.minibatch, "minibatch", self.name)
-        p = self.probability
-        if p is not None and (isinstance(p, bool) or not isinstance(p, Real) or not 0 < p <= 1):
-            raise ValueError(f"{self.name}: probability must be in (0, 1], got {p!r}")
-        if self.host_check is not None and not isinstance(self.host_check, bool):
-            raise TypeError(f"{self.name}: host_check must be None or a bool, got {type(self.host_check).__name__}")
+        check_integer(self.name, "minibatch", self.minibatch, minimum=1)
+        check_number(self.name, "probability", self.probability, low=0, high=1, include_high=True, allow_none=True)
+        check_flag(self.name, "host_check", self.host_check, allow_none=True)
 
     def _p(self, n: int) -> float:
         return min(1.0, self.minibatch / n) if self.probability is None else float(self.probability)
@@ -291,10 +262,10 @@ class VREG(Solver):
         return device.type == "cpu" or 1 - (1 - p) ** batch_size < 0.5
 
     def check(self, problem) -> None:
-        _positive_steps(self.step_size, "step_size", self.name, problem)
+        _required_steps(self.step_size, "step_size", self.name, problem)
 
     def init(self, problem, z0: Point) -> VREGState:
-        tau = _positive_steps(self.step_size, "step_size", self.name, problem)
+        tau = _required_steps(self.step_size, "step_size", self.name, problem)
         n, seeds, _ = _oracle(problem)
         zeros = torch.zeros(problem.batch_size, dtype=torch.int64, device=problem.device)
         return VREGState(seeds, z0, problem.F(z0), tau, zeros + n, zeros, zeros)
@@ -344,7 +315,7 @@ class ProspectState(NamedTuple):
     steps: Tensor
 
 
-@register("prospect")
+@register("prospect", category="stochastic", host_reads=True)
 @dataclass(frozen=True)
 class Prospect(Solver):
     """Prospect (Mehta, Roulet, Pillutla and Harchaoui, ICLR 2024, Algorithm 1) for DRO problems.
@@ -370,14 +341,10 @@ class Prospect(Solver):
     evaluations: n at init (the tables), 2 per step (``grad l_i`` and ``l_j``).
     """
 
-    # metadata (saddle.solvers.base.Solver)
-    category = "stochastic"
-    host_reads = True
-
     step_size: object = None
 
     def check(self, problem) -> None:
-        _positive_steps(self.step_size, "step_size", self.name, problem)
+        _required_steps(self.step_size, "step_size", self.name, problem)
         for attr in ("weights", "sample_loss_and_gradient", "n"):
             if not hasattr(problem, attr):
                 raise TypeError(f"{self.name} needs a DRO problem (problems.dro.DROProblem), got "
@@ -385,7 +352,7 @@ class Prospect(Solver):
 
     def init(self, problem, z0: Point) -> ProspectState:
         self.check(problem)
-        eta = _positive_steps(self.step_size, "step_size", self.name, problem)
+        eta = _required_steps(self.step_size, "step_size", self.name, problem)
         theta = z0[0]
         B, n = problem.batch_size, problem.n
         all_idx = torch.arange(n, device=problem.device).expand(B, n)
