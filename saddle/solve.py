@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 import warnings
@@ -281,8 +280,11 @@ def solve(
         last = (z, state, iterations)
         finite_throughout = active
         while True:
-            with _blaming_the_operator(problem, z):
+            try:
                 z_new, state_new = step(z, state)
+            except (RuntimeError, TypeError) as err:
+                _blame_the_operator(problem, z, err)
+                raise
             if any(t.requires_grad for t in z_new):  # data that require grad: never grow a graph over iterations
                 z_new, state_new = detached((z_new, state_new))
             finite = all_finite(z_new)
@@ -307,8 +309,11 @@ def solve(
         if fast:
             failed = ~finite_throughout
             # (non-tensor state fields are shared by the batch: `where` keeps its first argument's)
-            with _blaming_the_operator(problem, last[0]):
+            try:
                 z, state, iterations = where(~failed, (z, state, iterations), last)
+            except (RuntimeError, TypeError) as err:
+                _blame_the_operator(problem, last[0], err)
+                raise
             status = torch.where(failed, int(Status.DIVERGED), status)
             active = active & ~failed
         done = check(k)
@@ -458,14 +463,9 @@ def _check_operator_output(Fz, z: Point, dtype: torch.dtype, cause: BaseExceptio
                                                           if g.is_complex() else "")) from cause
 
 
-@contextlib.contextmanager
-def _blaming_the_operator(problem, z: Point):
-    """Turn a torch error inside the block into a clear ``ValueError`` if the operator's output at z is malformed."""
-    try:
-        yield
-    except (RuntimeError, TypeError) as err:
-        _check_operator_output(problem.F(z), z, problem.dtype, cause=err)
-        raise
+def _blame_the_operator(problem, z: Point, err: BaseException) -> None:
+    """After a torch error in a step: a clear ``ValueError`` if the operator's output at z is malformed."""
+    _check_operator_output(problem.F(z), z, problem.dtype, cause=err)
 
 
 def _stop_mask(answer, B: int, device) -> Tensor:
