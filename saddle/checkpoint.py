@@ -79,28 +79,31 @@ class CheckpointWarning(UserWarning):
 
 # -- writing -------------------------------------------------------------------------------------
 
-def check_writable(path: str | os.PathLike) -> None:
-    """Raise ``ValueError`` unless a checkpoint can be written at ``path`` (checked by writing a temporary file)."""
+def check_writable(path: str | os.PathLike, what: str = "checkpoint") -> None:
+    """Raise ``ValueError`` unless a file can be written at ``path`` (checked by writing a temporary file).
+
+    Messages start with ``what``, the name the caller gives the file (e.g. ``"--save out.pt"``).
+    """
     path = Path(os.path.realpath(path))
     folder = path.parent
     if path.is_dir():
-        raise ValueError(f"checkpoint: {str(path)!r} is a folder; expected a file path, e.g. "
+        raise ValueError(f"{what}: {str(path)!r} is a folder; expected a file path, e.g. "
                          f"{str(path / 'solve.pt')!r}")
     if not folder.is_dir():
-        raise ValueError(f"checkpoint: the folder {str(folder)!r} does not exist")
+        raise ValueError(f"{what}: the folder {str(folder)!r} does not exist")
     if path.exists():
         if not path.is_file():
-            raise ValueError(f"checkpoint: {str(path)!r} exists and is not a regular file")
+            raise ValueError(f"{what}: {str(path)!r} exists and is not a regular file")
         if not os.access(path, os.W_OK) or not path.stat().st_mode & 0o222:
-            raise ValueError(f"checkpoint: {str(path)!r} is read-only")
+            raise ValueError(f"{what}: {str(path)!r} is read-only")
     if not folder.stat().st_mode & 0o222:
-        raise ValueError(f"checkpoint: the folder {str(folder)!r} is read-only")
+        raise ValueError(f"{what}: the folder {str(folder)!r} is read-only")
     try:
         fd, tmp = _temporary_file(path)
         os.close(fd)
         os.unlink(tmp)
     except OSError as err:
-        raise ValueError(f"checkpoint: cannot write in the folder {str(folder)!r} ({err.strerror or err})") from err
+        raise ValueError(f"{what}: cannot write in the folder {str(folder)!r} ({err.strerror or err})") from err
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any], *, orphans_before: float | None = None) -> None:

@@ -147,7 +147,8 @@ def solve(
     history_rows = _history_rows(history)
     B, device = problem.batch_size, problem.device
     acc = accumulation_dtype(problem.dtype)
-    tol_t = _tolerance(tol, B, problem, acc)
+    tol_64 = _tolerance(tol, B, problem, torch.float64)
+    tol_t = tol_64.to(acc)
     gap_available = problem.duality_gap(problem.z0) is not None
     if measure == "gap" and not gap_available:
         raise ValueError(f"measure='gap' is not computable for {problem.name}; use measure='residual'")
@@ -175,7 +176,6 @@ def solve(
         return out, measures_at(problem, out, Fz)
 
     recheck = None if problem.dtype == torch.float64 else _Float64Recheck(problem, measures_at)
-    tol_64 = _tolerance(tol, B, problem, torch.float64)
 
     z = problem.domain.project(problem.z0)
     _check_operator_at_start(problem, z)
@@ -399,15 +399,13 @@ def _checkpoint_options(checkpoint, checkpoint_every, check_every, resume) -> in
         return None
     if not isinstance(checkpoint, (str, os.PathLike)):
         raise TypeError(f"checkpoint must be a path, got {type(checkpoint).__name__}")
-    if checkpoint_every is None:
-        check_writable(checkpoint)
-        return None
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, Integral) or checkpoint_every < 1 \
-            or checkpoint_every % check_every:
+    every = checkpoint_every
+    if every is not None and (isinstance(every, bool) or not isinstance(every, Integral) or every < 1
+                              or every % check_every):
         raise ValueError(f"checkpoint_every must be a positive multiple of check_every = {check_every}, "
                          f"got {checkpoint_every!r}")
     check_writable(checkpoint)
-    return int(checkpoint_every)
+    return None if checkpoint_every is None else int(checkpoint_every)
 
 
 def _check_options(max_iters, check_every, measure, max_operator_calls, divergence_factor, extra=()) -> None:

@@ -162,10 +162,7 @@ def _setup(args, group: WorkerGroup):
     from ..solvers.base import get_solver
 
     if args.save is not None and group.rank == 0:
-        try:
-            check_writable(args.save)
-        except ValueError as err:
-            raise ValueError(f"--save {args.save}: {str(err).removeprefix('checkpoint: ')}") from None
+        check_writable(args.save, what=f"--save {args.save}")
     settings = _solver_settings(args)
     problem = _make_problem(args, group)
     if args.keep is not None and args.keep > problem.dim:
