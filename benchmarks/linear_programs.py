@@ -14,7 +14,7 @@ Three families of LPs, each solved by every solver in the same run:
 A game ``min_x max_y x^T A y`` is the LP ``min v  s.t.  A^T x <= v 1, sum x = 1,
 x >= 0`` (v free). Solvers and tolerances:
 
-  * ``saddle.linprog`` (restarted, preconditioned PDHG; "saddle LP" rows) with
+  * ``saddle.linprog`` (``--method``: restarted Halpern PDHG by default, or PDLP's scheme; "saddle LP" rows) with
     ``tol`` = PDLP's relative KKT error (`saddle.LinearProgram.kkt`: L2 primal
     residual / (1 + |b|), dual residual / (1 + |c|), gap / (1 + |primal| + |dual|));
   * for the games also ``saddle.solve(game, "pdhg", measure="gap")`` on the
@@ -271,12 +271,12 @@ def time_limit_callback(limit: float):
 def run_saddle_lp(case: Case, tol: float, args) -> Run:
     start = time.perf_counter()
     res = saddle.linprog(**case.saddle_args, tol=tol, max_iters=args.max_iters, check_every=args.check_every,
-                         callback=time_limit_callback(args.time_limit))
+                         method=args.method, callback=time_limit_callback(args.time_limit))
     seconds = time.perf_counter() - start
     nit = res.nit.reshape(-1).tolist()
     return Run("saddle LP", tol, seconds, nit, (res.matvecs.reshape(-1).double()).tolist(),
                [_SCIPY_NAMES[int(s)] for s in res.status.reshape(-1)], res.fun.reshape(-1).cpu().numpy(),
-               note="saddle.linprog", per_iteration=seconds / max(1, max(nit)))
+               note=f"saddle.linprog({args.method})", per_iteration=seconds / max(1, max(nit)))
 
 
 def run_saddle_game(case: Case, tol: float, args) -> Run:
@@ -436,6 +436,8 @@ def main(argv=None) -> None:
     parser.add_argument("--pdlp-threads", default="auto",
                         help="PDLP's threads (default auto: 1 below 10^5 nonzeros, else --threads)")
     parser.add_argument("--no-pdlp", action="store_true", help="skip OR-tools PDLP")
+    parser.add_argument("--method", choices=saddle.lp.METHODS, default=saddle.lp.DEFAULT_METHOD,
+                        help=f"saddle.linprog's method (default {saddle.lp.DEFAULT_METHOD})")
     parser.add_argument("--max-iters", type=int, default=200_000, help="iteration limit of saddle and PDLP")
     parser.add_argument("--time-limit", type=float, default=300.0,
                         help="seconds per solver and problem (PDLP's and HiGHS's time limit; saddle stops "

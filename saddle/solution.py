@@ -26,6 +26,7 @@ class Status(IntEnum):
     INFEASIBLE = 5
     UNBOUNDED = 6
     PRECISION_LOSS = 7
+    TIME_LIMIT = 8
 
     @property
     def message(self) -> str:
@@ -44,6 +45,7 @@ _MESSAGES = {
     Status.UNBOUNDED: "a certificate of unboundedness (dual infeasibility) was found",
     Status.PRECISION_LOSS: ("the measure met the tolerance in the problem's dtype but not when re-checked in float64 "
                             "at the returned point: solve in a higher precision or loosen the tolerance"),
+    Status.TIME_LIMIT: "the time limit was reached before the tolerance",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -46,7 +47,7 @@ def solve(
     problem,
     solver: str | Solver = "extragradient",
     *,
-    max_iters: int = 10_000,
+    max_iters: int | None = 10_000,
     tol: float | Tensor = 1e-6,
     measure: str = "residual",
     check_every: int = 10,
@@ -60,6 +61,8 @@ def solve(
     checkpoint_every: int | None = None,
     resume: str | os.PathLike | None = None,
     compile: bool = False,
+    time_limit: float | None = None,
+    warm_start: Solution | None = None,
     **settings,
 ) -> Solution:
     """Solve a batch of VIs with one solver; every instance stops on its own.
@@ -67,7 +70,7 @@ def solve(
     Args:
         problem: a `VIProblem` (or `SaddleProblem`, `BilinearProblem`) with B instances.
         solver: a registered name (`saddle.solver_names()`) or a solver instance.
-        max_iters: iteration limit per instance.
+        max_iters: iteration limit per instance (None: no limit).
         tol: tolerance on the measure, a float or a ``(B,)`` tensor.
         measure: ``"residual"`` (natural residual, always available), ``"gap"``
             (exact duality gap, where the problem can compute it),
@@ -114,6 +117,13 @@ def solve(
             of small or medium problems; the first steps pay the compilation).
             If compiling fails, the solve warns once and runs eagerly. The
             iterates agree with the eager ones to rounding, not bit for bit.
+        time_limit: seconds of wall time (None: no limit). It is checked at every
+            check: instances still running once it is exceeded stop as `TIME_LIMIT`.
+        warm_start: the `Solution` of a solve of a problem of the same shape (batch size,
+            blocks, dtype), e.g. a nearby problem: the solve starts from its point
+            ``warm_start.z`` with the state ``solver.warm_state(problem, z, warm_start.state)``
+            (PDHG reuses its step size and primal weight). With ``checkpoint`` / ``resume``
+            the warm start is part of what a checkpoint binds.
         **settings: the solver's settings when ``solver`` is a name, e.g.
             ``step_size=0.1``.
 
@@ -139,15 +149,19 @@ def solve(
     for name, flag in (("progress", progress), ("throw", throw), ("compile", compile)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool (True or False), got {flag!r}")
+    if isinstance(warm_start, bool):  # the competitive solvers' CG setting, now ``cg_warm_start`` (deprecated)
+        settings, warm_start = {**settings, "warm_start": warm_start}, None
     solver = get_solver(solver, **settings)
     extra = tuple(problem.extra_measures())
     _check_options(max_iters, check_every, measure, max_operator_calls, divergence_factor, extra)
+    _check_time_limit(time_limit)
+    max_iters = math.inf if max_iters is None else max_iters
     solver.check(problem)
     checkpoint_every = _checkpoint_options(checkpoint, checkpoint_every, check_every, resume)
     history_rows = _history_rows(history)
     B, device = problem.batch_size, problem.device
     acc = accumulation_dtype(problem.dtype)
-    tol_64 = _tolerance(tol, B, problem, torch.float64)
+    tol_64 = _tolerance(tol, B, problem.device, torch.float64)
     tol_t = tol_64.to(acc)
     gap_available = problem.duality_gap(problem.z0) is not None
     if measure == "gap" and not gap_available:
@@ -177,9 +191,10 @@ def solve(
 
     recheck = None if problem.dtype == torch.float64 else _Float64Recheck(problem, measures_at)
 
-    z = problem.domain.project(problem.z0)
+    z = problem.domain.project(problem.z0 if warm_start is None else _warm_point(problem, solver, warm_start))
     _check_operator_at_start(problem, z)
-    state = detached(solver.init(problem, z))
+    state = detached(solver.init(problem, z) if warm_start is None else
+                     solver.warm_state(problem, z, warm_start.state))
     status = empty_status(B, device)
     active = torch.ones(B, dtype=torch.bool, device=device)
     iterations = torch.zeros(B, dtype=torch.int64, device=device)
@@ -199,7 +214,9 @@ def solve(
     if checkpoint is not None or resume is not None:
         bound = binding(problem, solver, {
             "check_every": check_every, "tol": tol_64, "measure": measure, "max_operator_calls": max_operator_calls,
-            "divergence_factor": divergence_factor, "history": history_rows, "compile": compile})
+            "divergence_factor": divergence_factor, "history": history_rows, "compile": compile,
+            # (only when given: checkpoints written before warm starts existed stay valid)
+            **({} if warm_start is None else {"warm_start": (warm_start.z, warm_start.state)})})
     writer = None if checkpoint is None else CheckpointWriter(checkpoint, checkpoint_every, bound, loop_variables(k))
     if resume is not None:
         saved = restore(resume, bound, loop_variables(0), map_location=device)  # checks everything first
@@ -263,6 +280,9 @@ def solve(
             asked = _stop_mask(callback(Progress(k, out, state, measures, status)), B, device)
             status = torch.where(active & asked, int(Status.STOPPED), status)
             active = active & ~asked
+        if time_limit is not None and time.perf_counter() - start > time_limit:
+            status = torch.where(active, int(Status.TIME_LIMIT), status)
+            active = torch.zeros_like(active)
         n_active = int(active.sum())
         if bar is not None:
             bar.update(k - bar.n)
@@ -377,6 +397,30 @@ def _compiled_step(solver: Solver, problem) -> Callable:
     return step
 
 
+def _check_time_limit(time_limit) -> None:
+    if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, Real)
+                                   or not time_limit > 0):
+        raise ValueError(f"time_limit must be None or a positive number of seconds, got {time_limit!r}")
+
+
+def _warm_point(problem, solver: Solver, warm_start) -> Point:
+    """``warm_start.z``, checked against the solver and the problem's blocks (batch size, shapes, dtype)."""
+    if not isinstance(warm_start, Solution):
+        raise TypeError(f"warm_start must be a saddle.Solution (of a problem of the same shape) or None, "
+                        f"got {type(warm_start).__name__}")
+    if warm_start.solver is not None and type(warm_start.solver) is not type(solver):
+        raise ValueError(f"warm_start comes from a solve by {type(warm_start.solver).__name__}, but this solve "
+                         f"uses {type(solver).__name__}: a solver's state only warm-starts the same solver")
+    z0 = problem.z0
+    shapes = [tuple(t.shape) for t in warm_start.z]
+    if len(warm_start.z) != len(z0) or any(shape != tuple(t.shape) for shape, t in zip(shapes, z0)):
+        raise ValueError(f"warm_start: its point has blocks of shapes {shapes}, but {problem.name} has "
+                         f"{[tuple(t.shape) for t in z0]} (the batch size and every block must match)")
+    if any(w.dtype != t.dtype for w, t in zip(warm_start.z, z0)):
+        raise ValueError(f"warm_start: its point is {warm_start.z[0].dtype}, but {problem.name} is {problem.dtype}")
+    return tuple(w.detach().to(t.device) for w, t in zip(warm_start.z, z0))
+
+
 def _history_rows(history) -> int:
     """The most history rows to keep (0: none)."""
     if isinstance(history, bool):
@@ -409,8 +453,8 @@ def _checkpoint_options(checkpoint, checkpoint_every, check_every, resume) -> in
 
 
 def _check_options(max_iters, check_every, measure, max_operator_calls, divergence_factor, extra=()) -> None:
-    if isinstance(max_iters, bool) or not isinstance(max_iters, Integral) or max_iters < 0:
-        raise ValueError(f"max_iters must be a non-negative integer, got {max_iters!r}")
+    if max_iters is not None and (isinstance(max_iters, bool) or not isinstance(max_iters, Integral) or max_iters < 0):
+        raise ValueError(f"max_iters must be a non-negative integer or None (no limit), got {max_iters!r}")
     if isinstance(check_every, bool) or not isinstance(check_every, Integral) or check_every < 1:
         raise ValueError(f"check_every must be a positive integer, got {check_every!r}")
     if measure not in MEASURES + tuple(extra):
@@ -423,7 +467,8 @@ def _check_options(max_iters, check_every, measure, max_operator_calls, divergen
         raise ValueError(f"divergence_factor must be a number > 1, got {divergence_factor!r}")
 
 
-def _tolerance(tol, B: int, problem, dtype: torch.dtype) -> Tensor:
+def _tolerance(tol, B: int, device, dtype: torch.dtype) -> Tensor:
+    """``tol`` (a float or ``(B,)``) checked and as a ``(B,)`` tensor on ``device``."""
     if isinstance(tol, bool) or not isinstance(tol, (Real, Tensor)):
         raise TypeError(f"tol must be a float or a (B,) tensor, got {type(tol).__name__}")
     if isinstance(tol, Tensor) and (tol.is_complex() or not (tol.is_floating_point() or tol.dtype == torch.int64)):
@@ -433,7 +478,7 @@ def _tolerance(tol, B: int, problem, dtype: torch.dtype) -> Tensor:
         raise ValueError(f"tol must be a float or a (B,) = ({B},) tensor, got shape {tuple(t.shape)}")
     if torch.isnan(t).any() or (t < 0).any():
         raise ValueError(f"tol must be non-negative, got {tol}")
-    return t.to(device=problem.device, dtype=dtype).expand(B)
+    return t.to(device=device, dtype=dtype).expand(B)
 
 
 def _check_operator_at_start(problem, z: Point) -> None:
@@ -513,7 +558,7 @@ class _Float64Recheck:
 def _progress_bar(total: int, solver: Solver):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=solver.name or type(solver).__name__, unit="it")
+    return tqdm(total=None if total == math.inf else total, desc=solver.name or type(solver).__name__, unit="it")
 
 
 def _stack(rows: list[dict]) -> dict[str, Tensor]:

@@ -10,6 +10,8 @@ CUDA = torch.cuda.is_available()
 # The test problems are tiny: one thread is as fast, and it keeps the timings
 # stable when other processes share the two cores (torch's thread pool waits
 # for a descheduled worker at every parallel region, milliseconds a call).
+# The cores are used by running the tests in one process per core instead
+# (pytest-xdist, `-n auto` in pyproject.toml): each worker imports this file.
 torch.set_num_threads(1)
 
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda,

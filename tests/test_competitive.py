@@ -418,7 +418,7 @@ def test_gradient_and_product_counts_are_exact(solver, name, warm_start):
     # the products it needs: the wrapped operator's counts are the instance's counts, and the
     # batched solve reports the same per-instance counts.
     problem = PROBLEMS[name]()
-    settings = dict(cg_check_every=1, cg_tol=1e-9, warm_start=warm_start,
+    settings = dict(cg_check_every=1, cg_tol=1e-9, cg_warm_start=warm_start,
                     **({"step_size": 0.1} if solver == "acgd" else {}))
     steps = 6
     batched = saddle.get_solver(solver, **settings)
@@ -443,6 +443,19 @@ def test_gradient_and_product_counts_are_exact(solver, name, warm_start):
     assert (state.hvp_calls >= 4 * steps * per_step).all()
 
 
+def test_the_old_name_warm_start_is_deprecated_and_means_cg_warm_start():
+    # solve(..., warm_start=) now takes a previous Solution; a bool there is the CG setting's old name.
+    problem = tanh_game(B=2, n=12, m=10)
+    new = saddle.solve(problem, "cgd", cg_warm_start=False, max_iters=5, tol=0.0)
+    with pytest.warns(DeprecationWarning, match="warm_start is deprecated.*cg_warm_start"):
+        old = saddle.solve(problem, "cgd", warm_start=False, max_iters=5, tol=0.0)
+    assert old.solver == new.solver and not old.solver.cg_warm_start
+    for a, b in zip(old.z, new.z):
+        assert torch.equal(a, b)
+    with pytest.raises(TypeError, match="give cg_warm_start only"):
+        saddle.get_solver("cgd", warm_start=True, cg_warm_start=False)
+
+
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_warm_starts_cost_one_product_and_keep_the_iterates(solver):
     # A warm start changes CG's starting point, not the system: the iterates agree to CG's
@@ -450,9 +463,9 @@ def test_warm_starts_cost_one_product_and_keep_the_iterates(solver):
     # obey 2 + 2 (CG products) per local game.
     problem = tanh_game(B=2, n=12, m=10)
     settings = dict(cg_tol=1e-13, cg_max_iters=200, **({"step_size": 0.1} if solver == "acgd" else {}))
-    cold = saddle.get_solver(solver, warm_start=False, **settings)
+    cold = saddle.get_solver(solver, cg_warm_start=False, **settings)
     warm = saddle.get_solver(solver, **settings)
-    assert warm.warm_start  # the default
+    assert warm.cg_warm_start  # the default
     games = 2 if solver == "ocgo" else 1
     zc = zw = problem.z0
     sc, sw = cold.init(problem, zc), warm.init(problem, zw)
@@ -552,7 +565,7 @@ def test_acgd_converges_on_bilinear_games_and_hovers_on_quadratic_ones():
     (CGD, dict(cg_max_iters=0), ValueError, "cg_max_iters"),
     (CGD, dict(cg_max_iters=2.5), TypeError, "cg_max_iters"),
     (CGD, dict(cg_max_iters=torch.tensor([1.0, 2.0])), TypeError, "cg_max_iters"),
-    (CGD, dict(warm_start="yes"), TypeError, "warm_start"),
+    (CGD, dict(cg_warm_start="yes"), TypeError, "cg_warm_start"),
     (CGD, dict(cg_check_every=0), ValueError, "cg_check_every"),
     (CGO, dict(alpha=0.0), ValueError, "cgo: alpha"),
     (OCGO, dict(alpha=torch.tensor([1.0, -1.0])), ValueError, "ocgo: alpha"),

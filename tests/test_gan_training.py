@@ -219,7 +219,7 @@ def test_counts_on_the_dirac_gan_are_the_closed_form(solver, warm_start):
     # general accounting (against wrapped operators) is in test_competitive.py.
     steps = 7
     p = problems.get("dirac_gan", batch_size=3, seed=2)
-    s = saddle.get_solver(solver, warm_start=warm_start, **({"step_size": 0.05} if solver == "acgd" else {}))
+    s = saddle.get_solver(solver, cg_warm_start=warm_start, **({"step_size": 0.05} if solver == "acgd" else {}))
     state = s.init(p, p.z0)
     z = p.z0
     for _ in range(steps):
@@ -296,7 +296,7 @@ def test_acgd_covers_the_ring_on_fresh_samples():
 RESAMPLED_RING = dict(mode="ring", width=32, depth=2, latent_dim=4, n_samples=256, resample=True, batch_size=4,
                       seed=0, dtype=torch.float32)
 BUDGET = 1800  # steps (gradient pairs) for every method
-ACGD_SETTINGS = dict(step_size=3e-3, cg_tol=1e-2, cg_max_iters=10, warm_start=False)
+ACGD_SETTINGS = dict(step_size=3e-3, cg_tol=1e-2, cg_max_iters=10, cg_warm_start=False)
 
 
 def fresh_modes(p, x, seed=1):

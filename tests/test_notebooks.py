@@ -51,14 +51,28 @@ def _execute(path: Path):
     return nb, None
 
 
+class _Executions(dict):
+    """``{notebook path: _execute(path)}``, each notebook executed the first time it is asked for."""
+
+    def __missing__(self, path: Path):
+        self[path] = _execute(path)
+        return self[path]
+
+
 @pytest.fixture(scope="module")
-def executed(request) -> dict[Path, tuple]:
-    # The selected notebooks run side by side, one kernel per core, each kernel on one thread:
-    # their work is mostly small tensor operations, so this halves the wall time on two cores.
+def executed(request) -> _Executions:
+    # In one process the selected notebooks run side by side, one kernel per core, each kernel on one
+    # thread: their work is mostly small tensor operations, so this halves the wall time on two cores.
+    # Under pytest-xdist the workers already fill the cores and each runs only the notebook tests sent
+    # to it (its session lists them all), so there each notebook is executed by its own test.
+    runs = _Executions()
+    if hasattr(request.config, "workerinput"):  # a pytest-xdist worker
+        return runs
     selected = [item.callspec.params["path"] for item in request.session.items
                 if item.originalname == "test_notebook_executes"]
     with ThreadPoolExecutor(max_workers=max(1, min(len(selected), os.cpu_count() or 1))) as pool:
-        return dict(zip(selected, pool.map(_execute, selected)))
+        runs.update(zip(selected, pool.map(_execute, selected)))
+    return runs
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])

@@ -6,6 +6,7 @@ from .extragradient import AnchoredEG, EGPlus, Extragradient, ExtragradientState
 from .gda import GDA, AlternatingGDA, GDAState
 from .optimistic import Optimistic, Reflected, SingleCallState
 from .primal_dual import PDHG, PDHGState
+from .halpern import HalpernPDHG, HalpernState
 from .linearized_primal_dual import ALPD, LPD, InexactALPD, LinearizedPDState
 from .sam import ASAM, SAM, SAMState
 from .stochastic import SEG, VREG, DoubleStepSEG, Prospect, ProspectState, StochasticState, VREGState
@@ -16,7 +17,7 @@ __all__ = [
     "GDA", "AlternatingGDA", "GDAState",
     "Extragradient", "MirrorProx", "EGPlus", "AnchoredEG", "ExtragradientState",
     "Optimistic", "Reflected", "SingleCallState",
-    "PDHG", "PDHGState",
+    "PDHG", "PDHGState", "HalpernPDHG", "HalpernState",
     "LPD", "ALPD", "InexactALPD", "LinearizedPDState",
     "CGD", "ACGD", "CGO", "OCGO", "CompetitiveState",
     "SAM", "ASAM", "SAMState",

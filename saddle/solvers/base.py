@@ -84,6 +84,15 @@ class Solver:
         """One iteration on every instance: ``(z, state) -> (z+, state+)``, pure and without host syncs."""
         raise NotImplementedError
 
+    def warm_state(self, problem, z0: Point, previous_state: Any) -> Any:
+        """The state to start from at ``z0`` given the final state of a solve of a nearby problem of the same shape.
+
+        `saddle.solve(..., warm_start=solution)` calls it with ``solution.z`` and
+        ``solution.state``. The default ignores ``previous_state`` (``init(problem, z0)``);
+        solvers with adapted parameters (PDHG's step size and primal weight) reuse them.
+        """
+        return self.init(problem, z0)
+
     def output(self, problem, z: Point, state: Any) -> Point:
         """The point a solve reports: ``z`` unless the solver averages."""
         return z

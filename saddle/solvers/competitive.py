@@ -66,7 +66,7 @@ from ..operator import MixedProducts
 from ..point import Point, column
 from ..sets import Reals
 from ..stepsize import Constant, StepSize
-from ._validate import check_flag, check_integer, check_number, per_instance
+from ._validate import check_flag, check_integer, check_number, per_instance, renamed_setting
 from .base import Solver, register
 
 __all__ = ["CompetitiveState", "CGD", "ACGD", "CGO", "OCGO"]
@@ -124,7 +124,7 @@ def _check_common(solver) -> None:
     name = solver.name
     check_number(name, "cg_tol", solver.cg_tol, low=0, high=1, include_low=True, batched=True, allow_none=True)
     check_integer(name, "cg_max_iters", solver.cg_max_iters, minimum=1, batched=True)
-    check_flag(name, "warm_start", solver.warm_start)
+    check_flag(name, "cg_warm_start", solver.cg_warm_start)
     check_integer(name, "cg_check_every", solver.cg_check_every, minimum=1)
 
 
@@ -263,6 +263,8 @@ class _Competitive(Solver):
     """Shared settings checks, problem checks and the scaled local-game move of CGD, CGO and OCGO."""
 
     def __post_init__(self):
+        # (``warm_start`` became ``cg_warm_start`` when `saddle.solve` took ``warm_start=`` for a previous solution)
+        renamed_setting(self, "warm_start", "cg_warm_start", True)
         self._check_settings()
 
     def _check_settings(self) -> None:
@@ -287,7 +289,7 @@ class _Competitive(Solver):
         return (scale * game.dx, scale * game.dy), game.cg, game.hvps
 
     def _warm(self, state: CompetitiveState) -> Tensor | None:
-        return state.cg_solution if (self.warm_start and state.warm) else None
+        return state.cg_solution if (self.cg_warm_start and state.warm) else None
 
     def step(self, problem, z, state):
         """One move to the scaled local equilibrium (`CGD`, `CGO`)."""
@@ -328,7 +330,7 @@ class CGD(_Competitive):
         cg_tol: CG's relative residual tolerance, a float or ``(B,)`` (default
             ``sqrt(machine epsilon)`` of the problem's dtype, 1.5e-8 in float64).
         cg_max_iters: CG's iteration cap, an int or ``(B,)`` ints.
-        warm_start: start each CG solve from the previous step's solution (the
+        cg_warm_start: start each CG solve from the previous step's solution (the
             residual is recomputed for the new system: one product per solve).
             On the deterministic problems we measured it saved no CG iterations
             (consecutive right-hand sides differ by O(1) relative to CG's
@@ -342,8 +344,9 @@ class CGD(_Competitive):
     step_size: float | Tensor | None = None
     cg_tol: float | Tensor | None = None
     cg_max_iters: int | Tensor = 100
-    warm_start: bool = True
+    cg_warm_start: bool = True
     cg_check_every: int = 5
+    warm_start: bool | None = None  # deprecated name of cg_warm_start
 
     #: default eta = c / L.
     c = 1.0
@@ -385,7 +388,7 @@ class CGO(_Competitive):
             of that, so that the default never has ``eta >= 2 alpha``).
         cg_tol: CG's relative tolerance, as for `CGD`.
         cg_max_iters: CG's iteration cap, as for `CGD`.
-        warm_start: warm-start CG from the previous solution, as for `CGD`.
+        cg_warm_start: warm-start CG from the previous solution, as for `CGD`.
         cg_check_every: CG's host-synchronization interval, as for `CGD`.
     """
 
@@ -393,8 +396,9 @@ class CGO(_Competitive):
     alpha: float | Tensor | None = None
     cg_tol: float | Tensor | None = None
     cg_max_iters: int | Tensor = 100
-    warm_start: bool = True
+    cg_warm_start: bool = True
     cg_check_every: int = 5
+    warm_start: bool | None = None  # deprecated name of cg_warm_start
 
     c = 1.0
     fallback = 0.1
@@ -443,7 +447,7 @@ class OCGO(CGO):
             least ``2 eta``: with a fixed alpha, large steps diverge on bilinear games).
         cg_tol: CG's relative tolerance, as for `CGD`.
         cg_max_iters: CG's iteration cap, as for `CGD`.
-        warm_start: warm-start CG from the previous solution, as for `CGD`.
+        cg_warm_start: warm-start CG from the previous solution, as for `CGD`.
         cg_check_every: CG's host-synchronization interval, as for `CGD`.
     """
 
@@ -453,7 +457,7 @@ class OCGO(CGO):
     def step(self, problem, z, state):
         (dx, dy), cg0, hvps0 = self._move(problem, z, state, self._warm(state))
         w = (z[0] + dx, z[1] + dy)
-        (dx, dy), cg1, hvps1 = self._move(problem, w, state, cg0.x if self.warm_start else None)
+        (dx, dy), cg1, hvps1 = self._move(problem, w, state, cg0.x if self.cg_warm_start else None)
         return (z[0] + dx, z[1] + dy), state._replace(
             cg_solution=cg1.x, warm=True, operator_calls=state.operator_calls + 2,
             hvp_calls=state.hvp_calls + hvps0 + hvps1, cg_iterations=cg0.iterations + cg1.iterations,
@@ -490,7 +494,7 @@ class ACGD(_Competitive):
         eps: the offset of the denominator, > 0, a float or ``(B,)`` (default 1e-5).
         cg_tol: CG's relative tolerance, as for `CGD`.
         cg_max_iters: CG's iteration cap, as for `CGD`.
-        warm_start: warm-start CG from the previous solution, as for `CGD`.
+        cg_warm_start: warm-start CG from the previous solution, as for `CGD`.
         cg_check_every: CG's host-synchronization interval, as for `CGD`.
     """
 
@@ -499,8 +503,9 @@ class ACGD(_Competitive):
     eps: float | Tensor = 1e-5
     cg_tol: float | Tensor | None = None
     cg_max_iters: int | Tensor = 100
-    warm_start: bool = True
+    cg_warm_start: bool = True
     cg_check_every: int = 5
+    warm_start: bool | None = None  # deprecated name of cg_warm_start
 
     def _check_settings(self) -> None:
         _check_common(self)
