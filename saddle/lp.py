@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .lp_certificates import split_by_bounds
 from .lp_presolve import Presolved, embed, postsolve, presolve
 from .problem import BilinearProblem
 from .sets import Box
@@ -112,10 +113,7 @@ class LinearProgram(BilinearProblem):
         residual = torch.cat([residual[:, :self.n_eq], residual[:, self.n_eq:].clamp_min(0)], -1)
         r = self.c + self.coupling.rmv(y)
         lo, hi = self.lo.expand_as(x), self.hi.expand_as(x)
-        bad = torch.where(torch.isinf(lo), r.clamp_min(0), 0) + torch.where(torch.isinf(hi), (-r).clamp_min(0), 0)
-        absorbed = r - torch.where(torch.isinf(lo), r.clamp_min(0), 0) + torch.where(torch.isinf(hi), (-r).clamp_min(0), 0)
-        bound_terms = torch.where(absorbed > 0, absorbed * torch.nan_to_num(lo, neginf=0.0),
-                                  absorbed * torch.nan_to_num(hi, posinf=0.0))
+        _, bad, bound_terms = split_by_bounds(r, lo, hi)
         primal = (self.c * x).sum(-1)
         dual = -(self.d * y).sum(-1) + bound_terms.sum(-1)
         return {

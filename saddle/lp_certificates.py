@@ -87,6 +87,7 @@ from torch import Tensor
 from .coupling import Bilinear
 
 __all__ = ["CANDIDATES", "RayTracker", "candidates", "certify", "dual_ray_measures", "primal_ray_measures",
+           "split_by_bounds", "unit",
            "ray_tracker", "track", "verify_dual_ray", "verify_primal_ray"]
 
 
@@ -183,9 +184,25 @@ def _recession(v: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     return torch.where(torch.isfinite(hi), v.clamp_max(0), v)
 
 
-def _unit(v: Tensor) -> Tensor:
+def unit(v: Tensor) -> Tensor:
     """``v / |v|_2`` along the last dimension (zero vectors stay zero)."""
     return v / v.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
+
+
+def split_by_bounds(v: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Split a linear function ``<v, x>`` on the box ``lo <= x <= hi`` (``(B, n)`` each) into what the bounds absorb.
+
+    Returns ``(absorbed, unabsorbed, terms)``: ``absorbed = v - unabsorbed`` is positive only where lo
+    is finite and negative only where hi is, so ``min_{lo <= x <= hi} <absorbed, x> = terms.sum(-1)``
+    with ``terms_i = absorbed_i lo_i`` or ``absorbed_i hi_i`` (0 where absorbed_i = 0); the rest,
+    ``unabsorbed``, would make that minimum -inf. For an LP's reduced costs ``c + K^T y`` it is the dual
+    residual and the bound terms of the dual objective; for a Farkas ray's ``K^T r``, the part that
+    must vanish.
+    """
+    unabsorbed = torch.where(torch.isinf(lo), v.clamp_min(0), 0) + torch.where(torch.isinf(hi), v.clamp_max(0), 0)
+    absorbed = v - unabsorbed
+    terms = torch.where(absorbed > 0, absorbed * lo, torch.where(absorbed < 0, absorbed * hi, 0))  # 0 * inf: no term
+    return absorbed, unabsorbed, terms
 
 
 def _product(matvec, K: Bilinear, v: Tensor) -> Tensor:
@@ -202,11 +219,8 @@ def _ratio(num: Tensor, den: Tensor) -> Tensor:
 
 
 def _dual_measures(lp: _LPData, r: Tensor) -> dict[str, Tensor]:
-    r = _unit(_recession(r, lp.ly, lp.uy))
-    g = _product(lp.K.rmv, lp.K, r)
-    e = torch.where(torch.isinf(lp.lx), g.clamp_min(0), 0) + torch.where(torch.isinf(lp.ux), g.clamp_max(0), 0)
-    a = g - e  # absorbed: a_i > 0 only where lo_i is finite, a_i < 0 only where hi_i is
-    terms = torch.where(a > 0, a * lp.lx, torch.where(a < 0, a * lp.ux, 0))  # 0 * inf is no term
+    r = unit(_recession(r, lp.ly, lp.uy))
+    _, e, terms = split_by_bounds(_product(lp.K.rmv, lp.K, r), lp.lx, lp.ux)
     rd = lp.d * r
     objective = terms.sum(-1) - rd.sum(-1)
     scale = _product(lp.abs_K.rmv, lp.K, r.abs()).norm(dim=-1)
@@ -216,7 +230,7 @@ def _dual_measures(lp: _LPData, r: Tensor) -> dict[str, Tensor]:
 
 
 def _primal_measures(lp: _LPData, s: Tensor) -> dict[str, Tensor]:
-    s = _unit(_recession(s, lp.lx, lp.ux))
+    s = unit(_recession(s, lp.lx, lp.ux))
     Ks = _product(lp.K.mv, lp.K, s)
     # the polar of Y's recession cone: (K s)_j <= 0 where uy_j = inf, >= 0 where ly_j = -inf (= 0 if both)
     v = torch.where(torch.isinf(lp.uy), Ks.clamp_min(0), 0) + torch.where(torch.isinf(lp.ly), Ks.clamp_max(0), 0)

@@ -25,6 +25,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .lp_certificates import unit
+
 __all__ = ["Presolved", "presolve", "postsolve", "embed", "ROW_TOL"]
 
 #: Relative tolerance of the feasibility test of an empty row: ``|d_i|`` (equality) or ``-d_i``
@@ -74,10 +76,6 @@ def _times(K: Tensor, x: Tensor) -> Tensor:
     return (K @ x.unsqueeze(-1)).squeeze(-1)
 
 
-def _abs(K: Tensor) -> Tensor:
-    return K.abs()
-
-
 def _used(K: Tensor, free: Tensor) -> tuple[Tensor, Tensor]:
     """``(rows, cols)`` bool: which rows have a nonzero in a ``free`` column (in some instance), which columns
     have a nonzero (in some instance)."""
@@ -96,10 +94,6 @@ def _select(K: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     if K.layout != torch.strided:
         return K.index_select(0, rows).index_select(1, cols).coalesce()
     return K[:, rows][:, :, cols]
-
-
-def _unit(v: Tensor) -> Tensor:
-    return v / v.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
 
 
 def presolve(c: Tensor, K: Tensor, d: Tensor, n_eq: int, lo: Tensor, hi: Tensor) -> Presolved:
@@ -123,14 +117,14 @@ def presolve(c: Tensor, K: Tensor, d: Tensor, n_eq: int, lo: Tensor, hi: Tensor)
     best = torch.where(c > 0, lo_b, torch.where(c < 0, hi_b, zero_clipped))
     ray = empty_col & torch.isinf(best) & (c != 0)
     x_removed = torch.where(fixed, x_fixed, torch.where(empty_col, torch.where(ray, zero_clipped, best), 0.0))
-    primal_ray = _unit(torch.where(ray, -torch.sign(c), 0.0))
+    primal_ray = unit(torch.where(ray, -torch.sign(c), 0.0))
 
     # empty rows: 0 = d_i or 0 <= d_i, to a tolerance relative to the substituted terms
-    scale = 1 + d.abs() + _times(_abs(K), x_fixed.abs())
+    scale = 1 + d.abs() + _times(K.abs(), x_fixed.abs())
     is_eq = torch.arange(d.shape[1], device=d.device) < n_eq
     violated = torch.where(is_eq, d.abs(), -d) > ROW_TOL * scale
     bad_row = ~row_used & violated
-    dual_ray = _unit(torch.where(bad_row, torch.where(is_eq, -torch.sign(d), 1.0), 0.0))
+    dual_ray = unit(torch.where(bad_row, torch.where(is_eq, -torch.sign(d), 1.0), 0.0))
 
     rows, cols = row_used.nonzero().squeeze(-1), (~fixed & ~empty_col).nonzero().squeeze(-1)
     return Presolved(

@@ -59,6 +59,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..lp_certificates import ray_tracker, track
 from ._validate import check_number, positive_steps
 from .base import register
 from .pdhg_map import (MapOutput, PrimalDualScheme, _matvec, _rmatvec, diagonal_steps, fixed_point_error,
@@ -205,8 +206,6 @@ class HalpernPDHG(PrimalDualScheme):
         return state._replace(norm_estimate_calls=products)
 
     def _start(self, problem, z0, scales, eta, omega):
-        from ..lp_certificates import ray_tracker
-
         x, y = z0
         K = problem.coupling
         B, dev = problem.batch_size, problem.device
@@ -253,8 +252,6 @@ class HalpernPDHG(PrimalDualScheme):
 
     def _check(self, problem, x, y, t: MapOutput, halpern: MapOutput, state: HalpernState):
         """A restart check: track the drift, then restart to ``T(z)`` where cuPDLPx's criteria hold (per instance)."""
-        from ..lp_certificates import track
-
         k = state.iteration
         error = fixed_point_error((x, y, state.Kx), t, state.step_size, state.primal_weight, state.col_scale,
                                   state.row_scale)

@@ -29,6 +29,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
+from ..lp_certificates import certify
 from ..solution import Status
 from ._validate import check_flag, check_integer, check_number, check_positive, positive_steps
 from .base import Solver
@@ -342,8 +343,6 @@ class PrimalDualScheme(Solver):
         ``(B, n)`` (the problem is unbounded) and the ``(B,)`` flags ``infeasible`` and ``unbounded``;
         a candidate is reported only where it passes its verification in the unscaled problem.
         """
-        from ..lp_certificates import certify
-
         return certify(problem, state.tracker, self.infeasibility_tol)
 
 

@@ -66,6 +66,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..lp_certificates import ray_tracker, track
 from ._validate import check_choice, check_flag, positive_steps
 from .base import register
 from .pdhg_map import (PrimalDualScheme, _matvec, _rmatvec, bilinear_lagrangian, diagonal_steps, infinite,
@@ -243,8 +244,6 @@ class PDHG(PrimalDualScheme):
         return self._start(problem, z0, (dc, dr), eta, self._initial_weight(problem, z0, (dc, dr)))
 
     def _start(self, problem, z0, scales, eta, omega):
-        from ..lp_certificates import ray_tracker
-
         x, y = z0
         K = problem.coupling
         B, dev, dt = problem.batch_size, problem.device, problem.dtype
@@ -262,8 +261,6 @@ class PDHG(PrimalDualScheme):
         )
 
     def step(self, problem, z, state):
-        from ..lp_certificates import track
-
         x, y = z
         eta, omega = state.step_size, state.primal_weight
         tau, sigma = diagonal_steps(eta, omega, state.col_scale, state.row_scale)
