@@ -161,13 +161,16 @@ class CheckpointWriter:
 
     def __init__(self, path: str | os.PathLike, every: int | None, binding: dict, loop: dict[str, Any]):
         self.path, self.every, self.binding = path, every, binding
+        self.last_k = 0  # the iteration of the last write (by iterations)
         to_plain(loop)
         self.started, self.saved_at = time.time(), time.monotonic()
 
     def due(self, k: int) -> bool:
         """Whether to write at iteration ``k`` (a check)."""
-        if self.every is not None:
-            return k % self.every == 0
+        if self.every is not None:  # a multiple of every was reached since the last write (checks grow apart)
+            due = k // self.every > self.last_k // self.every
+            self.last_k = k if due else self.last_k
+            return due
         return time.monotonic() - self.saved_at >= CHECKPOINT_INTERVAL
 
     def save(self, loop: dict[str, Any]) -> None:

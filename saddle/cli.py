@@ -309,7 +309,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-operator-calls", type=_option(_integer(1, "a positive integer")), default=None,
                    help="operator-call budget per instance")
     p.add_argument("--check-every", type=_option(_integer(1, "a positive integer")), default=10,
-                   help="iterations between checks (default: 10)")
+                   help="iterations between the first checks; they then grow apart by 10%% (default: 10)")
     p.add_argument("--progress", action="store_true", help="show a progress bar per solve")
 
 

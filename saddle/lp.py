@@ -29,9 +29,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .lp_certificates import split_by_bounds
+from .lp_certificates import box_split, split_by_bounds
 from .lp_presolve import Presolved, embed, postsolve, presolve
 from .problem import BilinearProblem
+from .selection import take
 from .sets import Box
 from .solution import Solution, Status
 from .solve import _tolerance, solve
@@ -66,6 +67,11 @@ class LinearProgram(BilinearProblem):
         hi: upper bounds, shaped like ``lo`` (``inf`` allowed).
         x0: the primal start ``(B, n)`` (default: 0 projected onto the bounds).
         y0: the dual start ``(B, m)`` (default: 0).
+        objective_offset: ``(B,)`` a constant added to both objectives in the KKT errors (default 0).
+        reference_norms: ``(|d|, |c|)``, each ``(B,)``, the norms the residuals are relative to
+            (default: this LP's own). `linprog` passes those of the LP before its presolve, and the
+            objective of the variables the presolve fixed as the offset, so that the KKT errors
+            the solve stops on are the ones it reports.
 
     The data must be float64 or float32 (see `linprog` for why not float16 or bfloat16).
 
@@ -74,7 +80,8 @@ class LinearProgram(BilinearProblem):
     """
 
     def __init__(self, c: Tensor, K: Tensor, d: Tensor, n_eq: int, lo: Tensor, hi: Tensor, *,
-                 x0: Tensor | None = None, y0: Tensor | None = None, **kwargs):
+                 x0: Tensor | None = None, y0: Tensor | None = None, objective_offset: Tensor | None = None,
+                 reference_norms: tuple[Tensor, Tensor] | None = None, **kwargs):
         _check_dtype(c.dtype, "LinearProgram: c.dtype")
         B, m = d.shape
         y_lo = torch.cat([torch.full((1, n_eq), -torch.inf), torch.zeros(1, m - n_eq)], -1).to(d)
@@ -82,11 +89,26 @@ class LinearProgram(BilinearProblem):
         x0 = X.project(torch.zeros_like(c)) if x0 is None else x0
         y0 = torch.zeros_like(d) if y0 is None else y0
         self.c, self.d, self.n_eq, self.lo, self.hi = c, d, n_eq, lo, hi
+        self.objective_offset = torch.zeros(B, dtype=c.dtype, device=c.device) if objective_offset is None \
+            else objective_offset.to(c)
+        self.d_norm, self.c_norm = (d.norm(dim=-1), c.norm(dim=-1)) if reference_norms is None else \
+            tuple(v.to(c) for v in reference_norms)
         super().__init__(K, x0, y0, g=Linear(c), h_conj=Linear(d), X=X, Y=Y, **kwargs)
+        self._set_kkt_constants()
+
+    def _set_kkt_constants(self) -> None:
+        """What `kkt` needs that depends only on the data (made once, not at every check): the rows'
+        floor of the residual (-inf for equalities, 0 for inequalities) and the bounds' `BoxSplit`."""
+        n_eq, m = self.n_eq, self.d.shape[1]
+        self._row_floor = torch.cat([torch.full((1, n_eq), -torch.inf), torch.zeros(1, m - n_eq)], -1).to(self.d)
+        self._box = box_split(self.lo.to(self.c), self.hi.to(self.c))
 
     def select_into(self, new, selection) -> None:
         super().select_into(new, selection)
         new.c, new.d, new.lo, new.hi = new.g.c, new.h_conj.c, new.domain[0].lo, new.domain[0].hi
+        new.objective_offset, new.d_norm, new.c_norm = (take(v, selection) for v in
+                                                        (self.objective_offset, self.d_norm, self.c_norm))
+        new._set_kkt_constants()
 
     def extra_measures(self) -> tuple[str, ...]:
         return ("kkt",)
@@ -108,17 +130,14 @@ class LinearProgram(BilinearProblem):
         - ``primal_objective`` and ``dual_objective``.
         """
         x, y = z
-        Kx = self.coupling.mv(x)
-        residual = Kx - self.d
-        residual = torch.cat([residual[:, :self.n_eq], residual[:, self.n_eq:].clamp_min(0)], -1)
+        residual = torch.clamp(self.coupling.mv(x) - self.d, min=self._row_floor)
         r = self.c + self.coupling.rmv(y)
-        lo, hi = self.lo.expand_as(x), self.hi.expand_as(x)
-        _, bad, bound_terms = split_by_bounds(r, lo, hi)
-        primal = (self.c * x).sum(-1)
-        dual = -(self.d * y).sum(-1) + bound_terms.sum(-1)
+        bad, bound_terms = split_by_bounds(r, self._box)
+        primal = (self.c * x).sum(-1) + self.objective_offset
+        dual = bound_terms.sum(-1) - (self.d * y).sum(-1) + self.objective_offset
         return {
-            "primal_residual": residual.norm(dim=-1) / (1 + self.d.norm(dim=-1)),
-            "dual_residual": bad.norm(dim=-1) / (1 + self.c.norm(dim=-1)),
+            "primal_residual": residual.norm(dim=-1) / (1 + self.d_norm),
+            "dual_residual": bad.norm(dim=-1) / (1 + self.c_norm),
             "gap": (primal - dual).abs() / (1 + primal.abs() + dual.abs()),
             "primal_objective": primal,
             "dual_objective": dual,
@@ -184,9 +203,9 @@ _MESSAGES = {Status.CONVERGED: "Optimization terminated successfully (relative K
              Status.INFEASIBLE: "The problem is infeasible (a certificate of primal infeasibility was found).",
              Status.UNBOUNDED: "The problem is unbounded (a certificate of dual infeasibility was found).",
              Status.DIVERGED: "Numerical difficulties: an iterate became non-finite.",
-             Status.PRECISION_LOSS: "Numerical difficulties: the relative KKT error met tol in {dtype}, but not in "
-                                    "float64 (at x it is {error:.1e}, tol = {tol:.1e}); solve in torch.float64 or "
-                                    "raise tol."}
+             Status.PRECISION_LOSS: "Numerical difficulties: {dtype} cannot resolve tol (the relative KKT error "
+                                    "met it in {dtype} but not in float64, or stalled above it); in float64 at x it "
+                                    "is {error:.1e}, tol = {tol:.1e}: solve in torch.float64 or raise tol."}
 _CROSSED_MESSAGE = "The problem is infeasible: a lower bound exceeds its upper bound."
 _PRESOLVE_MESSAGES = {
     (Status.INFEASIBLE, True): "The problem is infeasible: a constraint without variables is violated (presolve).",
@@ -509,7 +528,8 @@ def linprog(c, A_ub=None, b_ub=None, A_eq=None, b_eq=None, bounds=(0, None), *, 
         max_iters: iteration limit; None (default): none, as PDLP (the time limit bounds the solve).
         time_limit: seconds of wall time (checked every ``check_every`` iterations); None: none.
             Default `DEFAULT_TIME_LIMIT`, cuPDLPx's 3600 s. Reaching it is status 1.
-        check_every: iterations between convergence checks.
+        check_every: iterations between convergence checks (a fixed cadence: the KKT error of a
+            PDHG scheme is not monotone, and checks growing apart would miss its dips).
         device: torch device; default: the device of the tensor arguments
             (which must agree), else the CPU. Given, every input is moved there.
         dtype: ``torch.float64`` (default) or ``torch.float32``; float16 and
@@ -563,13 +583,21 @@ def linprog(c, A_ub=None, b_ub=None, A_eq=None, b_eq=None, bounds=(0, None), *, 
         lp = reduced.to(dtype)
         problem = LinearProgram(lp.c, lp.K, lp.d, lp.n_eq, lp.lo, lp.hi,
                                 x0=None if x0_t is None else x0_t[:, pre.cols].to(dtype),
+                                **_reference_scales(lp64, pre, B),
                                 name=f"linear program (m={lp.d.shape[1]}, n={lp.c.shape[1]})")
         sol = solve(problem, solver, tol=torch.where(crossed, math.inf, tol_t), measure="kkt",
-                    max_iters=max_iters, time_limit=time_limit, check_every=check_every, callback=callback,
+                    max_iters=max_iters, time_limit=time_limit, check_every=check_every, check_growth=0,
+                    callback=callback,
                     progress=progress, divergence_factor=math.inf,
                     warm_start=None if warm_start is None else warm_start.solution)
     single = _costs(c, device)[1]
     return _result(sol, problem, lp64, pre, solver, crossed, tol_t, single)
+
+
+def _reference_scales(lp64: _StandardForm, pre: Presolved, B: int) -> dict:
+    """The presolved LP's KKT errors as the original LP's: the fixed variables' objective, the original norms."""
+    return dict(objective_offset=(lp64.c * pre.x_removed).sum(-1).expand(B),
+                reference_norms=(lp64.d.norm(dim=-1).expand(B), lp64.c.norm(dim=-1).expand(B)))
 
 
 def _crossed(lo: Tensor, hi: Tensor) -> Tensor:
@@ -598,7 +626,8 @@ def _result(sol: Solution, problem: LinearProgram | None, lp64: _StandardForm, p
     dtype = x_r.dtype
     m = lp64.d.shape[1]
     if problem is not None and dtype != torch.float64:
-        exact = LinearProgram(pre.c, pre.K, pre.d, pre.n_eq, pre.lo, pre.hi)
+        exact = LinearProgram(pre.c, pre.K, pre.d, pre.n_eq, pre.lo, pre.hi,
+                              **_reference_scales(lp64, pre, lp64.c.shape[0]))
         reduced_error = _kkt_error(exact.kkt((x_r.double(), y_r.double())))
         imprecise = (sol.status == Status.CONVERGED) & (reduced_error > tol)
         sol.status = torch.where(imprecise, int(Status.PRECISION_LOSS), sol.status)

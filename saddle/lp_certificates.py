@@ -85,9 +85,10 @@ import torch
 from torch import Tensor
 
 from .coupling import Bilinear
+from .solution import Status
 
-__all__ = ["CANDIDATES", "RayTracker", "candidates", "certify", "dual_ray_measures", "primal_ray_measures",
-           "split_by_bounds", "unit",
+__all__ = ["CANDIDATES", "RayTracker", "Detection", "candidates", "certify", "detect", "no_detection", "dual_ray_measures", "primal_ray_measures",
+           "BoxSplit", "box_split", "split_by_bounds", "unit",
            "ray_tracker", "track", "verify_dual_ray", "verify_primal_ray"]
 
 
@@ -189,20 +190,36 @@ def unit(v: Tensor) -> Tensor:
     return v / v.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
 
 
-def split_by_bounds(v: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Split a linear function ``<v, x>`` on the box ``lo <= x <= hi`` (``(B, n)`` each) into what the bounds absorb.
+class BoxSplit(NamedTuple):
+    """A box ``lo <= x <= hi`` as `split_by_bounds` uses it, made once per box: 0/1 factors marking the
+    infinite bounds, and the bounds with 0 in place of the infinite ones (so 0 * inf never appears)."""
 
-    Returns ``(absorbed, unabsorbed, terms)``: ``absorbed = v - unabsorbed`` is positive only where lo
-    is finite and negative only where hi is, so ``min_{lo <= x <= hi} <absorbed, x> = terms.sum(-1)``
-    with ``terms_i = absorbed_i lo_i`` or ``absorbed_i hi_i`` (0 where absorbed_i = 0); the rest,
-    ``unabsorbed``, would make that minimum -inf. For an LP's reduced costs ``c + K^T y`` it is the dual
-    residual and the bound terms of the dual objective; for a Farkas ray's ``K^T r``, the part that
-    must vanish.
+    lo_open: Tensor
+    hi_open: Tensor
+    lo_finite: Tensor
+    hi_finite: Tensor
+
+
+def box_split(lo: Tensor, hi: Tensor) -> BoxSplit:
+    """The `BoxSplit` of ``lo <= x <= hi`` (tensors broadcasting against the vectors to split)."""
+    lo_inf, hi_inf = torch.isinf(lo), torch.isinf(hi)
+    return BoxSplit(lo_inf.to(lo.dtype), hi_inf.to(hi.dtype), torch.where(lo_inf, 0.0, lo), torch.where(hi_inf, 0.0, hi))
+
+
+def split_by_bounds(v: Tensor, box: BoxSplit) -> tuple[Tensor, Tensor]:
+    """Split a linear function ``<v, x>`` on a box (`box_split`) into what its bounds absorb; four operations.
+
+    Returns ``(unabsorbed, terms)``: the absorbed part ``v - unabsorbed`` is positive only where lo is
+    finite and negative only where hi is, so ``min_{lo <= x <= hi} <v - unabsorbed, x> = terms.sum(-1)``
+    with ``terms_i = v_i lo_i`` or ``v_i hi_i`` there (0 elsewhere); ``unabsorbed`` (``v_i > 0`` with
+    ``lo_i = -inf``, ``v_i < 0`` with ``hi_i = inf``) would make that minimum -inf. For an LP's reduced
+    costs ``c + K^T y`` it is the dual residual and the bound terms of the dual objective; for a Farkas
+    ray's ``K^T r``, the part that must vanish.
     """
-    unabsorbed = torch.where(torch.isinf(lo), v.clamp_min(0), 0) + torch.where(torch.isinf(hi), v.clamp_max(0), 0)
-    absorbed = v - unabsorbed
-    terms = torch.where(absorbed > 0, absorbed * lo, torch.where(absorbed < 0, absorbed * hi, 0))  # 0 * inf: no term
-    return absorbed, unabsorbed, terms
+    positive, negative = v.clamp_min(0), v.clamp_max(0)
+    unabsorbed = torch.addcmul(positive * box.lo_open, negative, box.hi_open)
+    terms = torch.addcmul(positive * box.lo_finite, negative, box.hi_finite)
+    return unabsorbed, terms
 
 
 def _product(matvec, K: Bilinear, v: Tensor) -> Tensor:
@@ -220,7 +237,7 @@ def _ratio(num: Tensor, den: Tensor) -> Tensor:
 
 def _dual_measures(lp: _LPData, r: Tensor) -> dict[str, Tensor]:
     r = unit(_recession(r, lp.ly, lp.uy))
-    _, e, terms = split_by_bounds(_product(lp.K.rmv, lp.K, r), lp.lx, lp.ux)
+    e, terms = split_by_bounds(_product(lp.K.rmv, lp.K, r), box_split(lp.lx, lp.ux))
     rd = lp.d * r
     objective = terms.sum(-1) - rd.sum(-1)
     scale = _product(lp.abs_K.rmv, lp.K, r.abs()).norm(dim=-1)
@@ -303,6 +320,37 @@ def _first(ok: Tensor, rays: Tensor) -> tuple[Tensor, Tensor]:
     first = torch.argmax(ok.to(torch.int8), dim=0)  # the first True (0 where none)
     ray = rays.gather(0, first.reshape(1, -1, 1).expand(1, *rays.shape[1:]))[0]
     return found, torch.where(found.unsqueeze(-1), ray, torch.zeros_like(ray))
+
+
+class Detection(NamedTuple):
+    """What the certificates showed so far, per instance: ``status`` ``(B,)`` `Status` codes
+    (``INFEASIBLE``, ``UNBOUNDED``, or ``RUNNING`` for nothing yet) and the verified rays
+    ``dual_ray`` ``(B, m)`` and ``primal_ray`` ``(B, n)`` (zeros where none)."""
+
+    status: Tensor
+    dual_ray: Tensor
+    primal_ray: Tensor
+
+
+def no_detection(x: Tensor, y: Tensor) -> Detection:
+    """The `Detection` of nothing found yet, for iterates ``x`` ``(B, n)`` and ``y`` ``(B, m)``."""
+    return Detection(torch.full((x.shape[0],), int(Status.RUNNING), dtype=torch.int64, device=x.device),
+                     torch.zeros_like(y), torch.zeros_like(x))
+
+
+def detect(problem, tracker: RayTracker, detection: Detection, tol: float) -> Detection:
+    """`certify` the tracker's candidates and record the first verified finding of each instance.
+
+    A finding is kept with its ray from then on (later candidates may differ), so the certificate
+    reported at the end is the one that stopped the instance. Infeasibility wins over unboundedness.
+    """
+    cert = certify(problem, tracker, tol)
+    new = detection.status == int(Status.RUNNING)
+    infeasible, unbounded = cert["infeasible"] & new, cert["unbounded"] & new & ~cert["infeasible"]
+    status = torch.where(unbounded, int(Status.UNBOUNDED), detection.status)
+    return Detection(torch.where(infeasible, int(Status.INFEASIBLE), status),
+                     torch.where(infeasible.unsqueeze(-1), cert["dual_ray"], detection.dual_ray),
+                     torch.where(unbounded.unsqueeze(-1), cert["primal_ray"], detection.primal_ray))
 
 
 def certify(problem, tracker: RayTracker, tol: float) -> dict[str, Tensor]:

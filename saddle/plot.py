@@ -86,7 +86,8 @@ def trace(problem, solver="extragradient", iterations: int = 100, **settings) ->
     def record(progress):
         points.append(torch.cat([b.detach() for b in progress.z], dim=-1).clone())
 
-    solve(problem, solver, max_iters=iterations, tol=0.0, check_every=1, callback=record, history=False, **settings)
+    solve(problem, solver, max_iters=iterations, tol=0.0, check_every=1, check_growth=0, callback=record, history=False,
+          **settings)
     points += [points[-1]] * (iterations + 1 - len(points))
     return torch.stack(points)
 

@@ -35,14 +35,24 @@ def column(s, like: Tensor):
     return s
 
 
+def descend(u: Tensor, grad: Tensor, step) -> Tensor:
+    """``u - step * grad`` in one operation; ``step`` is a float, a ``(B,)`` tensor (made a column) or a
+    tensor broadcasting against ``u`` (a ``(B, 1)`` column, a diagonal ``(B, n)``)."""
+    if isinstance(step, Tensor):
+        return torch.addcmul(u, column(step, u), grad, value=-1)
+    return torch.add(u, grad, alpha=-step)
+
+
 def axpy(a, x: Point, y: Point) -> Point:
-    """``y + a * x`` blockwise; ``a`` is a float or a ``(B,)`` tensor."""
-    return tuple(yi + column(a, yi) * xi for xi, yi in zip(x, y))
+    """``y + a * x`` blockwise, one operation per block; ``a`` is a float or a ``(B,)`` tensor."""
+    if isinstance(a, Tensor):
+        return tuple(torch.addcmul(yi, column(a, yi), xi) for xi, yi in zip(x, y))
+    return tuple(torch.add(yi, xi, alpha=a) for xi, yi in zip(x, y))
 
 
 def lerp(x: Point, y: Point, t) -> Point:
-    """``x + t * (y - x)`` blockwise; ``t`` is a float or a ``(B,)`` tensor."""
-    return tuple(xi + column(t, xi) * (yi - xi) for xi, yi in zip(x, y))
+    """``x + t * (y - x)`` blockwise, one ``torch.lerp`` per block; ``t`` is a float or a ``(B,)`` tensor."""
+    return tuple(torch.lerp(xi, yi, column(t, xi)) for xi, yi in zip(x, y))
 
 
 def sub(x: Point, y: Point) -> Point:

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .coupling import Bilinear, Coupling, SmoothCoupling
 from .operator import MixedProducts, Operator, SaddleOperator, _check_vector, spectral_norm
-from .point import Point, as_point, column
+from .point import Point, as_point, column, descend
 from .selection import Selection, as_selection, select_function, take
 from .sets import ConstraintSet, Product, Reals
 from .terms import Linear, Quadratic, Term, Zero
@@ -176,7 +176,7 @@ class VIProblem:
         ``r_i`` is the block's non-smooth term (none here: the step is the
         projection ``P_{Z_i}(u - step * grad)``); ``step`` is a float or ``(B,)``.
         """
-        return self.domain[i].project(u - column(step, grad) * grad)
+        return self.domain[i].project(descend(u, grad, step))
 
     def prox(self, z: Point, grad: Point, step) -> Point:
         """`block_prox` on every block: the step every Euclidean solver takes."""
@@ -470,7 +470,10 @@ class _CompositeOperator(Operator):
             gx, gy = self.coupling.grads(x, y)
         else:
             gx, gy = self.coupling.grad_x(x, y), self.coupling.grad_y(x, y)
-        return self.g_smooth.grad(x) + gx, self.h_smooth.grad(y) - gy
+        # (zero terms add nothing: skipping them keeps a bilinear game's operator at two products and a sign)
+        fx = gx if isinstance(self.g_smooth, Zero) else self.g_smooth.grad(x) + gx
+        fy = torch.neg(gy) if isinstance(self.h_smooth, Zero) else self.h_smooth.grad(y) - gy
+        return fx, fy
 
     # Mixed second derivatives: g and h are separable, so D_xy f = D_xy phi.
     def mixed_products(self, z: Point) -> MixedProducts:
@@ -607,7 +610,7 @@ class CompositeSaddleProblem(SaddleProblem):
 
     def block_prox(self, i: int, u: Tensor, grad: Tensor, step) -> Tensor:
         rough = (self._g_split if i == 0 else self._h_split)[1]
-        return rough.prox(u - column(step, grad) * grad, step, self.domain[i])
+        return rough.prox(descend(u, grad, step), step, self.domain[i])
 
     def bregman_prox(self, z: Point, grad: Point, step) -> Point:
         if any(not isinstance(split[1], Zero) for split in (self._g_split, self._h_split)):

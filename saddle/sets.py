@@ -44,13 +44,14 @@ from here.
 
 from __future__ import annotations
 
+import functools
 import math
 from numbers import Real
 
 import torch
 from torch import Tensor
 
-from .point import column
+from .point import column, descend
 from .selection import as_selection, check_selectable, replace, take
 
 __all__ = ["ConstraintSet", "Reals", "Box", "Ball", "Simplex", "Product", "CappedSimplex", "ChiSquareBall", "Permutahedron"]
@@ -106,16 +107,26 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
 def project_simplex(u: Tensor, total: Tensor | float = 1.0) -> Tensor:
     """Euclidean projection of each row of ``u`` (B, n) onto ``{v >= 0, sum v = total}``.
 
-    Sort-based algorithm (Held, Wolfe and Crowder 1974; Duchi et al. 2008):
-    ``v = max(u - theta, 0)`` with ``theta`` chosen so that the sum is ``total``.
+    Sort-based (Held, Wolfe and Crowder 1974; Duchi et al. 2008): ``v = max(u - theta, 0)`` with
+    ``theta = max_j (s_1 + ... + s_j - total) / j`` over the entries s sorted in decreasing order
+    (each ``theta_j`` leaves a mass of at least ``total`` above it, so none exceeds the threshold,
+    and the one at the support's size is it): six operations.
     """
-    n = u.shape[-1]
     s, _ = torch.sort(u, dim=-1, descending=True)
-    css = s.cumsum(-1) - (total if isinstance(total, float) else total.reshape(-1, 1))
-    k = torch.arange(1, n + 1, device=u.device, dtype=u.dtype)
-    support_size = (s - css / k > 0).sum(-1, keepdim=True).clamp_min(1)
-    theta = css.gather(-1, support_size - 1) / support_size.to(u.dtype)
+    inverse, negative = _simplex_weights(u.shape[-1], u.dtype, u.device)
+    if isinstance(total, Tensor):
+        negative = negative * total.reshape(-1, 1)
+    elif total != 1:
+        negative = negative * float(total)
+    theta = torch.addcmul(negative, s.cumsum(-1), inverse).amax(-1, keepdim=True)
     return (u - theta).clamp_min(0)
+
+
+@functools.lru_cache(maxsize=64)
+def _simplex_weights(n: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``1 / j`` and ``-1 / j`` for j = 1..n ``(n,)``, made once per shape, dtype and device."""
+    inverse = 1.0 / torch.arange(1, n + 1, dtype=torch.float64)
+    return inverse.to(device=device, dtype=dtype), (-inverse).to(device=device, dtype=dtype)
 
 
 class ConstraintSet:
@@ -150,7 +161,7 @@ class ConstraintSet:
 
         ``step`` is a float or a ``(B,)`` tensor.
         """
-        return self.project(z - column(step, z) * g)
+        return self.project(descend(z, g, step))
 
     def bregman(self, u: Tensor, z: Tensor) -> Tensor:
         """The Bregman divergence ``D(u, z)`` of the set's geometry, shape ``(B,)``."""
@@ -211,7 +222,7 @@ class Reals(ConstraintSet):
         return u
 
     def prox_step(self, z: Tensor, g: Tensor, step) -> Tensor:
-        return z - column(step, z) * g
+        return descend(z, g, step)
 
     def support(self, v: Tensor) -> Tensor:
         nonzero = (v != 0).any(-1)
@@ -257,12 +268,14 @@ class Box(ConstraintSet):
         self.bounded = bool(torch.isfinite(lo_t).all() and torch.isfinite(hi_t).all())
 
     def project(self, u: Tensor) -> Tensor:
+        """``min(max(u, lo), hi)``: one ``clamp`` (an infinite float bound is no bound)."""
         lo, hi = _as_column(self.lo, u), _as_column(self.hi, u)
         if isinstance(lo, float) and isinstance(hi, float):
             return u.clamp(lo, hi)
-        lo = torch.as_tensor(lo, dtype=u.dtype, device=u.device)
-        hi = torch.as_tensor(hi, dtype=u.dtype, device=u.device)
-        return torch.minimum(torch.maximum(u, lo), hi)
+        # clamp takes two tensor bounds or two numbers: an infinite number is None, a finite one a tensor
+        lo, hi = (None if isinstance(v, float) and math.isinf(v) else
+                  torch.as_tensor(v, dtype=u.dtype, device=u.device) for v in (lo, hi))
+        return torch.clamp(u, lo, hi)
 
     def lmo(self, g: Tensor) -> Tensor:
         if not self.bounded:
@@ -443,10 +456,10 @@ class Simplex(ConstraintSet):
 
     def prox_step(self, z: Tensor, g: Tensor, step) -> Tensor:
         if self.geometry == "euclidean":
-            return project_simplex(z - column(step, z) * g)
+            return project_simplex(descend(z, g, step))
         # A softmax written out: torch.softmax runs a parallel region even on
         # tiny inputs, which costs milliseconds per call on a loaded CPU.
-        v = torch.log(z) - column(step, z) * g
+        v = descend(torch.log(z), g, step)
         u = torch.exp(v - v.amax(-1, keepdim=True))
         u = u / u.sum(-1, keepdim=True)
         # Multiplicative weights drive losing strategies towards 0; subnormal

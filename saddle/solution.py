@@ -43,8 +43,9 @@ _MESSAGES = {
     Status.STOPPED: "the callback asked to stop",
     Status.INFEASIBLE: "a certificate of (primal) infeasibility was found",
     Status.UNBOUNDED: "a certificate of unboundedness (dual infeasibility) was found",
-    Status.PRECISION_LOSS: ("the measure met the tolerance in the problem's dtype but not when re-checked in float64 "
-                            "at the returned point: solve in a higher precision or loosen the tolerance"),
+    Status.PRECISION_LOSS: ("the problem's dtype cannot resolve the tolerance: the measure met it but not when "
+                            "re-checked in float64 at the returned point, or it stalled near the dtype's floor; "
+                            "solve in a higher precision or loosen the tolerance"),
     Status.TIME_LIMIT: "the time limit was reached before the tolerance",
 }
 

@@ -19,10 +19,12 @@ from .point import Point, accumulation_dtype, all_finite, detached, where
 from .solution import Solution, SolveError, Status, empty_status
 from .solvers.base import Solver, get_solver
 
-__all__ = ["solve", "Progress"]
+__all__ = ["solve", "Progress", "next_check"]
 
 MEASURES = ("residual", "gap", "distance")
 NEAR_MISSES = 3  # float64 re-checks an instance may just miss before it is reported as PRECISION_LOSS
+STALL_CHECKS = 12  # checks without a new best measure after which a low-precision instance near its floor stops
+STALL_FLOOR = 1000  # ... where "near" is a best measure below this many machine epsilons of its dtype
 
 
 class Progress(NamedTuple):
@@ -51,6 +53,7 @@ def solve(
     tol: float | Tensor = 1e-6,
     measure: str = "residual",
     check_every: int = 10,
+    check_growth: float = 0.1,
     max_operator_calls: int | None = None,
     callback: Callable[[Progress], bool | None] | None = None,
     progress: bool = False,
@@ -77,9 +80,16 @@ def solve(
             ``"distance"`` (to the problem's reference solution), or a measure
             of the problem's own (``problem.extra_measures()``, e.g. ``"kkt"``,
             the relative KKT error of a `saddle.LinearProgram`).
-        check_every: the measure is evaluated (and instances are stopped) every
-            this many iterations; between checks the loop never synchronizes
-            with the host.
+        check_every: the measure is evaluated (and instances are stopped) at
+            least this many iterations apart, at multiples of it; between
+            checks the loop never synchronizes with the host.
+        check_growth: the checks grow apart geometrically: after iteration k
+            the next is ``max(1, floor(check_growth * k / check_every))``
+            multiples of ``check_every`` later (`next_check`), so an instance
+            stops at most ``check_growth`` (10%) past the iteration at which
+            it met the tolerance, and a long solve checks about
+            ``log(k) / log(1 + check_growth)`` times instead of ``k /
+            check_every``. 0: every ``check_every`` iterations.
         max_operator_calls: per-instance budget of operator evaluations; an
             instance stops at the first iteration at which its count reaches it.
         callback: called at every check with a `Progress`; return True to stop
@@ -107,7 +117,7 @@ def solve(
         resume: a checkpoint file to continue from. It must come from a solve
             of the same problem (same shapes, dtype and data: the checkpoint
             carries their fingerprint) with the same solver settings and the
-            same ``check_every``, ``tol``, ``measure``, ``max_operator_calls``,
+            same ``check_every``, ``check_growth``, ``tol``, ``measure``, ``max_operator_calls``,
             ``divergence_factor``, ``history`` and ``compile``; anything else is
             a ``ValueError`` saying what differs. The iterates are then
             bit-identical to those of an uninterrupted solve (on the same
@@ -154,6 +164,7 @@ def solve(
     solver = get_solver(solver, **settings)
     extra = tuple(problem.extra_measures())
     _check_options(max_iters, check_every, measure, max_operator_calls, divergence_factor, extra)
+    _check_growth(check_growth)
     _check_time_limit(time_limit)
     max_iters = math.inf if max_iters is None else max_iters
     solver.check(problem)
@@ -199,6 +210,9 @@ def solve(
     active = torch.ones(B, dtype=torch.bool, device=device)
     iterations = torch.zeros(B, dtype=torch.int64, device=device)
     near_misses = torch.zeros(B, dtype=torch.int64, device=device)  # float64 re-checks just missed
+    best = torch.full((B,), math.inf, dtype=acc, device=device)  # the best measure so far (low precision)
+    stalled = torch.zeros(B, dtype=torch.int64, device=device)  # checks since it last improved
+    stall_floor = STALL_FLOOR * torch.finfo(problem.dtype).eps
     rows: list[dict] = []
     history_state = {"stride": 1, "checks": 0, "last": None}  # see `record`
     floor: Tensor | None = None
@@ -208,12 +222,12 @@ def solve(
     def loop_variables(k: int) -> dict:
         """What a checkpoint saves: everything the loop carries from one check to the next."""
         return {"z": z, "state": state, "status": status, "active": active, "iterations": iterations,
-                "near_misses": near_misses, "k": k, "floor": floor, "rows": rows, "history_state": history_state,
+                "near_misses": near_misses, "best": best, "stalled": stalled, "k": k, "floor": floor, "rows": rows, "history_state": history_state,
                 "problem_rng": problem.rng_state() if hasattr(problem, "rng_state") else None}
 
     if checkpoint is not None or resume is not None:
         bound = binding(problem, solver, {
-            "check_every": check_every, "tol": tol_64, "measure": measure, "max_operator_calls": max_operator_calls,
+            "check_every": check_every, "check_growth": check_growth, "tol": tol_64, "measure": measure, "max_operator_calls": max_operator_calls,
             "divergence_factor": divergence_factor, "history": history_rows, "compile": compile,
             # (only when given: checkpoints written before warm starts existed stay valid)
             **({} if warm_start is None else {"warm_start": (warm_start.z, warm_start.state)})})
@@ -222,6 +236,7 @@ def solve(
         saved = restore(resume, bound, loop_variables(0), map_location=device)  # checks everything first
         z, state, status, active = saved["z"], saved["state"], saved["status"], saved["active"]
         iterations, near_misses, k, floor = saved["iterations"], saved["near_misses"], saved["k"], saved["floor"]
+        best, stalled = saved["best"], saved["stalled"]
         rows, history_state = saved["rows"], saved["history_state"]
         n_active = int(active.sum())
         if saved["problem_rng"] is not None:
@@ -244,7 +259,7 @@ def solve(
 
     def check(k: int) -> bool:
         """Stop converged or diverged instances; record; return True to stop the loop."""
-        nonlocal status, active, floor, n_active, near_misses
+        nonlocal status, active, floor, n_active, near_misses, best, stalled
         out, measures = evaluate(z, state)
         res = measures["residual"]
         if floor is None:
@@ -263,6 +278,16 @@ def solve(
                 lost = missed & (~near | (near_misses >= NEAR_MISSES))
                 status = torch.where(lost, int(Status.PRECISION_LOSS), status)
                 active, converged = active & ~lost, converged & ~missed
+        if recheck is not None:
+            # In a low precision the measure of a running instance may hover above the tolerance at the
+            # dtype's floor, never to meet it: one that has not improved on its best for STALL_CHECKS
+            # checks (about 3x the iterations, with the checks' growth) near that floor stops here.
+            improved = value < best
+            best = torch.where(improved, value, best)
+            stalled = torch.where(improved, 0, stalled + 1)
+            stuck = active & ~converged & (stalled >= STALL_CHECKS) & (best <= stall_floor + tol_t)
+            status = torch.where(stuck, int(Status.PRECISION_LOSS), status)
+            active = active & ~stuck
         diverged = active & ~converged & (~torch.isfinite(res) | (res > floor))
         status = torch.where(converged, int(Status.CONVERGED), status)
         status = torch.where(diverged, int(Status.DIVERGED), status)
@@ -290,52 +315,61 @@ def solve(
             bar.set_postfix(active=n_active, **{measure: f"{worst:.2e}"})
         return n_active == 0
 
-    done = check(0) if resume is None else (n_active == 0)
-    while not done and k < max_iters:
-        # While every instance runs and no budget applies, nothing needs freezing
-        # between checks: the batch steps as a whole, and an instance that turns
-        # non-finite is sent back to its point at the last check (held by
-        # reference: solvers never modify their inputs) and marked DIVERGED.
-        fast = n_active == B and max_operator_calls is None
-        last = (z, state, iterations)
-        finite_throughout = active
-        while True:
-            try:
-                z_new, state_new = step(z, state)
+    def guarded_step(z: Point, state) -> tuple[Point, Any]:
+        """``step``, with a malformed operator output named clearly, and graphs cut when the data require grad."""
+        try:
+            z_new, state_new = step(z, state)
+        except (RuntimeError, TypeError) as err:
+            _blame_the_operator(problem, z, err)
+            raise
+        if any(t.requires_grad for t in z_new):  # data that require grad: never grow a graph over iterations
+            z_new, state_new = detached((z_new, state_new))
+        return z_new, state_new
+
+    def run_chunk(k_end: int) -> None:
+        """Iterations ``k .. k_end`` of the whole batch without bookkeeping between them.
+
+        Finished instances step along and are put back afterwards, and an instance that turned
+        non-finite goes back to its point at the last check (held by reference: solvers never
+        modify their inputs) and is marked DIVERGED: one selection per chunk, not per step.
+        """
+        nonlocal z, state, iterations, status, active, k
+        z_chunk, state_chunk = z, state
+        for _ in range(k_end - k):
+            z_chunk, state_chunk = guarded_step(z_chunk, state_chunk)
+        moving = active & all_finite(z_chunk)
+        if n_active == B and bool(moving.all()):  # every instance ran and stayed finite: nothing to put back
+            z, state = z_chunk, state_chunk
+        else:
+            status = torch.where(active & ~moving, int(Status.DIVERGED), status)
+            try:  # (non-tensor state fields are shared by the batch: `where` keeps its first argument's)
+                z, state = where(moving, (z_chunk, state_chunk), (z, state))
             except (RuntimeError, TypeError) as err:
                 _blame_the_operator(problem, z, err)
                 raise
-            if any(t.requires_grad for t in z_new):  # data that require grad: never grow a graph over iterations
-                z_new, state_new = detached((z_new, state_new))
+        iterations = iterations + (k_end - k) * moving
+        active, k = moving, k_end
+
+    def run_budgeted(k_end: int) -> None:
+        """Iterations ``k .. k_end`` freezing instances at every step: each stops at the first
+        iteration at which its operator calls reach ``max_operator_calls``."""
+        nonlocal z, state, iterations, status, active, k
+        for _ in range(k_end - k):
+            z_new, state_new = guarded_step(z, state)
             finite = all_finite(z_new)
-            if fast:
-                z, state = z_new, state_new
-                finite_throughout = finite_throughout & finite
-                iterations = iterations + 1
-            else:
-                status = torch.where(active & ~finite, int(Status.DIVERGED), status)
-                moving = active & finite
-                z = where(moving, z_new, z)
-                state = where(moving, state_new, state)
-                iterations = iterations + moving
-                active = moving
-                if max_operator_calls is not None:
-                    spent = active & (state.operator_calls >= max_operator_calls)
-                    status = torch.where(spent, int(Status.BUDGET_EXHAUSTED), status)
-                    active = active & ~spent
-            k += 1
-            if k % check_every == 0 or k == max_iters:
-                break
-        if fast:
-            failed = ~finite_throughout
-            # (non-tensor state fields are shared by the batch: `where` keeps its first argument's)
-            try:
-                z, state, iterations = where(~failed, (z, state, iterations), last)
-            except (RuntimeError, TypeError) as err:
-                _blame_the_operator(problem, last[0], err)
-                raise
-            status = torch.where(failed, int(Status.DIVERGED), status)
-            active = active & ~failed
+            status = torch.where(active & ~finite, int(Status.DIVERGED), status)
+            moving = active & finite
+            z, state = where(moving, (z_new, state_new), (z, state))
+            iterations = iterations + moving
+            spent = moving & (state.operator_calls >= max_operator_calls)
+            status = torch.where(spent, int(Status.BUDGET_EXHAUSTED), status)
+            active = moving & ~spent
+        k = k_end
+
+    done = check(0) if resume is None else (n_active == 0)
+    while not done and k < max_iters:
+        k_next = min(next_check(k, check_every, check_growth), max_iters)
+        (run_chunk if max_operator_calls is None else run_budgeted)(k_next)
         done = check(k)
         if writer is not None and writer.due(k):
             writer.save(loop_variables(k))
@@ -367,6 +401,21 @@ def solve(
     if throw and not bool(solution.success.all()):
         raise SolveError(solution)
     return solution
+
+
+def next_check(k: int, check_every: int, check_growth: float) -> int:
+    """The iteration of the check after the one at iteration ``k``: the checks' geometric cadence.
+
+    ``k + check_every * max(1, floor(check_growth * k / check_every))``: every ``check_every``
+    iterations at first, then gaps of about ``check_growth * k``, always at multiples of
+    ``check_every``. A function of k alone, so a resumed solve checks where the uninterrupted one did.
+    """
+    return k + check_every * max(1, int(check_growth * k) // check_every)
+
+
+def _check_growth(check_growth) -> None:
+    if isinstance(check_growth, bool) or not isinstance(check_growth, Real) or not 0 <= check_growth <= 10:
+        raise ValueError(f"check_growth must be a number in [0, 10] (0: a fixed cadence), got {check_growth!r}")
 
 
 def _compiled_step(solver: Solver, problem) -> Callable:

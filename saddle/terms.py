@@ -97,6 +97,14 @@ class Term:
         """
         raise NotImplementedError(f"no closed-form prox of {type(self).__name__} over {domain!r}")
 
+    def prox_step(self, v: Tensor, grad: Tensor, step: Tensor, domain: ConstraintSet) -> Tensor:
+        """The forward-backward step ``prox_{step term, domain}(v - step grad)``, shape ``(B, n)``.
+
+        ``step`` is a tensor broadcasting against ``v``: ``(B, 1)`` or a diagonal ``(B, n)``.
+        Linear terms fold their c into the gradient: one fused ``addcmul`` and the projection.
+        """
+        return self.prox(torch.addcmul(v, step, grad, value=-1), step, domain)
+
     def lipschitz(self) -> Tensor | float:
         """A Lipschitz constant of the gradient: a float or ``(B,)`` tensor."""
         return 0.0
@@ -128,6 +136,9 @@ class Zero(Term):
     def prox(self, v: Tensor, step, domain: ConstraintSet) -> Tensor:
         return domain.project(v)
 
+    def prox_step(self, v: Tensor, grad: Tensor, step: Tensor, domain: ConstraintSet) -> Tensor:
+        return domain.project(torch.addcmul(v, step, grad, value=-1))
+
 
 class Linear(Term):
     """g(x) = <c, x>; ``c`` has shape ``(B, n)`` or ``(1, n)``."""
@@ -157,6 +168,9 @@ class Linear(Term):
 
     def prox(self, v: Tensor, step, domain: ConstraintSet) -> Tensor:
         return domain.project(v - column(step, v) * self.c)
+
+    def prox_step(self, v: Tensor, grad: Tensor, step: Tensor, domain: ConstraintSet) -> Tensor:
+        return domain.project(torch.addcmul(v, step, grad + self.c, value=-1))
 
 
 class Quadratic(Term):

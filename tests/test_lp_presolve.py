@@ -123,6 +123,21 @@ def test_fixed_variables_are_substituted(c, A_ub, b_ub, A_eq, b_eq, bounds):
         assert np.all(y[m_eq:] >= 0)
 
 
+def test_a_solve_stops_on_the_kkt_errors_of_the_lp_it_was_given():
+    # x_1 is fixed at 1000 in rows whose b is 0: the presolved LP's b is about 1000 times longer, so
+    # errors relative to its norm would let the solve stop 1000 times early; it stops on the original's.
+    c = [1.0, -1.0, -1.0]
+    A_ub = [[-1.0, 1.0, 0.0], [-1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]
+    b_ub = [0.0, 0.0, 1500.0]
+    bounds = [(1000, 1000), (0, None), (0, None)]
+    ref = highs(c, A_ub, b_ub, None, None, bounds)
+    for tol in (1e-4, 1e-7):
+        res = saddle.linprog(c, A_ub, b_ub, bounds=bounds, tol=tol)
+        assert res.status == 0
+        assert max(float(res.primal_residual), float(res.dual_residual), float(res.gap)) <= tol
+        assert abs(float(res.fun) - ref.fun) <= 10 * tol * (1 + abs(ref.fun))
+
+
 # -- empty columns
 
 

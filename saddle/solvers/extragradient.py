@@ -78,17 +78,18 @@ def _step(solver, problem, z: Point, state: ExtragradientState, *, c: float, alp
         base = lerp(z, state.anchor, beta)
     else:
         base = z
+    step = eta.unsqueeze(-1)  # a column, made once for the four prox steps
     if bregman:
-        w = problem.bregman_prox(base, state.Fz, eta)
+        w = problem.bregman_prox(base, state.Fz, step)
         Fw = problem.F(w)
-        z_next = problem.bregman_prox(base, Fw, alpha * eta)
+        z_next = problem.bregman_prox(base, Fw, alpha * step)
     else:
-        w = problem.prox(base, state.Fz, eta)
+        w = problem.prox(base, state.Fz, step)
         Fw = problem.F(w)
-        z_next = problem.prox(base, Fw, alpha * eta)
+        z_next = problem.prox(base, Fw, alpha * step if alpha != 1.0 else step)
 
-    if rule is None:
-        accept = torch.ones_like(state.steps, dtype=torch.bool)
+    if rule is None:  # a constant step: every trial is accepted, nothing to select
+        accept = None
     elif descent_test:
         # The mirror-prox descent condition (Nemirovski 2004):
         # eta <F(w) - F(z), w - z+> <= D(w, z) + D(z+, w).
@@ -97,18 +98,21 @@ def _step(solver, problem, z: Point, state: ExtragradientState, *, c: float, alp
     else:
         accept = local_lipschitz_test(eta, Fw, state.Fz, w, z, c)
 
-    z_next = where(accept, z_next, z)
-    F_next = where(accept, problem.F(z_next), state.Fz)
+    if accept is None:
+        F_next, taken, calls, steps = problem.F(z_next), eta, 2, 1
+    else:
+        z_next = where(accept, z_next, z)
+        F_next = where(accept, problem.F(z_next), state.Fz)
+        taken, calls, steps = torch.where(accept, eta, torch.zeros_like(eta)), 1 + accept.long(), accept.long()
     weighted_sum, weight = state.weighted_sum, state.weight
     if weighted_sum is not None:
-        step = torch.where(accept, eta, torch.zeros_like(eta))
-        weighted_sum = axpy(step, w, weighted_sum)
-        weight = weight + step
+        weighted_sum = axpy(taken, w, weighted_sum)
+        weight = weight + taken
     new_state = ExtragradientState(
         Fz=F_next,
         step_size=adapt(eta, accept, rule),
-        operator_calls=state.operator_calls + 1 + accept.long(),
-        steps=state.steps + accept.long(),
+        operator_calls=state.operator_calls + calls,
+        steps=state.steps + steps,
         anchor=state.anchor,
         weighted_sum=weighted_sum,
         weight=weight,

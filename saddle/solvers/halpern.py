@@ -59,11 +59,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..lp_certificates import ray_tracker, track
+from ..lp_certificates import no_detection, ray_tracker, track
 from ._validate import check_number, positive_steps
 from .base import register
 from .pdhg_map import (MapOutput, PrimalDualScheme, _matvec, _rmatvec, diagonal_steps, fixed_point_error,
-                       linear_vector, infinite, nonzero, pdhg_map, scaled_norm_bound)
+                       displacement_error, linear_vector, infinite, nonzero, pdhg_map, scaled_norm_bound)
 
 __all__ = ["HalpernPDHG", "HalpernState"]
 
@@ -77,6 +77,9 @@ class HalpernState(NamedTuple):
         output_x, output_y: ``T(z)`` from the last step, the reported point (z_0 before the first step).
         step_size: ``(B,)`` eta.
         primal_weight: ``(B,)`` omega.
+        primal_step, dual_step: the diagonal steps ``tau = (eta / omega) D_c^2`` ``(B, n)`` and
+            ``sigma = (eta omega) D_r^2`` ``(B, m)`` (``(B, 1)`` without a preconditioner), kept
+            between the restarts that change omega.
         col_scale, row_scale: the diagonal preconditioner ``D_c`` ``(Bk, n)``, ``D_r`` ``(Bk, m)``, or None.
         weight_error_sum, weight_last_error: ``(B,)`` the PID controller's smoothed integral and last error.
         best_primal_weight: ``(B,)`` the weight after the restart whose residuals were the most balanced
@@ -85,11 +88,17 @@ class HalpernState(NamedTuple):
         restart_error: ``(B,)`` the fixed-point error at the last restart point (e_0).
         previous_restart_error: ``(B,)`` e_0 of the restart before (inf before the second restart).
         last_error: ``(B,)`` the fixed-point error at the previous check (inf after a restart).
-        inner: ``(B,)`` iterations since the last restart (k).
+        inner: ``(B, 1)`` iterations since the last restart (k), in the problem's dtype: the
+            Halpern weight ``k / (k + 1)`` is two operations from it.
         restarts: ``(B,)`` restarts so far.
         tracker: the candidate certificates of infeasibility (`saddle.lp_certificates.RayTracker`).
+        detected: what the verified candidates showed (`saddle.lp_certificates.Detection`).
         iteration: iterations so far (the same for every running instance).
-        operator_calls: ``(B,)`` operator evaluations (one K and one K^T product each).
+        restart_calls: ``(B,)`` operator evaluations up to the last restart; ``operator_calls``
+            (a property: ``restart_calls`` plus ``inner``) counts them all, one K and one K^T
+            product per iteration, without an operation per step.
+        residual_scales: ``(B, 2)`` ``1 + |c|`` and ``1 + |d|`` (the linear terms' vectors), the
+            scales of the relative residuals the primal-weight safeguard compares.
         norm_estimate_calls: ``(B,)`` products of the power iteration that bounds ``|D_r K D_c|_2``.
     """
 
@@ -103,6 +112,8 @@ class HalpernState(NamedTuple):
     output_y: Tensor
     step_size: Tensor
     primal_weight: Tensor
+    primal_step: Tensor
+    dual_step: Tensor
     col_scale: Tensor | None
     row_scale: Tensor | None
     weight_error_sum: Tensor
@@ -116,9 +127,16 @@ class HalpernState(NamedTuple):
     inner: Tensor
     restarts: Tensor
     tracker: NamedTuple
+    detected: NamedTuple
     iteration: int
-    operator_calls: Tensor
+    restart_calls: Tensor
+    residual_scales: Tensor
     norm_estimate_calls: Tensor
+
+    @property
+    def operator_calls(self) -> Tensor:
+        """``(B,)`` operator evaluations so far: one at the start and one per iteration."""
+        return self.restart_calls + self.inner.squeeze(-1).long()
 
 
 @register("r2hpdhg", category="primal-dual", calls_at_init=1, converges_on=("monotone", "linear program"))
@@ -212,40 +230,43 @@ class HalpernPDHG(PrimalDualScheme):
         Kx, Kty = _matvec(K, x), _rmatvec(K, y)
         zeros = torch.zeros(B, dtype=problem.dtype, device=dev)
         counts = torch.zeros(B, dtype=torch.int64, device=dev)
+        tau, sigma = diagonal_steps(eta, omega, *scales)
         return HalpernState(
             Kx=Kx, Kty=Kty, anchor_x=x, anchor_y=y, anchor_Kx=Kx, anchor_Kty=Kty, output_x=x, output_y=y,
-            step_size=eta, primal_weight=omega, weight_error_sum=zeros, weight_last_error=zeros,
+            step_size=eta, primal_weight=omega, primal_step=tau, dual_step=sigma, weight_error_sum=zeros, weight_last_error=zeros,
             best_primal_weight=omega, best_balance=infinite(B, zeros), initial_primal_weight=omega,
             restart_error=infinite(B, zeros), previous_restart_error=infinite(B, zeros),
-            last_error=infinite(B, zeros), inner=counts, restarts=counts,
-            tracker=ray_tracker(x, y), col_scale=scales[0], row_scale=scales[1], iteration=0,
-            operator_calls=counts + 1, norm_estimate_calls=counts,
+            last_error=infinite(B, zeros), inner=zeros.unsqueeze(-1), restarts=counts,
+            tracker=ray_tracker(x, y), detected=no_detection(x, y),
+            col_scale=scales[0], row_scale=scales[1], iteration=0,
+            restart_calls=counts + 1, norm_estimate_calls=counts,
+            residual_scales=1 + torch.stack([linear_vector(problem.g, x).norm(dim=-1),
+                                             linear_vector(problem.h_conj, y).norm(dim=-1)], -1),
         )
 
     def step(self, problem, z, state):
         x, y = z
-        eta, omega = state.step_size, state.primal_weight
-        tau, sigma = diagonal_steps(eta, omega, state.col_scale, state.row_scale)
-        t = pdhg_map(problem, x, y, state.Kx, state.Kty, tau, sigma, _matvec, _rmatvec)
+        t = pdhg_map(problem, x, y, state.Kx, state.Kty, state.primal_step, state.dual_step, _matvec, _rmatvec)
         k = state.iteration + 1
-        state = state._replace(output_x=t.x, output_y=t.y, inner=state.inner + 1, iteration=k,
-                               operator_calls=state.operator_calls + 1)
-        halpern = self._halpern(x, y, t, state)
+        inner = state.inner + 1
+        state = state._replace(output_x=t.x, output_y=t.y, inner=inner, iteration=k)
+        halpern = self._halpern(x, y, t, state, inner / (inner + 1))
         if k % self.restart_every == 1 or self.restart_every == 1:
             # The step after a restart check measures e_0 at the instances that restarted there.
-            error = fixed_point_error((x, y, state.Kx), t, eta, omega, state.col_scale, state.row_scale)
-            state = state._replace(restart_error=torch.where(state.inner == 1, error, state.restart_error))
+            error = fixed_point_error((x, y, state.Kx), t, state.step_size, state.primal_weight, state.col_scale,
+                                      state.row_scale)
+            state = state._replace(restart_error=torch.where(inner.squeeze(-1) == 1, error, state.restart_error))
         if k % self.restart_every != 0:
             return halpern[:2], state._replace(Kx=halpern[2], Kty=halpern[3])
         return self._check(problem, x, y, t, halpern, state)
 
-    def _halpern(self, x, y, t: MapOutput, state: HalpernState) -> MapOutput:
-        """``z+ = w ((1 - rho) z + rho (2 T(z) - z)) + (1 - w) z_0`` with ``w = (k+1)/(k+2)``, and its products."""
-        k = (state.inner - 1).to(state.step_size.dtype).unsqueeze(-1)  # iterations before this one
-        w, rho = (k + 1) / (k + 2), self.reflection
+    def _halpern(self, x, y, t: MapOutput, state: HalpernState, w: Tensor) -> MapOutput:
+        """``z+ = w ((1 - rho) z + rho (2 T(z) - z)) + (1 - w) z_0`` with ``w = (k+1)/(k+2)`` ``(B, 1)``, and its
+        products: two ``lerp`` per block."""
+        two_rho = 2 * self.reflection
 
         def update(current, mapped, anchor):
-            return w * (current + 2 * rho * (mapped - current)) + (1 - w) * anchor
+            return torch.lerp(anchor, torch.lerp(current, mapped, two_rho), w)
 
         return MapOutput(update(x, t.x, state.anchor_x), update(y, t.y, state.anchor_y),
                          update(state.Kx, t.Kx, state.anchor_Kx), update(state.Kty, t.Kty, state.anchor_Kty))
@@ -253,15 +274,18 @@ class HalpernPDHG(PrimalDualScheme):
     def _check(self, problem, x, y, t: MapOutput, halpern: MapOutput, state: HalpernState):
         """A restart check: track the drift, then restart to ``T(z)`` where cuPDLPx's criteria hold (per instance)."""
         k = state.iteration
-        error = fixed_point_error((x, y, state.Kx), t, state.step_size, state.primal_weight, state.col_scale,
-                                  state.row_scale)
-        tracker = track(state.tracker, t.x, t.y, k, displacement=(x - t.x, y - t.y))
-        inner = state.inner.to(error.dtype)
+        dx, dy = x - t.x, y - t.y
+        error = displacement_error(dx, dy, state.Kx - t.Kx, state.step_size, state.primal_weight, state.col_scale,
+                                   state.row_scale)
+        tracker = track(state.tracker, t.x, t.y, k, displacement=(dx, dy))
+        inner = state.inner.squeeze(-1)
         restart = (error <= self.sufficient * state.restart_error) \
             | ((error <= self.necessary * state.restart_error) & (error > state.last_error)) \
             | (inner >= self.artificial * k)
-        restart = restart & self.restarts
-        state = self._update_primal_weight(problem, x, y, t, state, restart)
+        if not self.restarts:
+            restart = torch.zeros_like(restart)
+        state = self._update_primal_weight(dx, dy, t, state, restart)
+        tau, sigma = diagonal_steps(state.step_size, state.primal_weight, state.col_scale, state.row_scale)
         r = restart.unsqueeze(-1)
         x_new, y_new = torch.where(r, t.x, halpern.x), torch.where(r, t.y, halpern.y)
         Kx, Kty = torch.where(r, t.Kx, halpern.Kx), torch.where(r, t.Kty, halpern.Kty)
@@ -271,15 +295,18 @@ class HalpernPDHG(PrimalDualScheme):
             anchor_Kx=torch.where(r, t.Kx, state.anchor_Kx), anchor_Kty=torch.where(r, t.Kty, state.anchor_Kty),
             last_error=torch.where(restart, math.inf, error),
             previous_restart_error=torch.where(restart, state.restart_error, state.previous_restart_error),
-            inner=torch.where(restart, 0, state.inner), restarts=state.restarts + restart.long(), tracker=tracker,
+            primal_step=tau, dual_step=sigma,
+            restart_calls=torch.where(restart, state.operator_calls, state.restart_calls),
+            inner=torch.where(r, 0, state.inner), restarts=state.restarts + restart.long(), tracker=tracker,
         )
-        return (x_new, y_new), state
+        return (x_new, y_new), self.detect(problem, state, k // self.restart_every)
 
-    def _update_primal_weight(self, problem, x, y, t: MapOutput, state: HalpernState,
+    def _update_primal_weight(self, dx: Tensor, dy: Tensor, t: MapOutput, state: HalpernState,
                               restart: Tensor) -> HalpernState:
         """cuPDLPx's PID step on ``log |dy| - log |dx| - log omega`` at the instances that restart, safeguarded.
 
-        ``(dx, dy) = T(z) - z_0`` in the preconditioned variables. The step
+        The move ``T(z) - z_0`` is measured in the preconditioned variables; ``(dx, dy) = z - T(z)``
+        gives the residuals at ``T(z)`` (`_residual_balance`). The step
         ``log omega += k_p e + k_i I + k_d (e - e_prev)`` is clipped to ``log primal_weight_change``
         and omega to a factor ``primal_weight_range`` of the initial omega, and it is taken only
         where the restart error made progress (``primal_weight_progress``); elsewhere omega and
@@ -290,17 +317,20 @@ class HalpernPDHG(PrimalDualScheme):
         """
         if not self.update_primal_weight:
             return state
-        dx, dy = t.x - state.anchor_x, t.y - state.anchor_y
+        balance = self._residual_balance(dx, dy, t, state)
+        mx, my = t.x - state.anchor_x, t.y - state.anchor_y  # the move since the restart
         if state.col_scale is not None:
-            dx, dy = dx / state.col_scale, dy / state.row_scale
-        dx, dy = dx.norm(dim=-1), dy.norm(dim=-1)
-        balance = self._residual_balance(problem, x, y, t, state)
-        ok = (dx > 1e-16) & (dy > 1e-16) & (dx < 1e12) & (dy < 1e12) & (balance < 8)
+            mx, my = mx / state.col_scale, my / state.row_scale
+        moves = torch.stack([mx.norm(dim=-1), my.norm(dim=-1)], -1)
+        ok = ((moves > 1e-16) & (moves < 1e12)).all(-1) & (balance < 8)
         omega = state.primal_weight
-        error = torch.log(dy.clamp_min(1e-16)) - torch.log(dx.clamp_min(1e-16)) - torch.log(omega)
-        integral = self.primal_weight_smoothing * state.weight_error_sum + error
+        logs = moves.clamp_min(1e-16).log()
+        error = logs[:, 1] - logs[:, 0] - torch.log(omega)
+        integral = torch.add(error, state.weight_error_sum, alpha=self.primal_weight_smoothing)
         k_p, k_i, k_d = self.primal_weight_gains
-        step = k_p * error + k_i * integral + k_d * (error - state.weight_last_error)
+        step = torch.add(k_p * error, integral, alpha=k_i)
+        if k_d:
+            step = torch.add(step, error - state.weight_last_error, alpha=k_d)
         max_step, log_range = math.log(self.primal_weight_change), math.log(self.primal_weight_range)
         initial = state.initial_primal_weight
         log_ratio = torch.log(omega / initial) + step.clamp(-max_step, max_step)
@@ -319,17 +349,17 @@ class HalpernPDHG(PrimalDualScheme):
         )
 
     @staticmethod
-    def _residual_balance(problem, x, y, t: MapOutput, state: HalpernState) -> Tensor:
+    def _residual_balance(dx: Tensor, dy: Tensor, t: MapOutput, state: HalpernState) -> Tensor:
         """``|log10(relative dual residual / relative primal residual)|`` at ``T(z)``, ``(B,)``, from the prox step.
 
         The optimality residuals of ``T(z)`` are ``T^-1 (x - x+) + K^T (y+ - y)`` (x's) and
-        ``S^-1 (y - y+) + K (x+ - x)`` (y's), relative to ``1 + |c|`` and ``1 + |d|``.
+        ``S^-1 (y - y+) + K (x+ - x)`` (y's), relative to ``1 + |c|`` and ``1 + |d|``;
+        ``(dx, dy) = z - T(z)``.
         """
-        tau, sigma = diagonal_steps(state.step_size, state.primal_weight, state.col_scale, state.row_scale)
-        rx = ((x - t.x) / tau + t.Kty - state.Kty).norm(dim=-1) / (1 + linear_vector(problem.g, x).norm(dim=-1))
-        ry = ((y - t.y) / sigma + t.Kx - state.Kx).norm(dim=-1) / (1 + linear_vector(problem.h_conj, y).norm(dim=-1))
-        tiny = torch.finfo(rx.dtype).tiny
-        return (torch.log10(rx.clamp_min(tiny)) - torch.log10(ry.clamp_min(tiny))).abs()
+        rx = torch.addcdiv(t.Kty - state.Kty, dx, state.primal_step).norm(dim=-1)
+        ry = torch.addcdiv(t.Kx - state.Kx, dy, state.dual_step).norm(dim=-1)
+        ratio = torch.stack([rx, ry], -1).div_(state.residual_scales).clamp_min_(torch.finfo(rx.dtype).tiny).log10_()
+        return (ratio[:, 0] - ratio[:, 1]).abs()
 
     def output(self, problem, z, state):
         """``T(z)`` from the last step (the point where the KKT conditions are measured)."""

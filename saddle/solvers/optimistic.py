@@ -68,13 +68,13 @@ class Optimistic(Solver):
 
     def step(self, problem, z, state):
         eta, rule = state.step_size, step_rule(self.step_size, problem)
-        w = problem.prox(z, state.Fw_prev, eta)
+        step = eta.unsqueeze(-1)  # a column, made once for the four prox steps
+        w = problem.prox(z, state.Fw_prev, step)
         Fw = problem.F(w)
-        z_next = problem.prox(z, Fw, eta)
-        if rule is None:
-            accept = torch.ones_like(state.steps, dtype=torch.bool)
-        else:
-            accept = local_lipschitz_test(eta, Fw, state.Fw_prev, w, state.w_prev, self.c)
+        z_next = problem.prox(z, Fw, step)
+        if rule is None:  # a constant step: nothing to select
+            return z_next, SingleCallState(w, Fw, None, eta, state.operator_calls + 1, state.steps + 1)
+        accept = local_lipschitz_test(eta, Fw, state.Fw_prev, w, state.w_prev, self.c)
         return where(accept, z_next, z), SingleCallState(
             w_prev=where(accept, w, state.w_prev),
             Fw_prev=where(accept, Fw, state.Fw_prev),
@@ -115,9 +115,9 @@ class Reflected(Solver):
         eta, rule = state.step_size, step_rule(self.step_size, problem)
         w = lerp(state.z_prev, z, 2.0)
         Fw = problem.F(w)
-        z_next = problem.prox(z, Fw, eta)
-        if rule is None:
-            accept = torch.ones_like(state.steps, dtype=torch.bool)
+        z_next = problem.prox(z, Fw, eta.unsqueeze(-1))
+        if rule is None:  # a constant step: nothing to select
+            return z_next, SingleCallState(w, Fw, z, eta, state.operator_calls + 1, state.steps + 1)
         else:
             # The first step has no previous evaluation to compare with.
             accept = (state.steps == 0) | local_lipschitz_test(eta, Fw, state.Fw_prev, w, state.w_prev, self.c)

@@ -29,13 +29,13 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from ..lp_certificates import certify
+from ..lp_certificates import detect
 from ..solution import Status
 from ._validate import check_flag, check_integer, check_number, check_positive, positive_steps
 from .base import Solver
 
 __all__ = ["MapOutput", "pdhg_map", "diagonal_steps", "diagonal_preconditioner", "scaled_norm_bound",
-           "weighted_norm", "fixed_point_error", "initial_primal_weight", "natural_residual", "PrimalDualScheme"]
+           "weighted_norm", "fixed_point_error", "displacement_error", "initial_primal_weight", "natural_residual", "PrimalDualScheme"]
 
 
 def _matvec(K, x: Tensor) -> Tensor:
@@ -97,22 +97,29 @@ def pdhg_map(problem, x: Tensor, y: Tensor, Kx: Tensor, Kty: Tensor, tau: Tensor
     """One PDHG step ``T(x, y)`` from the cached products ``Kx = K x`` and ``Kty = K^T y``.
 
     ``x+ = prox_{tau g, X}(x - tau K^T y)``, ``y+ = prox_{sigma h*, Y}(y + sigma K (2 x+ - x))``:
-    one product with K (``K x+``) and one with K^T (``K^T y+``).
+    one product with K (``K x+``) and one with K^T (``K^T y+``). On an LP each prox step is one
+    ``addcmul`` and one ``clamp`` (`saddle.terms.Term.prox_step`): seven operations besides the products.
     """
     X, Y = problem.domain
     K = problem.coupling
-    x_new = problem.g.prox(x - tau * Kty, tau, X)
+    x_new = problem.g.prox_step(x, Kty, tau, X)
     Kx_new = matvec(K, x_new)
-    y_new = problem.h_conj.prox(y + sigma * (2 * Kx_new - Kx), sigma, Y)
+    y_new = problem.h_conj.prox_step(y, torch.sub(Kx, Kx_new, alpha=2), sigma, Y)
     return MapOutput(x_new, y_new, Kx_new, rmatvec(K, y_new))
 
 
 def weighted_norm(dx: Tensor, dy: Tensor, omega: Tensor, col_scale: Tensor | None,
                   row_scale: Tensor | None) -> Tensor:
     """``|(dx, dy)|_omega`` with ``|z|_omega^2 = omega |x / D_c|^2 + |y / D_r|^2 / omega``, shape ``(B,)``."""
+    return torch.sqrt(_weighted_square(dx, dy, omega, col_scale, row_scale))
+
+
+def _weighted_square(dx: Tensor, dy: Tensor, omega: Tensor, col_scale: Tensor | None,
+                     row_scale: Tensor | None) -> Tensor:
+    """``|(dx, dy)|_omega^2``, shape ``(B,)``."""
     if col_scale is not None:
         dx, dy = dx / col_scale, dy / row_scale
-    return torch.sqrt(omega * dx.square().sum(-1) + dy.square().sum(-1) / omega)
+    return torch.addcdiv(omega * dx.square().sum(-1), dy.square().sum(-1), omega)
 
 
 def fixed_point_error(z: tuple[Tensor, Tensor, Tensor], t: MapOutput, eta: Tensor, omega: Tensor,
@@ -124,9 +131,14 @@ def fixed_point_error(z: tuple[Tensor, Tensor, Tensor], t: MapOutput, eta: Tenso
     restart measure). ``z = (x, y, Kx)``; ``K dx`` comes from the cached products.
     """
     x, y, Kx = z
-    dx, dy = x - t.x, y - t.y
-    cross = ((Kx - t.Kx) * dy).sum(-1)
-    squared = weighted_norm(dx, dy, omega, col_scale, row_scale).square() - 2 * eta * cross
+    return displacement_error(x - t.x, y - t.y, Kx - t.Kx, eta, omega, col_scale, row_scale)
+
+
+def displacement_error(dx: Tensor, dy: Tensor, Kdx: Tensor, eta: Tensor, omega: Tensor,
+                       col_scale: Tensor | None, row_scale: Tensor | None) -> Tensor:
+    """`fixed_point_error` from the displacement ``(dx, dy) = z - T(z)`` and ``K dx``, ``(B,)``."""
+    cross = (Kdx * dy).sum(-1)
+    squared = torch.addcmul(_weighted_square(dx, dy, omega, col_scale, row_scale), eta, cross, value=-2)
     return squared.clamp_min(0).sqrt()
 
 
@@ -328,22 +340,44 @@ class PrimalDualScheme(Solver):
 
     # -- certificates of infeasibility (linear programs) ---------------------------------------------
     def terminal_status(self, problem, z, state):
-        """``INFEASIBLE`` / ``UNBOUNDED`` where a candidate ray passes its verification (LPs only)."""
-        if not linear_program(problem):
-            return None
-        cert = self.certificates(problem, state)
-        out = torch.full_like(state.operator_calls, int(Status.RUNNING))
-        out = torch.where(cert["unbounded"], int(Status.UNBOUNDED), out)
-        return torch.where(cert["infeasible"], int(Status.INFEASIBLE), out)
+        """``INFEASIBLE`` / ``UNBOUNDED`` where a candidate ray passed its verification (LPs only).
+
+        The candidates are tested at restart checks (`detect`); this reads the result, so the
+        driver's convergence checks cost no certificate work.
+        """
+        return state.detected.status if linear_program(problem) else None
+
+    def detect(self, problem, state, check: int):
+        """``state`` with its `saddle.lp_certificates.Detection` updated at the ``check``-th restart
+        check when `certificate_due`."""
+        if not (linear_program(problem) and certificate_due(check)):
+            return state
+        return state._replace(detected=detect(problem, state.tracker, state.detected, self.infeasibility_tol))
 
     def certificates(self, problem, state) -> dict[str, Tensor]:
-        """Verified certificates from the drift of the iterates (`saddle.lp_certificates.certify`).
+        """The verified certificates found so far (`saddle.lp_certificates.detect`).
 
         Returns ``dual_ray`` ``(B, m)`` (a Farkas ray: the primal is infeasible), ``primal_ray``
         ``(B, n)`` (the problem is unbounded) and the ``(B,)`` flags ``infeasible`` and ``unbounded``;
-        a candidate is reported only where it passes its verification in the unscaled problem.
+        a ray is reported only where it passed its verification in the unscaled problem.
         """
-        return certify(problem, state.tracker, self.infeasibility_tol)
+        found = state.detected
+        return {"dual_ray": found.dual_ray, "primal_ray": found.primal_ray,
+                "infeasible": found.status == int(Status.INFEASIBLE), "unbounded": found.status == int(Status.UNBOUNDED)}
+
+
+def certificate_due(check: int) -> bool:
+    """Whether the ``check``-th restart check (1, 2, ...) tests the candidate certificates.
+
+    The first 8 do, then about one in every 25% more (``floor(log_1.25 check)`` moved): a long solve
+    tests them ``O(log k)`` times, each costing a dozen products and a few hundred operations, and
+    finds a certificate at most about 25% of its iterations after it appeared. A function of
+    ``check`` alone (resumes agree).
+    """
+    if check <= 8:
+        return check >= 1
+    growth = math.log(1.25)
+    return math.floor(math.log(check) / growth) != math.floor(math.log(check - 1) / growth)
 
 
 def nonzero(scale: Tensor) -> Tensor:

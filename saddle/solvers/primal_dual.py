@@ -66,7 +66,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..lp_certificates import ray_tracker, track
+from ..lp_certificates import no_detection, ray_tracker, track
 from ._validate import check_choice, check_flag, positive_steps
 from .base import register
 from .pdhg_map import (PrimalDualScheme, _matvec, _rmatvec, bilinear_lagrangian, diagonal_steps, infinite,
@@ -93,6 +93,7 @@ class PDHGState(NamedTuple):
         restarts: ``(B,)`` restarts so far.
         tracker: the iterates at the restart checks, whose drift gives the candidate certificates of
             infeasibility (a `saddle.lp_certificates.RayTracker`).
+        detected: what the verified candidates showed (`saddle.lp_certificates.Detection`).
         col_scale, row_scale: the diagonal preconditioner ``D_c`` ``(Bk, n)``, ``D_r``
             ``(Bk, m)``, or None.
         iteration: iterations so far (the same for every running instance).
@@ -113,6 +114,7 @@ class PDHGState(NamedTuple):
     inner: Tensor
     restarts: Tensor
     tracker: NamedTuple
+    detected: NamedTuple
     col_scale: Tensor | None
     row_scale: Tensor | None
     iteration: int
@@ -255,7 +257,8 @@ class PDHG(PrimalDualScheme):
             restart_x=x, restart_y=y, restart_measure=infinite(B, zeros), previous_candidate=infinite(B, zeros),
             inner=torch.zeros(B, dtype=torch.int64, device=dev),
             restarts=torch.zeros(B, dtype=torch.int64, device=dev),
-            tracker=ray_tracker(x, y), col_scale=scales[0], row_scale=scales[1],
+            tracker=ray_tracker(x, y), detected=no_detection(x, y),
+            col_scale=scales[0], row_scale=scales[1],
             iteration=0,
             operator_calls=torch.ones(B, dtype=torch.int64, device=dev),
         )
@@ -291,7 +294,8 @@ class PDHG(PrimalDualScheme):
             iteration=k, operator_calls=state.operator_calls + 1,
         )
         if k % self.restart_every == 0:
-            state = state._replace(tracker=track(state.tracker, x_next, y_next, k))
+            state = self.detect(problem, state._replace(tracker=track(state.tracker, x_next, y_next, k)),
+                                k // self.restart_every)
             if self.restarts:
                 (x_next, y_next), state = self._restart(problem, x_next, y_next, state)
         return (x_next, y_next), state
