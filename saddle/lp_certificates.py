@@ -149,10 +149,26 @@ class _LPData(NamedTuple):
     ux: Tensor
     ly: Tensor
     uy: Tensor
+    x_box: "BoxSplit"
+    y_box: "BoxSplit"
     noise: float  # (m + n) eps: the relative rounding error of the sums in the ray objectives
 
 
+_LP_DATA: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def _lp_data(problem, B: int) -> _LPData:
+    """`_make_lp_data`, made once per problem (and batch size) and kept while the problem lives."""
+    try:
+        cached = _LP_DATA.get(problem)
+    except TypeError:  # a problem that cannot be a weak key
+        return _make_lp_data(problem, B)
+    if cached is None or cached.c.shape[0] != B:
+        cached = _LP_DATA[problem] = _make_lp_data(problem, B)
+    return cached
+
+
+def _make_lp_data(problem, B: int) -> _LPData:
     """c, d and the bounds of X and Y of B instances, K and |K|."""
     X, Y = problem.domain
     K = problem.coupling
@@ -163,7 +179,8 @@ def _lp_data(problem, B: int) -> _LPData:
     ly, uy = Y.project(like_y - math.inf), Y.project(like_y + math.inf)
     c = problem.g.linear_coefficient(like_x).expand_as(like_x)
     d = problem.h_conj.linear_coefficient(like_y).expand_as(like_y)
-    return _LPData(K, _abs_coupling(K), c, d, lx, ux, ly, uy, (m + n) * torch.finfo(K.dtype).eps)
+    return _LPData(K, _abs_coupling(K), c, d, lx, ux, ly, uy, box_split(lx, ux), box_split(ly, uy),
+                   (m + n) * torch.finfo(K.dtype).eps)
 
 
 _ABS_COUPLINGS: dict[int, Bilinear] = {}
@@ -178,11 +195,11 @@ def _abs_coupling(K: Bilinear) -> Bilinear:
     return _ABS_COUPLINGS[key]
 
 
-def _recession(v: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    """The projection of v onto the recession cone of the box ``[lo, hi]``:
-    ``v_i >= 0`` where lo_i is finite, ``v_i <= 0`` where hi_i is finite (0 where both are)."""
-    v = torch.where(torch.isfinite(lo), v.clamp_min(0), v)
-    return torch.where(torch.isfinite(hi), v.clamp_max(0), v)
+def _recession(v: Tensor, box: "BoxSplit") -> Tensor:
+    """The projection of v onto the recession cone of a box (`box_split`): ``v_i >= 0`` where lo_i is
+    finite, ``v_i <= 0`` where hi_i is finite (0 where both are): v less its parts the bounds forbid."""
+    v_rec = torch.addcmul(v, 1 - box.lo_open, v.clamp_max(0), value=-1)
+    return torch.addcmul(v_rec, 1 - box.hi_open, v.clamp_min(0), value=-1)
 
 
 def unit(v: Tensor) -> Tensor:
@@ -236,8 +253,8 @@ def _ratio(num: Tensor, den: Tensor) -> Tensor:
 
 
 def _dual_measures(lp: _LPData, r: Tensor) -> dict[str, Tensor]:
-    r = unit(_recession(r, lp.ly, lp.uy))
-    e, terms = split_by_bounds(_product(lp.K.rmv, lp.K, r), box_split(lp.lx, lp.ux))
+    r = unit(_recession(r, lp.y_box))
+    e, terms = split_by_bounds(_product(lp.K.rmv, lp.K, r), lp.x_box)
     rd = lp.d * r
     objective = terms.sum(-1) - rd.sum(-1)
     scale = _product(lp.abs_K.rmv, lp.K, r.abs()).norm(dim=-1)
@@ -247,10 +264,10 @@ def _dual_measures(lp: _LPData, r: Tensor) -> dict[str, Tensor]:
 
 
 def _primal_measures(lp: _LPData, s: Tensor) -> dict[str, Tensor]:
-    s = unit(_recession(s, lp.lx, lp.ux))
+    s = unit(_recession(s, lp.x_box))
     Ks = _product(lp.K.mv, lp.K, s)
     # the polar of Y's recession cone: (K s)_j <= 0 where uy_j = inf, >= 0 where ly_j = -inf (= 0 if both)
-    v = torch.where(torch.isinf(lp.uy), Ks.clamp_min(0), 0) + torch.where(torch.isinf(lp.ly), Ks.clamp_max(0), 0)
+    v = torch.addcmul(Ks.clamp_min(0) * lp.y_box.hi_open, Ks.clamp_max(0), lp.y_box.lo_open)
     cs = lp.c * s
     scale = _product(lp.abs_K.mv, lp.K, s.abs()).norm(dim=-1)
     return {"ray": s, "objective": -cs.sum(-1), "rel_objective": _ratio(-cs.sum(-1), cs.abs().sum(-1)),

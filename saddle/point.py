@@ -124,6 +124,33 @@ def where(mask: Tensor, new: Any, old: Any) -> Any:
     raise TypeError(f"cannot select through a value of type {type(new).__name__}")
 
 
+def take_rows(tree: Any, index: Tensor, batch: int) -> Any:
+    """The rows ``index`` of every tensor of ``tree`` whose first dimension is the batch ``batch``.
+
+    Tensors of another first dimension (data shared by the batch, such as a ``(1, n)`` scaling) and
+    non-tensors are kept: what a solver state holds per instance has the batch first.
+    """
+    if isinstance(tree, Tensor):
+        return tree.index_select(0, index) if tree.dim() and tree.shape[0] == batch else tree
+    if isinstance(tree, tuple):
+        items = [take_rows(t, index, batch) for t in tree]
+        return type(tree)(*items) if hasattr(tree, "_fields") else tuple(items)
+    return tree
+
+
+def put_rows(full: Any, index: Tensor, part: Any, batch: int) -> Any:
+    """``full`` (a tree of a batch of ``batch``) with its rows ``index`` replaced by ``part``'s (the inverse
+    of `take_rows`); shared tensors and non-tensors are ``part``'s."""
+    if isinstance(full, Tensor):
+        if full.dim() and full.shape[0] == batch and part.shape[0] == index.shape[0]:
+            return full.index_copy(0, index, part)
+        return part
+    if isinstance(full, tuple):
+        items = [put_rows(f, index, p, batch) for f, p in zip(full, part)]
+        return type(full)(*items) if hasattr(full, "_fields") else tuple(items)
+    return part
+
+
 def detached(tree: Any) -> Any:
     """``tree`` (a tensor, or (named) tuples of them, numbers, None) with every tensor detached from autograd."""
     if isinstance(tree, Tensor):

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from . import merit
 from .checkpoint import CheckpointWriter, binding, check_writable, restore, restore_random_states
-from .point import Point, accumulation_dtype, all_finite, detached, where
+from .point import Point, accumulation_dtype, all_finite, detached, put_rows, take_rows, where
 from .solution import Solution, SolveError, Status, empty_status
 from .solvers.base import Solver, get_solver
 
@@ -66,6 +66,7 @@ def solve(
     compile: bool = False,
     time_limit: float | None = None,
     warm_start: Solution | None = None,
+    compaction: float = 0.5,
     **settings,
 ) -> Solution:
     """Solve a batch of VIs with one solver; every instance stops on its own.
@@ -129,6 +130,12 @@ def solve(
             iterates agree with the eager ones to rounding, not bit for bit.
         time_limit: seconds of wall time (None: no limit). It is checked at every
             check: instances still running once it is exceeded stop as `TIME_LIMIT`.
+        compaction: when the running instances fall to this fraction of the batch being stepped
+            (or below), the driver gathers them into a smaller batch (``problem.select``) and
+            steps only those; the others' results are kept and put back at the end, bitwise. So a
+            batch costs the sum of its instances' iterations, not B times the slowest's. 0: never.
+            Not with a ``callback``, checkpoints, ``max_operator_calls`` or problems that keep a
+            random state of their own (they see or save the whole batch at every check).
         warm_start: the `Solution` of a solve of a problem of the same shape (batch size,
             blocks, dtype), e.g. a nearby problem: the solve starts from its point
             ``warm_start.z`` with the state ``solver.warm_state(problem, z, warm_start.state)``
@@ -165,6 +172,8 @@ def solve(
     extra = tuple(problem.extra_measures())
     _check_options(max_iters, check_every, measure, max_operator_calls, divergence_factor, extra)
     _check_growth(check_growth)
+    if isinstance(compaction, bool) or not isinstance(compaction, Real) or not 0 <= compaction < 1:
+        raise ValueError(f"compaction must be a fraction in [0, 1) (0: never), got {compaction!r}")
     _check_time_limit(time_limit)
     max_iters = math.inf if max_iters is None else max_iters
     solver.check(problem)
@@ -194,11 +203,11 @@ def solve(
         }
         return {name: None if v is None else v.detach() for name, v in measures.items()}
 
-    def evaluate(z: Point, state) -> tuple[Point, dict]:
-        out = solver.output(problem, z, state)
-        Fz = problem.F(out)
-        _check_operator_output(Fz, out, problem.dtype)
-        return out, measures_at(problem, out, Fz)
+    def evaluate(p, z: Point, state) -> tuple[Point, dict]:
+        out = solver.output(p, z, state)
+        Fz = p.F(out)
+        _check_operator_output(Fz, out, p.dtype)
+        return out, measures_at(p, out, Fz)
 
     recheck = None if problem.dtype == torch.float64 else _Float64Recheck(problem, measures_at)
 
@@ -243,7 +252,25 @@ def solve(
             problem.set_rng_state(saved["problem_rng"])
         restore_random_states(saved)
     bar = _progress_bar(max_iters, solver) if progress else None
-    step = _compiled_step(solver, problem) if compile else (lambda z, state: solver.step(problem, z, state))
+    # The batch being stepped: all B instances, or after a compaction the rows `working` of the
+    # batch, as the problem `stepped` (z and state are then theirs; the full point and state, with
+    # the finished instances' final values, are kept in `kept`).
+    working: Tensor | None = None
+    stepped = problem
+    kept: tuple | None = None
+    compacting = (compaction > 0 and callback is None and checkpoint is None and resume is None
+                  and max_operator_calls is None and not hasattr(problem, "rng_state"))
+    last_measures: dict = {}
+    calls = None
+
+    def stepper(p):
+        return _compiled_step(solver, p) if compile else (lambda z, state: solver.step(p, z, state))
+
+    step = stepper(problem)
+
+    def full(local: Tensor, base: Tensor) -> Tensor:
+        """A per-instance ``(B,)`` vector from the stepped rows' values ``local`` and ``base`` elsewhere."""
+        return local if working is None else base.index_copy(0, working, local.to(base.dtype))
 
     def record(row: dict) -> None:
         """Keep the row of every ``stride``-th check; when full, drop every other row and double the stride."""
@@ -259,8 +286,11 @@ def solve(
 
     def check(k: int) -> bool:
         """Stop converged or diverged instances; record; return True to stop the loop."""
-        nonlocal status, active, floor, n_active, near_misses, best, stalled
-        out, measures = evaluate(z, state)
+        nonlocal status, active, floor, n_active, near_misses, best, stalled, last_measures, calls
+        out, measures = evaluate(stepped, z, state)
+        if working is not None:  # the finished instances' measures are those of their last check
+            measures = {name: None if v is None else full(v, last_measures[name]) for name, v in measures.items()}
+        last_measures = measures
         res = measures["residual"]
         if floor is None:
             floor = divergence_factor * torch.maximum(res.detach(), tol_t)
@@ -268,6 +298,8 @@ def solve(
         converged = active & (value <= tol_t)
         if recheck is not None and bool(converged.any()):
             exact = recheck(out)
+            if exact is not None and working is not None:
+                exact = {measure: full(exact[measure], value.to(torch.float64))}
             if exact is not None:
                 # A near miss (the two measures differ by at most tol / 2) runs on: more iterations may
                 # meet the tolerance, up to NEAR_MISSES times; a miss the working precision cannot even
@@ -293,14 +325,16 @@ def solve(
         status = torch.where(diverged, int(Status.DIVERGED), status)
         active = active & ~converged & ~diverged
         # Solvers that detect other outcomes (certificates of infeasibility) report them here.
-        detected = solver.terminal_status(problem, z, state)
+        detected = solver.terminal_status(stepped, z, state)
+        if detected is not None and working is not None:
+            detected = full(detected, torch.full_like(status, int(Status.RUNNING)))
         if detected is not None:
             found = active & (detected != int(Status.RUNNING))
             status = torch.where(found, detected, status)
             active = active & ~found
+        calls = state.operator_calls.clone() if working is None else full(state.operator_calls, calls)
         if history_rows:
-            record({"iteration": k, "time": time.perf_counter() - start,
-                    "operator_calls": state.operator_calls.clone(), **measures})
+            record({"iteration": k, "time": time.perf_counter() - start, "operator_calls": calls, **measures})
         if callback is not None:
             asked = _stop_mask(callback(Progress(k, out, state, measures, status)), B, device)
             status = torch.where(active & asked, int(Status.STOPPED), status)
@@ -313,14 +347,37 @@ def solve(
             bar.update(k - bar.n)
             worst = value[active].max().item() if n_active else value.max().item()
             bar.set_postfix(active=n_active, **{measure: f"{worst:.2e}"})
+        if compacting and 0 < n_active <= compaction * len(z[0]):
+            compact()
         return n_active == 0
+
+    def compact() -> None:
+        """Step only the running instances from now on: keep the others' point and state, select the rest."""
+        nonlocal z, state, working, stepped, kept, recheck, step, compacting
+        stepping = active if working is None else active.index_select(0, working)
+        rows = stepping.nonzero().squeeze(-1)
+        new_working = rows if working is None else working.index_select(0, rows)
+        kept = keep_results()
+        try:
+            new_problem = problem.select(new_working)
+            _check_selection(problem, new_problem, kept[0], new_working)
+        except Exception:  # a problem that cannot select its instances (rightly): step the batch as it is
+            compacting = False
+            return
+        z, state = take_rows((z, state), rows, stepping.shape[0])
+        working, stepped, step = new_working, new_problem, stepper(new_problem)
+        recheck = None if recheck is None or recheck.failed else _Float64Recheck(new_problem, measures_at)
+
+    def keep_results() -> tuple:
+        """The full batch's point and state: the stepped rows' current ones, the others' as kept."""
+        return (z, state) if working is None else put_rows(kept, working, (z, state), B)
 
     def guarded_step(z: Point, state) -> tuple[Point, Any]:
         """``step``, with a malformed operator output named clearly, and graphs cut when the data require grad."""
         try:
             z_new, state_new = step(z, state)
         except (RuntimeError, TypeError) as err:
-            _blame_the_operator(problem, z, err)
+            _blame_the_operator(stepped, z, err)
             raise
         if any(t.requires_grad for t in z_new):  # data that require grad: never grow a graph over iterations
             z_new, state_new = detached((z_new, state_new))
@@ -337,16 +394,18 @@ def solve(
         z_chunk, state_chunk = z, state
         for _ in range(k_end - k):
             z_chunk, state_chunk = guarded_step(z_chunk, state_chunk)
-        moving = active & all_finite(z_chunk)
-        if n_active == B and bool(moving.all()):  # every instance ran and stayed finite: nothing to put back
+        stepping = active if working is None else active.index_select(0, working)
+        moving = stepping & all_finite(z_chunk)
+        if n_active == stepping.shape[0] and bool(moving.all()):  # all ran and stayed finite: nothing to put back
             z, state = z_chunk, state_chunk
         else:
-            status = torch.where(active & ~moving, int(Status.DIVERGED), status)
             try:  # (non-tensor state fields are shared by the batch: `where` keeps its first argument's)
                 z, state = where(moving, (z_chunk, state_chunk), (z, state))
             except (RuntimeError, TypeError) as err:
-                _blame_the_operator(problem, z, err)
+                _blame_the_operator(stepped, z, err)
                 raise
+        moving = full(moving, torch.zeros_like(active))
+        status = torch.where(active & ~moving, int(Status.DIVERGED), status)
         iterations = iterations + (k_end - k) * moving
         active, k = moving, k_end
 
@@ -377,11 +436,14 @@ def solve(
         bar.close()
     if writer is not None:
         writer.save(loop_variables(k))  # the final state: a later solve may resume from it with a larger max_iters
+    if working is not None:
+        z, state = keep_results()
+        recheck = None if recheck is None or recheck.failed else _Float64Recheck(problem, measures_at)
 
     status = torch.where(status == int(Status.RUNNING), int(Status.MAX_ITERS), status)
     if rows and history_state["last"]["iteration"] != rows[-1]["iteration"]:
         rows[-1 if len(rows) >= history_rows else len(rows):] = [history_state["last"]]
-    out, measures = evaluate(z, state)
+    out, measures = evaluate(problem, z, state)
     exact = None if recheck is None else recheck(out)
     if exact is not None:
         measures = {name: None if v is None else v.to(acc) for name, v in exact.items()}
@@ -401,6 +463,18 @@ def solve(
     if throw and not bool(solution.success.all()):
         raise SolveError(solution)
     return solution
+
+
+def _check_selection(problem, selected, z: Point, rows: Tensor) -> None:
+    """Raise ``ValueError`` unless the operator of ``selected`` (``problem.select(rows)``) is the rows of
+    ``problem``'s at z: a user's problem whose ``select`` misses data of its own is not compacted."""
+    full = problem.F(z)
+    part = selected.F(tuple(t.index_select(0, rows) for t in z))
+    for a, b in zip(full, part):
+        a = a.index_select(0, rows)
+        tol = 1e3 * torch.finfo(a.dtype).eps
+        if a.shape != b.shape or not torch.allclose(a, b, rtol=tol, atol=tol * float(a.abs().max().clamp_min(1))):
+            raise ValueError(f"{problem.name}.select does not select its operator's data")
 
 
 def next_check(k: int, check_every: int, check_growth: float) -> int:

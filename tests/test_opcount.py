@@ -22,6 +22,9 @@ DATA = Path(__file__).resolve().parent / "data" / "netlib"
 
 #: The eager budget of an iteration, amortized over a solve (issue 17).
 BUDGET = 25
+#: An LP's budget: 25 plus the certificates of infeasibility, tested every 64 iterations (about 1.7
+#: operations per iteration; sparser tests found chemcom's ray 20 times later and missed ex72a's).
+LP_BUDGET = 27
 
 
 def linprog_operations(name: str, iterations: int, **options) -> tuple[float, float]:
@@ -38,7 +41,7 @@ def linprog_operations(name: str, iterations: int, **options) -> tuple[float, fl
 
 def test_r2hpdhg_on_an_lp_within_budget():
     ops, products = linprog_operations("SC50A", 8192, method="r2hpdhg")
-    assert ops <= BUDGET, f"r2hpdhg on SC50A: {ops:.1f} operations per iteration"
+    assert ops <= LP_BUDGET, f"r2hpdhg on SC50A: {ops:.1f} operations per iteration"
     assert products > 0  # the products are counted apart, not lost
 
 
@@ -55,7 +58,8 @@ def box_game(B: int = 64, n: int = 30) -> saddle.BilinearProblem:
 def test_lean_solvers_within_budget(solver, settings, family):
     problem = box_game() if family == "boxes" else problems.get("bilinear", n=30, batch_size=64, seed=0)
     count = operations_per_iteration(problem, solver, max_iters=4096, **settings)
-    assert count.per_iteration <= BUDGET, (solver, family, count.per_iteration)
+    # (bilinear games on boxes or R^n are LPs in Lagrangian form: r2hpdhg tests certificates on them)
+    assert count.per_iteration <= (LP_BUDGET if solver == "r2hpdhg" else BUDGET), (solver, family, count)
 
 
 @pytest.mark.parametrize("solver,settings,budget", [("r2hpdhg", {}, 36), ("extragradient", {"step_size": 0.1}, 35),
