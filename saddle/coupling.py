@@ -135,13 +135,35 @@ class Bilinear(Coupling):
         """``K x`` for x of shape ``(B, n)``: ``(B, m)``."""
         if self.sparse:
             return (self.K @ x.mT).mT
+        if self._elementwise(x):
+            return (self.K * x.unsqueeze(-2)).sum(-1)
         return torch.matmul(self.K, x.unsqueeze(-1)).squeeze(-1)
 
     def rmv(self, y: Tensor) -> Tensor:
         """``K^T y`` for y of shape ``(B, m)``: ``(B, n)``."""
         if self.sparse:
             return (self._Kt @ y.mT).mT
+        if self._elementwise(y):
+            return (self.K * y.unsqueeze(-1)).sum(-2)
         return torch.matmul(self.K.mT, y.unsqueeze(-1)).squeeze(-1)
+
+    #: The most entries of one instance's K for which its products are a product and a sum of entries.
+    ELEMENTWISE_ENTRIES = 1 << 16
+    #: ... and the most entries of the temporary that takes (the products of the whole batch).
+    ELEMENTWISE_TEMPORARY = 1 << 24
+
+    def _elementwise(self, v: Tensor) -> bool:
+        """Whether the products with a dense K are best a product and a sum over K's entries.
+
+        On a CPU a batch of small matrix-vector products through ``bmm`` costs 2.5-3.7x that (64 to
+        256 games of 50 x 50, 8 of 200 x 200; one 200 x 200 costs about the same either way), and
+        each row of the result is the same bits whatever the batch, so a batch still equals the
+        loop of its single solves. For large matrices ``gemv`` wins and the temporary (K's size
+        times the batch for a shared K) would be large: those stay with ``matmul``.
+        """
+        _, m, n = self.K.shape
+        return (v.device.type == "cpu" and m * n <= self.ELEMENTWISE_ENTRIES
+                and max(self.K.shape[0], v.shape[0]) * m * n <= self.ELEMENTWISE_TEMPORARY)
 
     def dense(self) -> Tensor:
         """K as a dense ``(B or 1, m, n)`` tensor."""
