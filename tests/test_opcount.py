@@ -23,7 +23,7 @@ DATA = Path(__file__).resolve().parent / "data" / "netlib"
 #: The eager budget of an iteration, amortized over a solve (issue 17).
 BUDGET = 25
 #: An LP's budget: 25 plus the certificates of infeasibility, tested every 64 iterations (about 1.7
-#: operations per iteration; sparser tests found chemcom's ray 20 times later and missed ex72a's).
+#: operations per iteration; sparser tests found chemcom's ray three times later).
 LP_BUDGET = 27
 
 
