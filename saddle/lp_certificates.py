@@ -87,8 +87,8 @@ from torch import Tensor
 from .coupling import Bilinear
 from .solution import Status
 
-__all__ = ["CANDIDATES", "RayTracker", "Detection", "candidates", "certify", "detect", "no_detection", "dual_ray_measures", "primal_ray_measures",
-           "BoxSplit", "box_split", "split_by_bounds", "unit",
+__all__ = ["CANDIDATES", "RayTracker", "Detection", "candidates", "certify", "detect", "no_detection",
+           "dual_ray_measures", "primal_ray_measures", "BoxSplit", "box_split", "split_by_bounds", "unit",
            "ray_tracker", "track", "verify_dual_ray", "verify_primal_ray"]
 
 
@@ -220,7 +220,8 @@ class BoxSplit(NamedTuple):
 def box_split(lo: Tensor, hi: Tensor) -> BoxSplit:
     """The `BoxSplit` of ``lo <= x <= hi`` (tensors broadcasting against the vectors to split)."""
     lo_inf, hi_inf = torch.isinf(lo), torch.isinf(hi)
-    return BoxSplit(lo_inf.to(lo.dtype), hi_inf.to(hi.dtype), torch.where(lo_inf, 0.0, lo), torch.where(hi_inf, 0.0, hi))
+    return BoxSplit(lo_inf.to(lo.dtype), hi_inf.to(hi.dtype), torch.where(lo_inf, 0.0, lo),
+                    torch.where(hi_inf, 0.0, hi))
 
 
 def split_by_bounds(v: Tensor, box: BoxSplit) -> tuple[Tensor, Tensor]:

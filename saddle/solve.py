@@ -231,12 +231,14 @@ def solve(
     def loop_variables(k: int) -> dict:
         """What a checkpoint saves: everything the loop carries from one check to the next."""
         return {"z": z, "state": state, "status": status, "active": active, "iterations": iterations,
-                "near_misses": near_misses, "best": best, "stalled": stalled, "k": k, "floor": floor, "rows": rows, "history_state": history_state,
+                "near_misses": near_misses, "best": best, "stalled": stalled, "k": k, "floor": floor, "rows": rows,
+                "history_state": history_state,
                 "problem_rng": problem.rng_state() if hasattr(problem, "rng_state") else None}
 
     if checkpoint is not None or resume is not None:
         bound = binding(problem, solver, {
-            "check_every": check_every, "check_growth": check_growth, "tol": tol_64, "measure": measure, "max_operator_calls": max_operator_calls,
+            "check_every": check_every, "check_growth": check_growth, "tol": tol_64, "measure": measure,
+            "max_operator_calls": max_operator_calls,
             "divergence_factor": divergence_factor, "history": history_rows, "compile": compile,
             # (only when given: checkpoints written before warm starts existed stay valid)
             **({} if warm_start is None else {"warm_start": (warm_start.z, warm_start.state)})})
