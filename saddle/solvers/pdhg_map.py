@@ -35,7 +35,8 @@ from ._validate import check_flag, check_integer, check_number, check_positive, 
 from .base import Solver
 
 __all__ = ["MapOutput", "pdhg_map", "diagonal_steps", "diagonal_preconditioner", "scaled_norm_bound",
-           "weighted_norm", "fixed_point_error", "displacement_error", "initial_primal_weight", "natural_residual", "PrimalDualScheme"]
+           "weighted_norm", "weighted_square", "fixed_point_error", "displacement_error", "initial_primal_weight",
+           "natural_residual", "PrimalDualScheme"]
 
 
 def _matvec(K, x: Tensor) -> Tensor:
@@ -111,10 +112,10 @@ def pdhg_map(problem, x: Tensor, y: Tensor, Kx: Tensor, Kty: Tensor, tau: Tensor
 def weighted_norm(dx: Tensor, dy: Tensor, omega: Tensor, col_scale: Tensor | None,
                   row_scale: Tensor | None) -> Tensor:
     """``|(dx, dy)|_omega`` with ``|z|_omega^2 = omega |x / D_c|^2 + |y / D_r|^2 / omega``, shape ``(B,)``."""
-    return torch.sqrt(_weighted_square(dx, dy, omega, col_scale, row_scale))
+    return torch.sqrt(weighted_square(dx, dy, omega, col_scale, row_scale))
 
 
-def _weighted_square(dx: Tensor, dy: Tensor, omega: Tensor, col_scale: Tensor | None,
+def weighted_square(dx: Tensor, dy: Tensor, omega: Tensor, col_scale: Tensor | None,
                      row_scale: Tensor | None) -> Tensor:
     """``|(dx, dy)|_omega^2``, shape ``(B,)``."""
     if col_scale is not None:
@@ -138,7 +139,7 @@ def displacement_error(dx: Tensor, dy: Tensor, Kdx: Tensor, eta: Tensor, omega: 
                        col_scale: Tensor | None, row_scale: Tensor | None) -> Tensor:
     """`fixed_point_error` from the displacement ``(dx, dy) = z - T(z)`` and ``K dx``, ``(B,)``."""
     cross = (Kdx * dy).sum(-1)
-    squared = torch.addcmul(_weighted_square(dx, dy, omega, col_scale, row_scale), eta, cross, value=-2)
+    squared = torch.addcmul(weighted_square(dx, dy, omega, col_scale, row_scale), eta, cross, value=-2)
     return squared.clamp_min(0).sqrt()
 
 

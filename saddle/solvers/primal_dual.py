@@ -70,8 +70,8 @@ from ..lp_certificates import no_detection, ray_tracker, track
 from ._validate import check_choice, check_flag, positive_steps
 from .base import register
 from .pdhg_map import (PrimalDualScheme, _matvec, _rmatvec, bilinear_lagrangian, diagonal_steps, infinite,
-                       linear_vector, natural_residual, nonzero, pdhg_map, scaled_norm_bound,
-                       weighted_norm)
+                       linear_vector, natural_residual, nonzero, pdhg_map, scaled_norm_bound, weighted_norm,
+                       weighted_square)
 
 __all__ = ["PDHG", "PDHGState"]
 
@@ -271,7 +271,7 @@ class PDHG(PrimalDualScheme):
 
         k = state.iteration + 1
         if self.adaptive_step:
-            moved = self._norm_w(x_new - x, y_new - y, omega, state).square()
+            moved = weighted_square(x_new - x, y_new - y, omega, state.col_scale, state.row_scale)
             interaction = 2 * ((y_new - y) * (Kx_new - state.Kx)).sum(-1).abs()
             limit = torch.where(interaction > 0, moved / interaction, torch.full_like(moved, math.inf))
             accept = eta <= limit
@@ -280,16 +280,14 @@ class PDHG(PrimalDualScheme):
             accept = torch.ones_like(eta, dtype=torch.bool)
             next_eta = eta
 
-        def keep(new, old):
-            return torch.where(accept.reshape((-1,) + (1,) * (new.dim() - 1)), new, old)
-
-        x_next, y_next = keep(x_new, x), keep(y_new, y)
-        Kx, Kty = keep(Kx_new, state.Kx), keep(Kty_new, state.Kty)
-        w = torch.where(accept, eta, torch.zeros_like(eta))
+        keep = accept.unsqueeze(-1)
+        x_next, y_next = torch.where(keep, x_new, x), torch.where(keep, y_new, y)
+        Kx, Kty = torch.where(keep, Kx_new, state.Kx), torch.where(keep, Kty_new, state.Kty)
+        w = eta * accept  # the step where accepted, 0 where rejected
         col = w.unsqueeze(-1)
         state = state._replace(
             Kx=Kx, Kty=Kty, step_size=next_eta,
-            sum_x=state.sum_x + col * x_next, sum_y=state.sum_y + col * y_next,
+            sum_x=torch.addcmul(state.sum_x, col, x_next), sum_y=torch.addcmul(state.sum_y, col, y_next),
             weight=state.weight + w, inner=state.inner + accept.long(),
             iteration=k, operator_calls=state.operator_calls + 1,
         )
