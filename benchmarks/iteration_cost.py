@@ -103,7 +103,8 @@ def main(argv=None) -> int:
             ratios[method].append(per_iteration / bare)
             gpu = f"{(ops + 4) * LAUNCH_US:.0f} / {1e6 * nbytes / BANDWIDTH:.3f}"
             print(f"| {problem.name} | {problem.nnz} | {method} | {ops:.1f} | {1e6 * bare:.1f} | "
-                  f"{1e6 * per_iteration:.1f} | {1e6 * overhead:.1f} | {per_iteration / bare:.2f} | {gpu} |", flush=True)
+                  f"{1e6 * per_iteration:.1f} | {1e6 * overhead:.1f} | {per_iteration / bare:.2f} | {gpu} |",
+                  flush=True)
     print("\n| method | LPs | max overhead [us] | median overhead [us] | geometric mean iteration / products |")
     print("|---|---|---|---|---|")
     for method in methods:

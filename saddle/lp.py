@@ -97,10 +97,8 @@ class LinearProgram(BilinearProblem):
         self._set_kkt_constants()
 
     def _set_kkt_constants(self) -> None:
-        """What `kkt` needs that depends only on the data (made once, not at every check): the rows'
-        floor of the residual (-inf for equalities, 0 for inequalities) and the bounds' `BoxSplit`."""
-        n_eq, m = self.n_eq, self.d.shape[1]
-        self._row_floor = torch.cat([torch.full((1, n_eq), -torch.inf), torch.zeros(1, m - n_eq)], -1).to(self.d)
+        """What `kkt` needs that depends only on the data (made once, not at every check): the bounds'
+        `BoxSplit`."""
         self._box = box_split(self.lo.to(self.c), self.hi.to(self.c))
 
     def select_into(self, new, selection) -> None:
@@ -130,7 +128,8 @@ class LinearProgram(BilinearProblem):
         - ``primal_objective`` and ``dual_objective``.
         """
         x, y = z
-        residual = torch.clamp(self.coupling.mv(x) - self.d, min=self._row_floor)
+        # Y's lower bound is the rows' floor of the residual: -inf for equalities, 0 for inequalities
+        residual = torch.clamp(self.coupling.mv(x) - self.d, min=self.domain[1].lo)
         r = self.c + self.coupling.rmv(y)
         bad, bound_terms = split_by_bounds(r, self._box)
         primal = (self.c * x).sum(-1) + self.objective_offset

@@ -145,11 +145,7 @@ class _LPData(NamedTuple):
     abs_K: Bilinear  # |K| entrywise: the magnitudes of the terms of K x and K^T y before they cancel
     c: Tensor  # (B, n)
     d: Tensor  # (B, m)
-    lx: Tensor
-    ux: Tensor
-    ly: Tensor
-    uy: Tensor
-    x_box: "BoxSplit"
+    x_box: "BoxSplit"  # the bounds of X and of Y
     y_box: "BoxSplit"
     noise: float  # (m + n) eps: the relative rounding error of the sums in the ray objectives
 
@@ -179,8 +175,7 @@ def _make_lp_data(problem, B: int) -> _LPData:
     ly, uy = Y.project(like_y - math.inf), Y.project(like_y + math.inf)
     c = problem.g.linear_coefficient(like_x).expand_as(like_x)
     d = problem.h_conj.linear_coefficient(like_y).expand_as(like_y)
-    return _LPData(K, _abs_coupling(K), c, d, lx, ux, ly, uy, box_split(lx, ux), box_split(ly, uy),
-                   (m + n) * torch.finfo(K.dtype).eps)
+    return _LPData(K, _abs_coupling(K), c, d, box_split(lx, ux), box_split(ly, uy), (m + n) * torch.finfo(K.dtype).eps)
 
 
 _ABS_COUPLINGS: dict[int, Bilinear] = {}

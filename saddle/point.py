@@ -13,6 +13,8 @@ from typing import Any, Tuple
 import torch
 from torch import Tensor
 
+from .tree import map_tensors
+
 Point = Tuple[Tensor, ...]
 
 __all__ = ["Point", "as_point", "axpy", "lerp", "sub", "dot", "norm", "all_finite", "where", "column",
@@ -130,12 +132,7 @@ def take_rows(tree: Any, index: Tensor, batch: int) -> Any:
     Tensors of another first dimension (data shared by the batch, such as a ``(1, n)`` scaling) and
     non-tensors are kept: what a solver state holds per instance has the batch first.
     """
-    if isinstance(tree, Tensor):
-        return tree.index_select(0, index) if tree.dim() and tree.shape[0] == batch else tree
-    if isinstance(tree, tuple):
-        items = [take_rows(t, index, batch) for t in tree]
-        return type(tree)(*items) if hasattr(tree, "_fields") else tuple(items)
-    return tree
+    return map_tensors(tree, lambda t: t.index_select(0, index) if t.dim() and t.shape[0] == batch else t)
 
 
 def put_rows(full: Any, index: Tensor, part: Any, batch: int) -> Any:

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .coupling import Bilinear, Coupling, SmoothCoupling
 from .operator import MixedProducts, Operator, SaddleOperator, _check_vector, spectral_norm
-from .point import Point, as_point, column, descend
+from .point import Point, as_point, descend
 from .selection import Selection, as_selection, select_function, take
 from .sets import ConstraintSet, Product, Reals
 from .terms import Linear, Quadratic, Term, Zero

@@ -51,7 +51,7 @@ from numbers import Real
 import torch
 from torch import Tensor
 
-from .point import column, descend
+from .point import descend
 from .selection import as_selection, check_selectable, replace, take
 
 __all__ = ["ConstraintSet", "Reals", "Box", "Ball", "Simplex", "Product", "CappedSimplex", "ChiSquareBall", "Permutahedron"]

@@ -28,7 +28,7 @@ LP_BUDGET = 27
 
 
 def linprog_operations(name: str, iterations: int, **options) -> tuple[float, float]:
-    """``(operations, product operations)`` per iteration of ``saddle.linprog`` on a netlib LP run for ``iterations``."""
+    """``(operations, product operations)`` per iteration of ``saddle.linprog`` on a netlib LP, ``iterations`` long."""
     with np.load(DATA / f"{name}.npz") as d:
         lp = {k: d[k] for k in d.files}
     counter = OperationCounter()

@@ -233,7 +233,8 @@ class HalpernPDHG(PrimalDualScheme):
         tau, sigma = diagonal_steps(eta, omega, *scales)
         return HalpernState(
             Kx=Kx, Kty=Kty, anchor_x=x, anchor_y=y, anchor_Kx=Kx, anchor_Kty=Kty, output_x=x, output_y=y,
-            step_size=eta, primal_weight=omega, primal_step=tau, dual_step=sigma, weight_error_sum=zeros, weight_last_error=zeros,
+            step_size=eta, primal_weight=omega, primal_step=tau, dual_step=sigma,
+            weight_error_sum=zeros, weight_last_error=zeros,
             best_primal_weight=omega, best_balance=infinite(B, zeros), initial_primal_weight=omega,
             restart_error=infinite(B, zeros), previous_restart_error=infinite(B, zeros),
             last_error=infinite(B, zeros), inner=zeros.unsqueeze(-1), restarts=counts,

@@ -364,7 +364,8 @@ class PrimalDualScheme(Solver):
         """
         found = state.detected
         return {"dual_ray": found.dual_ray, "primal_ray": found.primal_ray,
-                "infeasible": found.status == int(Status.INFEASIBLE), "unbounded": found.status == int(Status.UNBOUNDED)}
+                "infeasible": found.status == int(Status.INFEASIBLE),
+                "unbounded": found.status == int(Status.UNBOUNDED)}
 
 
 def certificate_due(check: int) -> bool:
