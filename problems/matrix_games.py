@@ -5,6 +5,10 @@ The value and an equilibrium come from HiGHS solving the game's LP through
 each instance the first time ``problem.reference`` is read. Named games have
 closed-form equilibria. Von Neumann's minimax theorem (von Neumann 1928) gives
 the value; the entropic geometry is that of mirror-prox (Nemirovski 2004).
+
+`as_linear_program` turns a batch of games into their LP form (`MatrixGameLP`),
+which PDHG's schemes solve with clamps instead of projections onto simplices,
+stopping on the game's duality gap.
 """
 
 from __future__ import annotations
@@ -12,14 +16,16 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 
-from saddle import BilinearProblem, Reference, Simplex
+from saddle import BilinearProblem, LinearProgram, Reference, Simplex
+from saddle.terms import Zero
 
 from . import register
 from .batch import Batch, check_positive_int, make_batch
 from .reference import matrix_game_lp
 
-__all__ = ["matrix_game", "rock_paper_scissors", "matching_pennies"]
+__all__ = ["matrix_game", "rock_paper_scissors", "matching_pennies", "MatrixGameLP", "as_linear_program"]
 
 
 def _check_geometry(geometry: str) -> str:
@@ -122,3 +128,125 @@ def matching_pennies(*, geometry: str = "euclidean", batch_size: int = 1, seed: 
     """Matching pennies, ``A = [[1, -1], [-1, 1]]``: value 0, unique equilibrium (1/2, 1/2) for both."""
     return _named([[1.0, -1.0], [-1.0, 1.0]], make_batch(batch_size, seed, device, dtype), geometry,
                   "matching_pennies")
+
+
+class MatrixGameLP(LinearProgram):
+    """The LP form of a batch of matrix games ``min_{x in simplex} max_{y in simplex} x^T A y``.
+
+    ``min_{x >= 0, v} v  s.t.  1^T x = 1,  A^T x <= v 1``, whose Lagrangian
+
+        ``min_{x >= 0, v} max_{w, y >= 0}  v + w (1^T x - 1) + <y, A^T x - v 1>``
+
+    is the game with the simplices' equalities dualized: the LP's primal is the minimizing
+    player's strategy x and the value v, its dual the maximizing player's strategy y and
+    ``w = -value``; both players' LPs in one. As a `LinearProgram` the blocks are
+    ``(x, v)`` ``(B, n + 1)`` and ``(w, y)`` ``(B, m + 1)`` (the equality row first), with
+    ``K = [[1^T, 0], [A^T, -1]]`` ``(B, m + 1, n + 1)``, ``c = (0, 1)`` and ``d = (1, 0)``:
+    every prox step is a clamp, where the game form projects onto simplices (sorts).
+
+    Use `as_linear_program` to make one from a game. `strategies` maps an LP point to the
+    game's (clipped to the nonnegative orthant and normalized), and `duality_gap` is the game's
+    duality gap there, ``max_j (A^T x)_j - min_i (A y)_i``, so ``solve(lp, ..., measure="gap")``
+    stops on the game's gap; the LP's relative KKT error stays available as ``"kkt"``. (The LP's
+    own saddle gap is +inf off its feasible set: what `duality_gap` reports is the game's.)
+
+    Args:
+        A: the payoffs ``(B, n, m)`` (x pays ``x^T A y`` to y).
+        x0: the minimizing player's starting strategy ``(B, n)`` (or ``(1, n)``).
+        y0: the maximizing player's starting strategy ``(B, m)`` (or ``(1, m)``); the LP starts at
+            ``((x0, v0), (w0, y0))`` with ``v0 = max_j (A^T x0)_j`` and ``w0 = -min_i (A y0)_i``.
+        **kwargs: `saddle.BilinearProblem`'s (``name``, ``reference``, ...).
+    """
+
+    def __init__(self, A: Tensor, x0: Tensor, y0: Tensor, **kwargs):
+        self.game_shape = tuple(A.shape[1:])
+        c, K, d, lo = _lp_data(A)
+        start = _lp_start(A, x0.to(A).expand(A.shape[0], -1), y0.to(A).expand(A.shape[0], -1))
+        super().__init__(c, K, d, 1, lo, torch.full_like(lo, math.inf), x0=start[0], y0=start[1], **kwargs)
+
+    def strategies(self, z) -> tuple[Tensor, Tensor]:
+        """The players' strategies ``(B, n)``, ``(B, m)`` at the LP point ``z = ((x, v), (w, y))``.
+
+        ``x_+ / 1^T x_+`` (uniform where ``x_+ = 0``), and likewise y. At a solution of the LP they
+        are an equilibrium of the game; near one, near an equilibrium (see `duality_gap`).
+        """
+        n, _ = self.game_shape
+        return _normalized(z[0][:, :n]), _normalized(z[1][:, 1:])
+
+    def duality_gap(self, z) -> Tensor:
+        """The game's duality gap ``max_j (A^T x)_j - min_i (A y)_i`` ``(B,)`` at `strategies` ``(x, y)``.
+
+        Two products with K (``K (x, 0)`` has ``A^T x`` in its rows after the first, ``K^T (0, y)``
+        ``A y`` in its first n entries).
+        """
+        x, y = self.strategies(z)
+        n, _ = self.game_shape
+        Atx = self.coupling.mv(torch.nn.functional.pad(x, (0, 1)))[:, 1:]
+        Ay = self.coupling.rmv(torch.nn.functional.pad(y, (1, 0)))[:, :n]
+        return Atx.amax(-1) - Ay.amin(-1)
+
+
+def _lp_data(A: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(c (B, n + 1), K (B, m + 1, n + 1), d (B, m + 1), lo (1, n + 1))``: the LP form of payoffs A ``(B, n, m)``.
+
+    ``K = [[1^T, 0], [A^T, -1]]``, ``c = (0, 1)``, ``d = (1, 0)``, ``lo = (0, -inf)`` (the upper bounds are +inf).
+    """
+    B, n, m = A.shape
+    top = torch.cat([A.new_ones(B, 1, n), A.new_zeros(B, 1, 1)], -1)
+    K = torch.cat([top, torch.cat([A.mT, -A.new_ones(B, m, 1)], -1)], 1)
+    c = torch.cat([A.new_zeros(B, n), A.new_ones(B, 1)], -1)
+    d = torch.cat([A.new_ones(B, 1), A.new_zeros(B, m)], -1)
+    lo = torch.cat([A.new_zeros(1, n), A.new_full((1, 1), -math.inf)], -1)
+    return c, K, d, lo
+
+
+def _lp_start(A: Tensor, x0: Tensor, y0: Tensor) -> tuple[Tensor, Tensor]:
+    """The LP point ``((x0, v0), (w0, y0))`` of the strategies x0 ``(B, n)``, y0 ``(B, m)``.
+
+    ``v0 = max_j (A^T x0)_j``, the least v with ``A^T x0 <= v 1``, and ``w0 = -min_i (A y0)_i``, minus the
+    value y0 guarantees (at an equilibrium both are the game's value, ``w = -v``).
+    """
+    upper = (A * x0.unsqueeze(-1)).sum(1).amax(-1, keepdim=True)
+    lower = (A * y0.unsqueeze(1)).sum(-1).amin(-1, keepdim=True)
+    return torch.cat([x0, upper], -1), torch.cat([-lower, y0], -1)
+
+
+def _reference_of_lp_form(game: BilinearProblem) -> Reference | None:
+    """The game's reference as the LP's: the solution ``((x*, v*), (-v*, y*))`` and the value v*."""
+    ref = game.reference
+    if ref is None or ref.solution is None or ref.value is None:
+        return None
+    x, y = ref.solution
+    v = ref.value.to(x).expand(x.shape[0]).unsqueeze(-1)
+    return ref._replace(solution=(torch.cat([x, v], -1), torch.cat([-v, y], -1)))
+
+
+def _normalized(u: Tensor) -> Tensor:
+    """``u_+ / 1^T u_+`` ``(B, k)``, the uniform strategy where ``u_+ = 0``."""
+    u = u.clamp_min(0)
+    total = u.sum(-1, keepdim=True)
+    return torch.where(total > 0, u / total.clamp_min(torch.finfo(u.dtype).tiny), 1.0 / u.shape[-1])
+
+
+def as_linear_program(game: BilinearProblem, **kwargs) -> MatrixGameLP:
+    """The LP form (`MatrixGameLP`) of a batch of matrix games, started at the game's start.
+
+    Args:
+        game: a `BilinearProblem` ``min_{x in simplex} max_{y in simplex} <K x, y>`` (no other
+            terms; either geometry), such as `matrix_game`'s: its payoff is ``A = K^T`` ``(B, n, m)``.
+        **kwargs: passed to `MatrixGameLP` (e.g. ``name``; the reference is the game's, computed when
+            first read, as ``((x*, v*), (-v*, y*))`` with the value v*).
+
+    ``solve(as_linear_program(game), "r2hpdhg", measure="gap")`` solves the games to the game's duality
+    gap; ``lp.strategies(solution.z)`` are the strategies, a point of ``game``.
+    """
+    X, Y = game.domain
+    if not (isinstance(X, Simplex) and isinstance(Y, Simplex)):
+        raise ValueError(f"as_linear_program needs a game on two simplices, got {type(X).__name__} x "
+                         f"{type(Y).__name__}")
+    if not (isinstance(game.g, Zero) and isinstance(game.h_conj, Zero)) or game.coupling.sparse:
+        raise ValueError("as_linear_program needs a bilinear game <K x, y> with a dense K and no other terms")
+    A = game.K.mT.expand(game.batch_size, -1, -1)
+    kwargs.setdefault("name", f"{game.name} as an LP")
+    kwargs.setdefault("reference", lambda: _reference_of_lp_form(game))
+    return MatrixGameLP(A, game.z0[0], game.z0[1], **kwargs)

@@ -47,7 +47,7 @@ DIGEST_SIZE = 16
 
 #: Attributes filled lazily by problems, couplings, terms and operators: not part of their data.
 CACHES = frozenset({"_reference", "_lipschitz", "_mu", "_f_operator", "_phi", "_norm", "_cholesky",
-                    "_largest_eigenvalue"})
+                    "_largest_eigenvalue", "_transpose"})
 
 _CONSTANTS = (type(None), bool, int, float, complex, str, bytes, enum.Enum)
 

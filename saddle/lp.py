@@ -10,27 +10,32 @@ linear terms on boxes, which `saddle.PDHG` solves (preconditioned, restarted,
 with adaptive steps and infeasibility detection). Convergence is measured by
 the relative KKT error of PDLP (`LinearProgram.kkt`).
 
-Precision: LPs are solved in float64 (default) or float32. float16 and
-bfloat16 are refused: with 11- and 8-bit significands every product is off
-by up to 5e-4 and 4e-3 (relative), three orders of magnitude above LP
-tolerances, and such a solve reported success at points violating a
-constraint by 1.6e-2. A float32 solve is re-checked in float64 at the point
-it returns, against the float64 data, and reports status 4 where it misses
-``tol`` there.
+Precision (``precision=``): the iterations run in float64 (``"double"``, the default), in float32
+checked in float64 (``"single"``), or in float32 and then in float64 from where float32 stopped
+(``"mixed"``). float16 and bfloat16 are refused: with 11- and 8-bit significands every product is
+off by up to 5e-4 and 4e-3 (relative), three orders of magnitude above LP tolerances, and such a
+solve reported success at points violating a constraint by 1.6e-2. Whatever float32 finds (an
+optimum, a certificate) is re-checked in float64 at the point it returns, against the float64
+data: a ``"single"`` solve reports status 4 where it fails there, a ``"mixed"`` one goes on in
+float64.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .lp_certificates import box_split, split_by_bounds
+from .lp_certificates import box_split, split_by_bounds, verify_dual_ray, verify_primal_ray
 from .lp_presolve import Presolved, embed, postsolve, presolve
+from .point import put_rows, take_rows, to_dtype
 from .problem import BilinearProblem
 from .selection import take
 from .sets import Box
@@ -39,7 +44,8 @@ from .solve import _tolerance, solve
 from .solvers.base import get_solver
 from .terms import Linear
 
-__all__ = ["LinearProgram", "LinprogResult", "linprog", "DEFAULT_METHOD", "DEFAULT_TIME_LIMIT", "METHODS"]
+__all__ = ["LinearProgram", "LinprogPhase", "LinprogResult", "linprog", "DEFAULT_METHOD", "DEFAULT_PRECISION",
+           "DEFAULT_TIME_LIMIT", "METHODS", "MIXED_PROGRESS", "MIXED_SEGMENT", "MIXED_SWITCH_TOL", "PRECISIONS"]
 
 #: The solvers `linprog` offers (``method=``).
 METHODS = ("pdhg", "r2hpdhg")
@@ -52,6 +58,26 @@ DEFAULT_METHOD = "r2hpdhg"
 #: limit, as in PDLP: a fixed count (the former 100 000) stopped netlib LPs that converge in
 #: 107 000-189 000 iterations, and the iterations an LP needs do not follow from its size.
 DEFAULT_TIME_LIMIT = 3600.0
+#: The precisions `linprog` offers (``precision=``): float64 iterations; float32 iterations checked
+#: in float64; float32 iterations, then float64 ones from where float32 stopped.
+PRECISIONS = ("double", "single", "mixed")
+#: `linprog`'s precision when neither ``precision`` nor ``dtype=torch.float32`` is given. float64:
+#: on the CPU a float32 iteration of a small sparse LP costs what a float64 one does, and float32
+#: stalled or drifted on 6 of 10 small netlib LPs before 1e-5; ``"mixed"`` paid on the dense
+#: batch of 256 games only (docs/linear_programs.md, "Precision").
+DEFAULT_PRECISION = "double"
+#: The relative KKT error a ``"mixed"`` solve asks of its float32 iterations (``max(tol, this)``)
+#: before it goes on in float64. float32 met 1e-5 in float64 on 252 of 256 random 50 x 50 games
+#: (1e-6: 239) and on 4 of the 10 smallest netlib LPs (1e-4: 9); with 1e-4 or 1e-6 here the mixed
+#: solves were no faster overall (benchmarks/mixed_precision.py).
+MIXED_SWITCH_TOL = 1e-5
+#: Iterations of the first float32 segment of a ``"mixed"`` solve; each next segment is twice as long.
+MIXED_SEGMENT = 1024
+#: A ``"mixed"`` solve runs the next float32 segment of an instance only where the last one brought
+#: its best relative KKT error below this fraction of the best before it; elsewhere it goes on in
+#: float64 (float32 can drift: on KB2 it never got below 3e-2, where float64 meets 1e-4 in 14 000
+#: iterations).
+MIXED_PROGRESS = 0.5
 
 
 class LinearProgram(BilinearProblem):
@@ -144,6 +170,27 @@ class LinearProgram(BilinearProblem):
 
 
 @dataclass
+class LinprogPhase:
+    """The iterations of one precision of a `linprog` solve (`LinprogResult.phases`).
+
+    Attributes:
+        dtype: the dtype the iterations ran in.
+        nit: iterations in this dtype, ``()`` for one LP or ``(B,)``; 0 where an instance ran none.
+        matvecs: products with K or K^T in this dtype (2 per iteration, plus 2 at each start).
+        seconds: wall time of this phase, for the whole batch.
+        solutions: the `saddle.Solution` of each solve of this phase (the float32 segments of a
+            ``"mixed"`` solve, or one solve), for the whole batch: an instance this phase did not
+            run stopped at once there (its tolerance was inf), and counts nothing here.
+    """
+
+    dtype: torch.dtype
+    nit: Tensor
+    matvecs: Tensor
+    seconds: float
+    solutions: list[Solution]
+
+
+@dataclass
 class LinprogResult:
     """What `linprog` returns (scipy.optimize.OptimizeResult's names where they exist).
 
@@ -153,11 +200,12 @@ class LinprogResult:
         status: scipy's codes: 0 solved, 1 a limit (iterations, time, or stopped by
             the callback), 2 infeasible (a certificate, or crossed bounds), 3
             unbounded (a certificate), 4 numerical difficulties (a non-finite
-            iterate, or a float32 solve whose KKT error in float64 misses tol).
+            iterate, or a ``precision="single"`` solve whose KKT error or
+            certificate fails in float64).
         success: ``status == 0``.
         message: a sentence per status (a list for a batch).
-        nit: iterations.
-        matvecs: products with K or K^T (2 per PDHG iteration, plus the start).
+        nit: iterations, in all precisions (the sum of the ``phases``' ``nit``).
+        matvecs: products with K or K^T (2 per PDHG iteration, plus 2 at each start), in all precisions.
         primal_residual: relative primal residual (see `LinearProgram.kkt`);
             it, ``dual_residual``, ``gap`` and ``fun`` are computed in float64
             at x on the float64 data, whatever the solve's dtype.
@@ -171,7 +219,10 @@ class LinprogResult:
             zeros elsewhere, and where the bounds themselves cross (x is NaN there).
         primal_ray: where ``status == 3``, a unit ray s of the feasible set's
             recession cone with ``c^T s < 0``, proving unboundedness; zeros elsewhere.
-        solution: the underlying `saddle.Solution`.
+        solution: the underlying `saddle.Solution` (float64; for a solve in several parts, the
+            parts put together: its ``history`` is then empty, see ``phases``).
+        phases: a `LinprogPhase` per dtype the iterations ran in, in order (float32 then float64
+            for a ``"mixed"`` solve); empty when the presolve solved the LP.
     """
 
     x: Tensor
@@ -189,6 +240,7 @@ class LinprogResult:
     dual_ray: Tensor
     primal_ray: Tensor
     solution: Solution
+    phases: tuple[LinprogPhase, ...] = ()
 
 
 _SCIPY_STATUS = {Status.CONVERGED: 0, Status.MAX_ITERS: 1, Status.BUDGET_EXHAUSTED: 1, Status.STOPPED: 1,
@@ -203,8 +255,10 @@ _MESSAGES = {Status.CONVERGED: "Optimization terminated successfully (relative K
              Status.UNBOUNDED: "The problem is unbounded (a certificate of dual infeasibility was found).",
              Status.DIVERGED: "Numerical difficulties: an iterate became non-finite.",
              Status.PRECISION_LOSS: "Numerical difficulties: {dtype} cannot resolve tol (the relative KKT error "
-                                    "met it in {dtype} but not in float64, or stalled above it); in float64 at x it "
-                                    "is {error:.1e}, tol = {tol:.1e}: solve in torch.float64 or raise tol."}
+                                    "met it in {dtype} but not in float64, or stalled above it, or a certificate "
+                                    "found in {dtype} failed in float64); in float64 at x the KKT error is "
+                                    "{error:.1e}, tol = {tol:.1e}: solve with precision='mixed' or 'double', "
+                                    "or raise tol."}
 _CROSSED_MESSAGE = "The problem is infeasible: a lower bound exceeds its upper bound."
 _PRESOLVE_MESSAGES = {
     (Status.INFEASIBLE, True): "The problem is infeasible: a constraint without variables is violated (presolve).",
@@ -479,9 +533,14 @@ def _standard_form(c, A_ub, b_ub, A_eq, b_eq, bounds, device) -> _StandardForm:
     return _StandardForm(c_t, K, torch.cat(rhs, -1), rows["A_eq"], rows["A_ub"], lo, hi)
 
 
-def _check_linprog_options(method, progress, callback, warm_start, x0) -> None:
+def _check_linprog_options(method, progress, callback, warm_start, x0, max_iters, time_limit) -> None:
     if method not in METHODS:
         raise ValueError(f"method must be {' or '.join(map(repr, METHODS))}, got {method!r}")
+    if max_iters is not None and (isinstance(max_iters, bool) or not isinstance(max_iters, Integral) or max_iters < 0):
+        raise ValueError(f"max_iters must be a non-negative integer or None (no limit), got {max_iters!r}")
+    if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, Real)
+                                   or not time_limit > 0):
+        raise ValueError(f"time_limit must be None or a positive number of seconds, got {time_limit!r}")
     if not isinstance(progress, bool):
         raise TypeError(f"progress must be True or False, got {progress!r}")
     if callback is not None and not callable(callback):
@@ -493,10 +552,21 @@ def _check_linprog_options(method, progress, callback, warm_start, x0) -> None:
         raise ValueError("give x0 or warm_start, not both (a warm start starts from its own point)")
 
 
+def _precision(precision, dtype: torch.dtype) -> str:
+    """The precision a `linprog` call iterates in: ``precision``, else ``"single"`` for a float32 ``dtype`` (what
+    ``dtype=torch.float32`` always meant), else `DEFAULT_PRECISION`."""
+    if precision is None:
+        return "single" if dtype == torch.float32 else DEFAULT_PRECISION
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"precision must be None or one of {', '.join(map(repr, PRECISIONS))} (float64 iterations; "
+                         f"float32 ones checked in float64; float32 ones finished in float64), got {precision!r}")
+    return precision
+
+
 def linprog(c, A_ub=None, b_ub=None, A_eq=None, b_eq=None, bounds=(0, None), *, method: str | None = None,
             tol: float = 1e-8, max_iters: int | None = None, time_limit: float | None = DEFAULT_TIME_LIMIT,
-            check_every: int = 64, device=None, dtype: torch.dtype = torch.float64, x0=None,
-            warm_start: LinprogResult | None = None, callback=None, progress: bool = False,
+            check_every: int = 64, device=None, dtype: torch.dtype = torch.float64, precision: str | None = None,
+            x0=None, warm_start: LinprogResult | None = None, callback=None, progress: bool = False,
             **settings) -> LinprogResult:
     """Solve one LP or a batch of LPs of equal shape by a restarted PDHG; the arguments mean what they mean in scipy.
 
@@ -524,23 +594,36 @@ def linprog(c, A_ub=None, b_ub=None, A_eq=None, b_eq=None, bounds=(0, None), *, 
             Halpern PDHG with reflection); default `DEFAULT_METHOD`.
         tol: relative KKT tolerance (primal residual, dual residual and gap,
             each relative, as PDLP: 1e-4 is moderate, 1e-8 high accuracy).
-        max_iters: iteration limit; None (default): none, as PDLP (the time limit bounds the solve).
-        time_limit: seconds of wall time (checked every ``check_every`` iterations); None: none.
-            Default `DEFAULT_TIME_LIMIT`, cuPDLPx's 3600 s. Reaching it is status 1.
+        max_iters: iteration limit, in all precisions together; None (default): none, as PDLP (the
+            time limit bounds the solve). In a batch, a ``"mixed"`` solve's float64 part gets what
+            is left to the instance that took the most float32 iterations.
+        time_limit: seconds of wall time of the call (checked every ``check_every`` iterations);
+            None: none. Default `DEFAULT_TIME_LIMIT`, cuPDLPx's 3600 s. Reaching it is status 1.
         check_every: iterations between convergence checks (a fixed cadence: the KKT error of a
             PDHG scheme is not monotone, and checks growing apart would miss its dips).
         device: torch device; default: the device of the tensor arguments
             (which must agree), else the CPU. Given, every input is moved there.
-        dtype: ``torch.float64`` (default) or ``torch.float32``; float16 and
-            bfloat16 are refused (their significands cannot meet LP
-            tolerances). A float32 solve is verified in float64 at the
-            returned point: where the KKT error there exceeds tol, the status
-            is 4 (numerical difficulties) instead of 0.
+        dtype: the dtype of the result, ``torch.float64`` (default) or ``torch.float32``; float16
+            and bfloat16 are refused (their significands cannot meet LP tolerances). Without
+            ``precision``, ``torch.float32`` also means ``precision="single"``.
+        precision: the dtype of the iterations, one of `PRECISIONS` (None: `DEFAULT_PRECISION`, or
+            ``"single"`` for a float32 ``dtype``). ``"double"``: float64. ``"single"``: float32,
+            every outcome verified in float64 at the returned point on the float64 data; where the
+            KKT error there exceeds tol, or a certificate fails its verification, the status is 4
+            (numerical difficulties). ``"mixed"``: float32 to a relative KKT error of
+            ``max(tol, MIXED_SWITCH_TOL)`` (verified in float64), in segments of `MIXED_SEGMENT`
+            iterations and twice as many after each, then float64 from the float32 point, step
+            size and primal weight to tol. An instance goes on in float64 as soon as float32
+            makes too little progress (`MIXED_PROGRESS`), stalls at its floor, or finds a
+            certificate that fails in float64. ``nit`` and ``matvecs`` count both parts
+            (``phases`` splits them). It paid on a dense batch of games, not on small sparse LPs
+            (docs/linear_programs.md, "Precision").
         x0: a primal start ``(n,)`` or ``(B, n)``.
         warm_start: the `LinprogResult` of an LP of the same shape (e.g. the same LP with slightly
             different c or b), solved with the same method: the solve starts from its primal and
             dual point, step size and primal weight (`saddle.Solver.warm_state`).
-        callback: passed to `saddle.solve`.
+        callback: passed to `saddle.solve` (of each part of a ``"mixed"`` solve: its ``Progress``
+            counts that part's iterations).
         progress: show a progress bar.
         **settings: settings of the method's solver (`saddle.PDHG` for ``"pdhg"``:
             ``restarts=False``, ``precondition=False``, ``restart_measure="kkt"``, ...).
@@ -557,9 +640,11 @@ def linprog(c, A_ub=None, b_ub=None, A_eq=None, b_eq=None, bounds=(0, None), *, 
     optimal, infeasible (a verified certificate), unbounded (likewise) or at a limit; a non-finite
     iterate, which should not happen, is status 4.
     """
+    budget = _Budget(max_iters, time_limit)
     method = DEFAULT_METHOD if method is None else method
-    _check_linprog_options(method, progress, callback, warm_start, x0)
+    _check_linprog_options(method, progress, callback, warm_start, x0, max_iters, time_limit)
     _check_dtype(dtype)
+    precision = _precision(precision, dtype)
     solver = get_solver(method, **settings)
     device = _solve_device(device, dict(c=c, A_ub=A_ub, b_ub=b_ub, A_eq=A_eq, b_eq=b_eq, bounds=bounds, x0=x0))
     lp64 = _standard_form(c, A_ub, b_ub, A_eq, b_eq, bounds, device)
@@ -575,22 +660,205 @@ def linprog(c, A_ub=None, b_ub=None, A_eq=None, b_eq=None, bounds=(0, None), *, 
     tol_t = _tolerance(tol, B, device, torch.float64)
     pre = presolve(lp64.c, lp64.K, lp64.d, lp64.n_eq, lp64.lo, lp64.hi)
     if pre.empty:
-        sol = _presolved_solution(B, device, dtype, solver)
-        problem = None
+        sol, problem, phases = _presolved_solution(B, device, torch.float64, solver), None, ()
     else:
         reduced = _StandardForm(pre.c, pre.K, pre.d, pre.n_eq, lp64.m_ub, pre.lo, pre.hi)
-        lp = reduced.to(dtype)
-        problem = LinearProgram(lp.c, lp.K, lp.d, lp.n_eq, lp.lo, lp.hi,
-                                x0=None if x0_t is None else x0_t[:, pre.cols].to(dtype),
-                                **_reference_scales(lp64, pre, B),
-                                name=f"linear program (m={lp.d.shape[1]}, n={lp.c.shape[1]})")
-        sol = solve(problem, solver, tol=torch.where(crossed, math.inf, tol_t), measure="kkt",
-                    max_iters=max_iters, time_limit=time_limit, check_every=check_every, check_growth=0,
-                    callback=callback,
-                    progress=progress, divergence_factor=math.inf,
-                    warm_start=None if warm_start is None else warm_start.solution)
+        problems = {dt: _reduced_program(reduced, x0_t, lp64, pre, dt)
+                    for dt in ((torch.float64,) if precision == "double" else (torch.float32, torch.float64))}
+        problem = problems[torch.float64]
+        parts = _Parts(solver, budget, dict(check_every=check_every, callback=callback, progress=progress))
+        tol_t = torch.where(crossed, math.inf, tol_t)
+        warm = None if warm_start is None else warm_start.solution
+        _SOLVES[precision](parts, problems, tol_t, warm)
+        sol, phases = parts.total, parts.phases()
     single = _costs(c, device)[1]
-    return _result(sol, problem, lp64, pre, solver, crossed, tol_t, single)
+    return _result(sol, problem, lp64, pre, solver, crossed, tol_t, single, dtype,
+                   torch.float64 if precision == "double" else torch.float32, phases)
+
+
+def _reduced_program(reduced: _StandardForm, x0: Tensor | None, lp64: _StandardForm, pre: Presolved,
+                     dtype: torch.dtype) -> LinearProgram:
+    """The presolved LP ``reduced`` (float64) as a `LinearProgram` in ``dtype``, from ``x0`` ``(B, n)`` (original
+    variables) if given, with the original LP's KKT scales (`_reference_scales`)."""
+    lp = reduced.to(dtype)
+    return LinearProgram(lp.c, lp.K, lp.d, lp.n_eq, lp.lo, lp.hi, x0=None if x0 is None else x0[:, pre.cols].to(dtype),
+                         **_reference_scales(lp64, pre, lp64.c.shape[0]),
+                         name=f"linear program (m={lp.d.shape[1]}, n={lp.c.shape[1]})")
+
+
+class _Budget:
+    """What is left of `linprog`'s ``max_iters`` and ``time_limit`` (``None``: no limit), shared by the parts of a
+    solve; the clock starts when it is made."""
+
+    def __init__(self, max_iters: int | None, time_limit: float | None):
+        self.max_iters, self.time_limit, self.start = max_iters, time_limit, time.perf_counter()
+
+    def iterations(self, used: Tensor, running: Tensor) -> int | None:
+        """Iterations left to the ``running`` instances ``(B,)`` bool, which have run ``used`` ``(B,)``: what the one
+        that ran the most may still run (a part of a solve steps every instance it runs as often)."""
+        if self.max_iters is None:
+            return None
+        return max(0, self.max_iters - int(used[running].max()))
+
+    def seconds(self) -> float | None:
+        """Seconds left (may be 0 or less)."""
+        return None if self.time_limit is None else self.time_limit - (time.perf_counter() - self.start)
+
+    def spent(self, used: Tensor, running: Tensor) -> Status | None:
+        """`Status.TIME_LIMIT` or `Status.MAX_ITERS` if nothing is left for the ``running`` instances, else None."""
+        seconds = self.seconds()
+        if seconds is not None and seconds <= 0:
+            return Status.TIME_LIMIT
+        return Status.MAX_ITERS if self.iterations(used, running) == 0 else None
+
+
+class _Parts:
+    """The solves of one `linprog` call (in float32 and float64) and their sum, ``total``: a float64 `Solution`
+    of the whole batch whose counts add up over the parts."""
+
+    def __init__(self, solver, budget: _Budget, options: dict):
+        self.solver, self.budget, self.options = solver, budget, options
+        self.total: Solution | None = None
+        self.runs: list[tuple[Solution, Tensor, float]] = []  # (solution, instances it ran (B,), seconds)
+
+    def run(self, problem: LinearProgram, tol: Tensor, running: Tensor, max_iters: int | None,
+            warm: Solution | None) -> Solution:
+        """Solve ``problem`` from ``warm`` (a `Solution` in any dtype, or None) on the instances ``running`` ``(B,)``
+        bool to ``tol`` ``(B,)`` (the others stop at once: their tolerance is inf), at most ``max_iters``
+        iterations and the seconds left; the result of ``running`` is added to ``total``."""
+        start = time.perf_counter()
+        seconds = self.budget.seconds()
+        sol = solve(problem, self.solver, tol=torch.where(running, tol, math.inf), measure="kkt", max_iters=max_iters,
+                    time_limit=None if seconds is None else max(seconds, 1e-9), check_growth=0,
+                    divergence_factor=math.inf, warm_start=None if warm is None else _in_dtype(warm, problem.dtype),
+                    **self.options)
+        self.runs.append((sol, running, time.perf_counter() - start))
+        self.total = _merge(self.total, sol, running)
+        return sol
+
+    def phases(self) -> tuple[LinprogPhase, ...]:
+        """The `LinprogPhase` of each dtype the solves ran in, in order."""
+        phases: dict[torch.dtype, LinprogPhase] = {}
+        for sol, ran, seconds in self.runs:
+            dtype = sol.z[0].dtype
+            nit, calls = sol.iterations * ran, sol.operator_calls * ran
+            if dtype not in phases:
+                phases[dtype] = LinprogPhase(dtype, nit * 0, calls * 0, 0.0, [])
+            phase = phases[dtype]
+            phase.nit, phase.matvecs = phase.nit + nit, phase.matvecs + 2 * calls
+            phase.seconds += seconds
+            phase.solutions.append(sol)
+        return tuple(phases.values())
+
+
+def _in_dtype(sol: Solution, dtype: torch.dtype) -> Solution:
+    """``sol`` with its point and solver state in ``dtype`` (a warm start for a solve in that dtype)."""
+    if sol.z[0].dtype == dtype:
+        return sol
+    return dataclasses.replace(sol, z=to_dtype(sol.z, dtype), state=to_dtype(sol.state, dtype))
+
+
+def _merge(total: Solution | None, sol: Solution, ran: Tensor) -> Solution:
+    """``total`` (float64; None before the first solve) with ``sol``'s point, state, status and measures at the
+    instances ``ran`` ``(B,)`` bool, and their iterations and operator calls added to ``total``'s."""
+    sol = _in_dtype(sol, torch.float64)
+    sol = dataclasses.replace(sol, residual=sol.residual.double(), gap=None if sol.gap is None else sol.gap.double())
+    if total is None:
+        return dataclasses.replace(sol, iterations=sol.iterations * ran, operator_calls=sol.operator_calls * ran)
+    index, B = ran.nonzero().squeeze(-1), ran.shape[0]
+    z, state = put_rows((total.z, total.state), index, take_rows((sol.z, sol.state), index, B), B)
+
+    def pick(new: Tensor | None, old: Tensor | None) -> Tensor | None:
+        return None if new is None or old is None else torch.where(ran, new, old)
+
+    return Solution(z=z, status=pick(sol.status, total.status), iterations=total.iterations + sol.iterations * ran,
+                    operator_calls=total.operator_calls + sol.operator_calls * ran,
+                    residual=pick(sol.residual, total.residual), gap=pick(sol.gap, total.gap), state=state,
+                    solver=sol.solver, wall_time=total.wall_time + sol.wall_time)
+
+
+def _holds_in_float64(sol: Solution, problem: LinearProgram, tol: Tensor, solver) -> Tensor:
+    """``(B,)`` bool: whether the outcome ``sol`` claims (float64, from float32 iterations) holds on the float64 LP
+    ``problem``: a relative KKT error at most ``tol`` ``(B,)`` where it converged, a certificate that passes its
+    verification (`saddle.lp_certificates`) where it found one; False elsewhere."""
+    error = _kkt_error(problem.kkt(sol.z))
+    cert = solver.certificates(problem, sol.state)
+    dual = verify_dual_ray(problem, cert["dual_ray"], solver.infeasibility_tol)
+    primal = verify_primal_ray(problem, cert["primal_ray"], solver.infeasibility_tol)
+    return torch.where(sol.status == int(Status.CONVERGED), error <= tol,
+                       torch.where(sol.status == int(Status.INFEASIBLE), dual,
+                                   (sol.status == int(Status.UNBOUNDED)) & primal))
+
+
+def _solve_double(parts: _Parts, problems: dict, tol: Tensor, warm: Solution | None) -> None:
+    """``precision="double"``: float64 iterations."""
+    parts.run(problems[torch.float64], tol, torch.ones_like(tol, dtype=torch.bool), parts.budget.max_iters, warm)
+
+
+def _solve_single(parts: _Parts, problems: dict, tol: Tensor, warm: Solution | None) -> None:
+    """``precision="single"``: float32 iterations; an outcome that fails in float64 becomes `Status.PRECISION_LOSS`."""
+    everything = torch.ones_like(tol, dtype=torch.bool)
+    parts.run(problems[torch.float32], tol, everything, parts.budget.max_iters, warm)
+    total = parts.total
+    claimed = (total.status == int(Status.CONVERGED)) | (total.status == int(Status.INFEASIBLE)) \
+        | (total.status == int(Status.UNBOUNDED))
+    failed = claimed & ~_holds_in_float64(total, problems[torch.float64], tol, parts.solver)
+    total.status = torch.where(failed, int(Status.PRECISION_LOSS), total.status)
+
+
+def _solve_mixed(parts: _Parts, problems: dict, tol: Tensor, warm: Solution | None) -> None:
+    """``precision="mixed"``: float32 segments to ``max(tol, MIXED_SWITCH_TOL)`` while they make progress, then
+    float64 to ``tol`` where the float32 result does not hold in float64 (see `linprog`)."""
+    problem32, problem64 = problems[torch.float32], problems[torch.float64]
+    running = torch.ones_like(tol, dtype=torch.bool)  # instances without a final outcome
+    in_float32 = running.clone()  # those of them whose next segment runs in float32
+    best = None  # (B,) the best relative KKT error so far
+    length = MIXED_SEGMENT
+
+    def used() -> Tensor:  # (B,) iterations so far
+        return torch.zeros_like(tol, dtype=torch.int64) if parts.total is None else parts.total.iterations
+
+    while bool(in_float32.any()) and parts.budget.spent(used(), in_float32) is None:
+        left = parts.budget.iterations(used(), in_float32)
+        sol = parts.run(problem32, tol.clamp_min(MIXED_SWITCH_TOL), in_float32, length if left is None else
+                        min(length, left), warm if parts.total is None else parts.total)
+        running = running & ~(in_float32 & _final(parts.total, problem64, tol, parts.solver, parts.budget))
+        best, progress = _progress(sol, best)
+        in_float32 = in_float32 & running & (sol.status == int(Status.MAX_ITERS)) & progress
+        length *= 2
+    if bool(running.any()):
+        spent = parts.budget.spent(used(), running)
+        if spent is None:
+            parts.run(problem64, tol, running, parts.budget.iterations(used(), running), parts.total)
+        else:
+            parts.total.status = torch.where(running, int(spent), parts.total.status)
+
+
+_SOLVES = {"double": _solve_double, "single": _solve_single, "mixed": _solve_mixed}
+
+
+def _final(total: Solution, problem64: LinearProgram, tol: Tensor, solver, budget: _Budget) -> Tensor:
+    """``(B,)`` bool: where a float32 part of a ``"mixed"`` solve ended for good: an outcome that holds in float64
+    (`_holds_in_float64`), or a limit (time, ``max_iters``, the callback)."""
+    status = total.status
+    limit = (status == int(Status.TIME_LIMIT)) | (status == int(Status.STOPPED)) \
+        | (status == int(Status.BUDGET_EXHAUSTED))
+    if budget.max_iters is not None:
+        limit = limit | ((status == int(Status.MAX_ITERS)) & (total.iterations >= budget.max_iters))
+    return limit | _holds_in_float64(total, problem64, tol, solver)
+
+
+def _progress(sol: Solution, best: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``(best, progress)``: the best relative KKT error ``(B,)`` so far, and whether the segment ``sol`` brought it
+    below `MIXED_PROGRESS` times the best before (``best``; None: the error at the segment's start)."""
+    history = sol.history.get("kkt")
+    if history is None or history.shape[0] < 2:  # no record: no evidence of progress
+        none = torch.zeros_like(sol.status, dtype=torch.bool)
+        return (torch.full_like(sol.status, math.inf, dtype=torch.float64) if best is None else best), none
+    history = history.double().to(sol.status.device)
+    before = history[0] if best is None else best
+    now = history[1:].min(0).values
+    return torch.minimum(before, now), now < MIXED_PROGRESS * before
 
 
 def _reference_scales(lp64: _StandardForm, pre: Presolved, B: int) -> dict:
@@ -613,23 +881,18 @@ def _presolved_solution(B: int, device, dtype: torch.dtype, solver) -> Solution:
 
 
 def _result(sol: Solution, problem: LinearProgram | None, lp64: _StandardForm, pre: Presolved, solver,
-            crossed: Tensor, tol: Tensor, single: bool) -> LinprogResult:
-    """The `LinprogResult` of a solve of the presolved LP, in the user's coordinates (float64 KKT errors).
+            crossed: Tensor, tol: Tensor, single: bool, dtype: torch.dtype, iterated: torch.dtype,
+            phases: tuple[LinprogPhase, ...]) -> LinprogResult:
+    """The `LinprogResult` in ``dtype`` of a float64 solve ``sol`` of the presolved LP ``problem`` (float64), in the
+    user's coordinates (float64 KKT errors).
 
-    A float32 solve that stopped at ``tol`` but whose float64 KKT error exceeds it gets status 4
-    (`Status.PRECISION_LOSS`); LPs whose bounds cross (``crossed``, ``(B,)``) get status 2
-    (`Status.INFEASIBLE`) and a NaN point; the presolve's findings (an infeasible empty row, an
-    unbounded empty column once the rest is feasible) come next. ``tol`` is ``(B,)`` float64.
+    LPs whose bounds cross (``crossed``, ``(B,)``) get status 2 (`Status.INFEASIBLE`) and a NaN point; the
+    presolve's findings (an infeasible empty row, an unbounded empty column once the rest is feasible)
+    come next. ``tol`` is ``(B,)`` float64; ``iterated`` (the dtype float32 iterations ran in, or float64)
+    is named in the message of `Status.PRECISION_LOSS`.
     """
     x_r, y_r = sol.z
-    dtype = x_r.dtype
     m = lp64.d.shape[1]
-    if problem is not None and dtype != torch.float64:
-        exact = LinearProgram(pre.c, pre.K, pre.d, pre.n_eq, pre.lo, pre.hi,
-                              **_reference_scales(lp64, pre, lp64.c.shape[0]))
-        reduced_error = _kkt_error(exact.kkt((x_r.double(), y_r.double())))
-        imprecise = (sol.status == Status.CONVERGED) & (reduced_error > tol)
-        sol.status = torch.where(imprecise, int(Status.PRECISION_LOSS), sol.status)
     x, y = postsolve(pre, x_r.double(), y_r.double(), m)
     x = torch.clamp(x, lp64.lo, lp64.hi)  # an average of iterates in the box can leave it by rounding (1e-15)
     full = LinearProgram(lp64.c, lp64.K, lp64.d, lp64.n_eq, lp64.lo, lp64.hi)
@@ -649,7 +912,7 @@ def _result(sol: Solution, problem: LinearProgram | None, lp64: _StandardForm, p
 
     status = torch.tensor([_SCIPY_STATUS[s] for s in sol.statuses], device=x.device)
     messages = [_CROSSED_MESSAGE if cross else _PRESOLVE_MESSAGES.get((s, bool(p)), _MESSAGES[s]).format(
-                dtype=dtype, error=e, tol=t)
+                dtype=iterated, error=e, tol=t)
                 for s, cross, p, e, t in zip(sol.statuses, crossed.tolist(), (pre.infeasible | from_presolve).tolist(),
                                              error.tolist(), tol.tolist())]
     kkt = {name: value.to(dtype) for name, value in kkt.items()}
@@ -663,12 +926,15 @@ def _result(sol: Solution, problem: LinearProgram | None, lp64: _StandardForm, p
         eqlin=marginals[:, :lp64.n_eq], ineqlin=marginals[:, lp64.n_eq:lp64.n_eq + lp64.m_ub],
         dual_ray=torch.where(certified.unsqueeze(-1), dual_ray, 0.0).to(dtype),
         primal_ray=torch.where((status == 3).unsqueeze(-1), primal_ray, 0.0).to(dtype), solution=sol,
+        phases=phases,
     )
     if single:
         for name in ("x", "fun", "status", "success", "nit", "matvecs", "primal_residual", "dual_residual", "gap",
                      "eqlin", "ineqlin", "dual_ray", "primal_ray"):
             setattr(out, name, getattr(out, name)[0])
         out.message = out.message[0]
+        for phase in phases:
+            phase.nit, phase.matvecs = phase.nit[0], phase.matvecs[0]
     return out
 
 

@@ -18,7 +18,7 @@ from .tree import map_tensors
 Point = Tuple[Tensor, ...]
 
 __all__ = ["Point", "as_point", "axpy", "lerp", "sub", "dot", "norm", "all_finite", "where", "column",
-           "accumulation_dtype", "detached"]
+           "accumulation_dtype", "detached", "to_dtype"]
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -156,6 +156,13 @@ def detached(tree: Any) -> Any:
         items = [detached(t) for t in tree]
         return type(tree)(*items) if hasattr(tree, "_fields") else tuple(items)
     return tree
+
+
+def to_dtype(tree: Any, dtype: torch.dtype) -> Any:
+    """``tree`` (tensors in (named) tuples, lists, dicts or objects, as `saddle.tree.map_tensors` walks them) with
+    its floating-point tensors converted to ``dtype``; integer and bool tensors (counts, statuses, masks) and
+    non-tensors are kept. E.g. a float32 solver state made float64, to continue a solve in float64."""
+    return map_tensors(tree, lambda t: t.to(dtype) if t.is_floating_point() else t)
 
 
 def as_point(z, name: str = "z0") -> Point:

@@ -15,7 +15,11 @@ from torch import Tensor
 
 from . import merit
 from .checkpoint import CheckpointWriter, binding, check_writable, restore, restore_random_states
-from .point import Point, accumulation_dtype, all_finite, detached, put_rows, take_rows, where
+from .compaction import WorkingSet
+from .graphs import GraphedSteps, capture_steps
+from .history import History
+from .point import Point, accumulation_dtype, all_finite, detached, where
+from .threads import intra_op_threads, solve_threads
 from .solution import Solution, SolveError, Status, empty_status
 from .solvers.base import Solver, get_solver
 
@@ -25,6 +29,7 @@ MEASURES = ("residual", "gap", "distance")
 NEAR_MISSES = 3  # float64 re-checks an instance may just miss before it is reported as PRECISION_LOSS
 STALL_CHECKS = 12  # checks without a new best measure after which a low-precision instance near its floor stops
 STALL_FLOOR = 1000  # ... where "near" is a best measure below this many machine epsilons of its dtype
+MIN_GRAPH_STEPS = 4  # the fewest steps a CUDA graph replays (shorter runs of steps stay eager)
 
 
 class Progress(NamedTuple):
@@ -63,10 +68,11 @@ def solve(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
     resume: str | os.PathLike | None = None,
-    compile: bool = False,
+    compile: bool | None = None,
     time_limit: float | None = None,
     warm_start: Solution | None = None,
     compaction: float = 0.5,
+    threads: int | None = None,
     **settings,
 ) -> Solution:
     """Solve a batch of VIs with one solver; every instance stops on its own.
@@ -123,11 +129,16 @@ def solve(
             a ``ValueError`` saying what differs. The iterates are then
             bit-identical to those of an uninterrupted solve (on the same
             device), up to ``max_iters`` iterations in all.
-        compile: run the solver's step through ``torch.compile`` (fused kernels
-            for the many small operations of a step: worth it for long solves
-            of small or medium problems; the first steps pay the compilation).
-            If compiling fails, the solve warns once and runs eagerly. The
-            iterates agree with the eager ones to rounding, not bit for bit.
+        compile: how the steps between two checks run. None (default): on a
+            CUDA device, ``check_every`` steps are captured once as a CUDA
+            graph and replayed (one launch for all their kernels; `saddle.graphs`);
+            on the CPU, eagerly. True: a CUDA graph on CUDA, and on the CPU each
+            step through ``torch.compile`` (fused kernels; the first steps pay
+            the compilation). False: eagerly. If capturing or compiling fails,
+            the solve warns once and runs eagerly. Graphs replay the eager
+            kernels; compiled steps agree with eager ones to rounding, not bit
+            for bit. Not with ``max_operator_calls`` (the steps are counted one
+            by one) or a problem that keeps a random state of its own.
         time_limit: seconds of wall time (None: no limit). It is checked at every
             check: instances still running once it is exceeded stop as `TIME_LIMIT`.
         compaction: when the running instances fall to this fraction of the batch being stepped
@@ -136,6 +147,10 @@ def solve(
             batch costs the sum of its instances' iterations, not B times the slowest's. 0: never.
             Not with a ``callback``, checkpoints, ``max_operator_calls`` or problems that keep a
             random state of their own (they see or save the whole batch at every check).
+        threads: intra-op threads of the solve on the CPU (`torch.set_num_threads` while it runs,
+            restored after). None (default): one thread when the largest operation of a step has
+            fewer than `saddle.threads.PARALLEL_MIN` elements (on a busy machine a second thread
+            made such operations up to 30x slower), else torch's setting.
         warm_start: the `Solution` of a solve of a problem of the same shape (batch size,
             blocks, dtype), e.g. a nearby problem: the solve starts from its point
             ``warm_start.z`` with the state ``solver.warm_state(problem, z, warm_start.state)``
@@ -163,9 +178,11 @@ def solve(
     start = time.perf_counter()
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable (or None), got {type(callback).__name__}")
-    for name, flag in (("progress", progress), ("throw", throw), ("compile", compile)):
+    for name, flag in (("progress", progress), ("throw", throw)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool (True or False), got {flag!r}")
+    if compile is not None and not isinstance(compile, bool):
+        raise TypeError(f"compile must be None (automatic), True or False, got {compile!r}")
     if isinstance(warm_start, bool):  # the competitive solvers' CG setting, now ``cg_warm_start`` (deprecated)
         settings, warm_start = {**settings, "warm_start": warm_start}, None
     solver = get_solver(solver, **settings)
@@ -175,308 +192,388 @@ def solve(
     if isinstance(compaction, bool) or not isinstance(compaction, Real) or not 0 <= compaction < 1:
         raise ValueError(f"compaction must be a fraction in [0, 1) (0: never), got {compaction!r}")
     _check_time_limit(time_limit)
-    max_iters = math.inf if max_iters is None else max_iters
     solver.check(problem)
     checkpoint_every = _checkpoint_options(checkpoint, checkpoint_every, check_every, resume)
     history_rows = _history_rows(history)
-    B, device = problem.batch_size, problem.device
-    acc = accumulation_dtype(problem.dtype)
-    tol_64 = _tolerance(tol, B, problem.device, torch.float64)
-    tol_t = tol_64.to(acc)
+    n_threads = solve_threads(threads, problem)
+    tol_64 = _tolerance(tol, problem.batch_size, problem.device, torch.float64)
     gap_available = problem.duality_gap(problem.z0) is not None
     if measure == "gap" and not gap_available:
         raise ValueError(f"measure='gap' is not computable for {problem.name}; use measure='residual'")
     if measure == "distance" and (problem.solution is None or not problem.reference.unique):
         raise ValueError(f"measure='distance' needs a unique reference solution, and {problem.name} has none")
-
-    # Distances need a unique reference that is already at hand (references that
-    # cost a solve, such as HiGHS for matrix games, are computed only when asked for).
-    track_distance = measure == "distance" or (problem.has_reference and problem.reference is not None
-                                               and problem.reference.unique)
-
-    def measures_at(p, out: Point, Fz: Point) -> dict:
-        measures = {
-            "residual": merit.residual(p, out, Fz),
-            "gap": p.duality_gap(out) if gap_available else None,
-            "distance": merit.distance(p, out) if track_distance else None,
-            **{name: p.measure(name, out, Fz) for name in extra},
-        }
-        return {name: None if v is None else v.detach() for name, v in measures.items()}
-
-    def evaluate(p, z: Point, state) -> tuple[Point, dict]:
-        out = solver.output(p, z, state)
-        Fz = p.F(out)
-        _check_operator_output(Fz, out, p.dtype)
-        return out, measures_at(p, out, Fz)
-
-    recheck = None if problem.dtype == torch.float64 else _Float64Recheck(problem, measures_at)
+    # Compaction needs the driver alone to see the batch between checks.
+    can_compact = (callback is None and checkpoint is None and resume is None and max_operator_calls is None
+                   and not hasattr(problem, "rng_state"))
+    options = _Options(max_iters=math.inf if max_iters is None else max_iters, tol=tol_64, measure=measure,
+                       check_every=check_every, check_growth=check_growth, max_operator_calls=max_operator_calls,
+                       divergence_factor=divergence_factor, history_rows=history_rows, callback=callback,
+                       time_limit=time_limit, compaction=compaction if can_compact else 0.0,
+                       steps=_step_mode(compile, problem, max_operator_calls))
 
     z = problem.domain.project(problem.z0 if warm_start is None else _warm_point(problem, solver, warm_start))
     _check_operator_at_start(problem, z)
     state = detached(solver.init(problem, z) if warm_start is None else
                      solver.warm_state(problem, z, warm_start.state))
-    status = empty_status(B, device)
-    active = torch.ones(B, dtype=torch.bool, device=device)
-    iterations = torch.zeros(B, dtype=torch.int64, device=device)
-    near_misses = torch.zeros(B, dtype=torch.int64, device=device)  # float64 re-checks just missed
-    best = torch.full((B,), math.inf, dtype=acc, device=device)  # the best measure so far (low precision)
-    stalled = torch.zeros(B, dtype=torch.int64, device=device)  # checks since it last improved
-    stall_floor = STALL_FLOOR * torch.finfo(problem.dtype).eps
-    rows: list[dict] = []
-    history_state = {"stride": 1, "checks": 0, "last": None}  # see `record`
-    floor: Tensor | None = None
-    n_active = B
-    k = 0
+    loop = _Loop(problem, solver, options, _Measures(problem, measure, gap_available), z, state, start)
 
-    def loop_variables(k: int) -> dict:
-        """What a checkpoint saves: everything the loop carries from one check to the next."""
-        return {"z": z, "state": state, "status": status, "active": active, "iterations": iterations,
-                "near_misses": near_misses, "best": best, "stalled": stalled, "k": k, "floor": floor, "rows": rows,
-                "history_state": history_state,
-                "problem_rng": problem.rng_state() if hasattr(problem, "rng_state") else None}
-
+    writer = None
     if checkpoint is not None or resume is not None:
         bound = binding(problem, solver, {
             "check_every": check_every, "check_growth": check_growth, "tol": tol_64, "measure": measure,
             "max_operator_calls": max_operator_calls,
-            "divergence_factor": divergence_factor, "history": history_rows, "compile": compile,
+            "divergence_factor": divergence_factor, "history": history_rows,
+            "compile": options.steps != "eager",
             # (only when given: checkpoints written before warm starts existed stay valid)
             **({} if warm_start is None else {"warm_start": (warm_start.z, warm_start.state)})})
-    writer = None if checkpoint is None else CheckpointWriter(checkpoint, checkpoint_every, bound, loop_variables(k))
-    if resume is not None:
-        saved = restore(resume, bound, loop_variables(0), map_location=device)  # checks everything first
-        z, state, status, active = saved["z"], saved["state"], saved["status"], saved["active"]
-        iterations, near_misses, k, floor = saved["iterations"], saved["near_misses"], saved["k"], saved["floor"]
-        best, stalled = saved["best"], saved["stalled"]
-        rows, history_state = saved["rows"], saved["history_state"]
-        n_active = int(active.sum())
-        if saved["problem_rng"] is not None:
-            problem.set_rng_state(saved["problem_rng"])
-        restore_random_states(saved)
-    bar = _progress_bar(max_iters, solver) if progress else None
-    # The batch being stepped: all B instances, or after a compaction the rows `working` of the
-    # batch, as the problem `stepped` (z and state are then theirs; the full point and state, with
-    # the finished instances' final values, are kept in `kept`).
-    working: Tensor | None = None
-    stepped = problem
-    kept: tuple | None = None
-    compacting = (compaction > 0 and callback is None and checkpoint is None and resume is None
-                  and max_operator_calls is None and not hasattr(problem, "rng_state"))
-    last_measures: dict = {}
-    calls = None
-
-    def stepper(p):
-        return _compiled_step(solver, p) if compile else (lambda z, state: solver.step(p, z, state))
-
-    step = stepper(problem)
-
-    def full(local: Tensor, base: Tensor) -> Tensor:
-        """A per-instance ``(B,)`` vector from the stepped rows' values ``local`` and ``base`` elsewhere."""
-        return local if working is None else base.index_copy(0, working, local.to(base.dtype))
-
-    def record(row: dict) -> None:
-        """Keep the row of every ``stride``-th check; when full, drop every other row and double the stride."""
-        h = history_state
-        if h["checks"] % h["stride"] == 0:
-            if len(rows) >= history_rows:
-                del rows[1::2]
-                h["stride"] *= 2
-            if h["checks"] % h["stride"] == 0:
-                rows.append(row)
-        h["checks"] += 1
-        h["last"] = row
-
-    def check(k: int) -> bool:
-        """Stop converged or diverged instances; record; return True to stop the loop."""
-        nonlocal status, active, floor, n_active, near_misses, best, stalled, last_measures, calls
-        out, measures = evaluate(stepped, z, state)
-        if working is not None:  # the finished instances' measures are those of their last check
-            measures = {name: None if v is None else full(v, last_measures[name]) for name, v in measures.items()}
-        last_measures = measures
-        res = measures["residual"]
-        if floor is None:
-            floor = divergence_factor * torch.maximum(res.detach(), tol_t)
-        value = measures[measure]
-        converged = active & (value <= tol_t)
-        if recheck is not None and bool(converged.any()):
-            exact = recheck(out)
-            if exact is not None and working is not None:
-                exact = {measure: full(exact[measure], value.to(torch.float64))}
-            if exact is not None:
-                # A near miss (the two measures differ by at most tol / 2) runs on: more iterations may
-                # meet the tolerance, up to NEAR_MISSES times; a miss the working precision cannot even
-                # resolve stops here.
-                missed = converged & ~(exact[measure] <= tol_64)
-                near = missed & ((exact[measure] - value.to(torch.float64)).abs() <= 0.5 * tol_64)
-                near_misses = near_misses + near
-                lost = missed & (~near | (near_misses >= NEAR_MISSES))
-                status = torch.where(lost, int(Status.PRECISION_LOSS), status)
-                active, converged = active & ~lost, converged & ~missed
-        if recheck is not None:
-            # In a low precision the measure of a running instance may hover above the tolerance at the
-            # dtype's floor, never to meet it: one that has not improved on its best for STALL_CHECKS
-            # checks (about 3x the iterations, with the checks' growth) near that floor stops here.
-            improved = value < best
-            best = torch.where(improved, value, best)
-            stalled = torch.where(improved, 0, stalled + 1)
-            stuck = active & ~converged & (stalled >= STALL_CHECKS) & (best <= stall_floor + tol_t)
-            status = torch.where(stuck, int(Status.PRECISION_LOSS), status)
-            active = active & ~stuck
-        diverged = active & ~converged & (~torch.isfinite(res) | (res > floor))
-        status = torch.where(converged, int(Status.CONVERGED), status)
-        status = torch.where(diverged, int(Status.DIVERGED), status)
-        active = active & ~converged & ~diverged
-        # Solvers that detect other outcomes (certificates of infeasibility) report them here.
-        detected = solver.terminal_status(stepped, z, state)
-        if detected is not None and working is not None:
-            detected = full(detected, torch.full_like(status, int(Status.RUNNING)))
-        if detected is not None:
-            found = active & (detected != int(Status.RUNNING))
-            status = torch.where(found, detected, status)
-            active = active & ~found
-        calls = state.operator_calls.clone() if working is None else full(state.operator_calls, calls)
-        if history_rows:
-            record({"iteration": k, "time": time.perf_counter() - start, "operator_calls": calls, **measures})
-        if callback is not None:
-            asked = _stop_mask(callback(Progress(k, out, state, measures, status)), B, device)
-            status = torch.where(active & asked, int(Status.STOPPED), status)
-            active = active & ~asked
-        if time_limit is not None and time.perf_counter() - start > time_limit:
-            status = torch.where(active, int(Status.TIME_LIMIT), status)
-            active = torch.zeros_like(active)
-        n_active = int(active.sum())
-        if bar is not None:
-            bar.update(k - bar.n)
-            worst = value[active].max().item() if n_active else value.max().item()
-            bar.set_postfix(active=n_active, **{measure: f"{worst:.2e}"})
-        if compacting and 0 < n_active <= compaction * len(z[0]):
-            compact()
-        return n_active == 0
-
-    def compact() -> None:
-        """Step only the running instances from now on: keep the others' point and state, select the rest."""
-        nonlocal z, state, working, stepped, kept, recheck, step, compacting
-        stepping = active if working is None else active.index_select(0, working)
-        rows = stepping.nonzero().squeeze(-1)
-        new_working = rows if working is None else working.index_select(0, rows)
-        kept = keep_results()
-        try:
-            new_problem = problem.select(new_working)
-            _check_selection(problem, new_problem, kept[0], new_working)
-        except Exception:  # a problem that cannot select its instances (rightly): step the batch as it is
-            compacting = False
-            return
-        z, state = take_rows((z, state), rows, stepping.shape[0])
-        working, stepped, step = new_working, new_problem, stepper(new_problem)
-        recheck = None if recheck is None or recheck.failed else _Float64Recheck(new_problem, measures_at)
-
-    def keep_results() -> tuple:
-        """The full batch's point and state: the stepped rows' current ones, the others' as kept."""
-        return (z, state) if working is None else put_rows(kept, working, (z, state), B)
-
-    def guarded_step(z: Point, state) -> tuple[Point, Any]:
-        """``step``, with a malformed operator output named clearly, and graphs cut when the data require grad."""
-        try:
-            z_new, state_new = step(z, state)
-        except (RuntimeError, TypeError) as err:
-            _blame_the_operator(stepped, z, err)
-            raise
-        if any(t.requires_grad for t in z_new):  # data that require grad: never grow a graph over iterations
-            z_new, state_new = detached((z_new, state_new))
-        return z_new, state_new
-
-    def run_chunk(k_end: int) -> None:
-        """Iterations ``k .. k_end`` of the whole batch without bookkeeping between them.
-
-        Finished instances step along and are put back afterwards, and an instance that turned
-        non-finite goes back to its point at the last check (held by reference: solvers never
-        modify their inputs) and is marked DIVERGED: one selection per chunk, not per step.
-        """
-        nonlocal z, state, iterations, status, active, k
-        z_chunk, state_chunk = z, state
-        for _ in range(k_end - k):
-            z_chunk, state_chunk = guarded_step(z_chunk, state_chunk)
-        stepping = active if working is None else active.index_select(0, working)
-        moving = stepping & all_finite(z_chunk)
-        if n_active == stepping.shape[0] and bool(moving.all()):  # all ran and stayed finite: nothing to put back
-            z, state = z_chunk, state_chunk
-        else:
-            try:  # (non-tensor state fields are shared by the batch: `where` keeps its first argument's)
-                z, state = where(moving, (z_chunk, state_chunk), (z, state))
-            except (RuntimeError, TypeError) as err:
-                _blame_the_operator(stepped, z, err)
-                raise
-        moving = full(moving, torch.zeros_like(active))
-        status = torch.where(active & ~moving, int(Status.DIVERGED), status)
-        iterations = iterations + (k_end - k) * moving
-        active, k = moving, k_end
-
-    def run_budgeted(k_end: int) -> None:
-        """Iterations ``k .. k_end`` freezing instances at every step: each stops at the first
-        iteration at which its operator calls reach ``max_operator_calls``."""
-        nonlocal z, state, iterations, status, active, k
-        for _ in range(k_end - k):
-            z_new, state_new = guarded_step(z, state)
-            finite = all_finite(z_new)
-            status = torch.where(active & ~finite, int(Status.DIVERGED), status)
-            moving = active & finite
-            z, state = where(moving, (z_new, state_new), (z, state))
-            iterations = iterations + moving
-            spent = moving & (state.operator_calls >= max_operator_calls)
-            status = torch.where(spent, int(Status.BUDGET_EXHAUSTED), status)
-            active = moving & ~spent
-        k = k_end
-
-    done = check(0) if resume is None else (n_active == 0)
-    while not done and k < max_iters:
-        k_next = min(next_check(k, check_every, check_growth), max_iters)
-        (run_chunk if max_operator_calls is None else run_budgeted)(k_next)
-        done = check(k)
-        if writer is not None and writer.due(k):
-            writer.save(loop_variables(k))
-    if bar is not None:
-        bar.close()
-    if writer is not None:
-        writer.save(loop_variables(k))  # the final state: a later solve may resume from it with a larger max_iters
-    if working is not None:
-        z, state = keep_results()
-        recheck = None if recheck is None or recheck.failed else _Float64Recheck(problem, measures_at)
-
-    status = torch.where(status == int(Status.RUNNING), int(Status.MAX_ITERS), status)
-    if rows and history_state["last"]["iteration"] != rows[-1]["iteration"]:
-        rows[-1 if len(rows) >= history_rows else len(rows):] = [history_state["last"]]
-    out, measures = evaluate(problem, z, state)
-    exact = None if recheck is None else recheck(out)
-    if exact is not None:
-        measures = {name: None if v is None else v.to(acc) for name, v in exact.items()}
-    solution = Solution(
-        z=out,
-        status=status,
-        iterations=iterations,
-        operator_calls=state.operator_calls.clone(),
-        residual=measures["residual"],
-        gap=measures["gap"],
-        distance=measures["distance"],
-        history=_stack(rows) if history_rows else {},
-        state=state,
-        solver=solver,
-        wall_time=time.perf_counter() - start,
-    )
+        if checkpoint is not None:
+            writer = CheckpointWriter(checkpoint, checkpoint_every, bound, loop.variables())
+        if resume is not None:
+            loop.load(restore(resume, bound, loop.variables(), map_location=problem.device))  # checks all first
+    loop.bar = _progress_bar(options.max_iters, solver) if progress else None
+    with intra_op_threads(n_threads):
+        loop.run(resumed=resume is not None, writer=writer)
+        solution = loop.solution()
     if throw and not bool(solution.success.all()):
         raise SolveError(solution)
     return solution
 
 
-def _check_selection(problem, selected, z: Point, rows: Tensor) -> None:
-    """Raise ``ValueError`` unless the operator of ``selected`` (``problem.select(rows)``) is the rows of
-    ``problem``'s at z: a user's problem whose ``select`` misses data of its own is not compacted."""
-    full = problem.F(z)
-    part = selected.F(tuple(t.index_select(0, rows) for t in z))
-    for a, b in zip(full, part):
-        a = a.index_select(0, rows)
-        tol = 1e3 * torch.finfo(a.dtype).eps
-        if a.shape != b.shape or not torch.allclose(a, b, rtol=tol, atol=tol * float(a.abs().max().clamp_min(1))):
-            raise ValueError(f"{problem.name}.select does not select its operator's data")
+class _Options(NamedTuple):
+    """The driver's settings of one solve, checked (see `solve`)."""
+
+    max_iters: float  # math.inf: no limit
+    tol: Tensor  # (B,) float64
+    measure: str
+    check_every: int
+    check_growth: float
+    max_operator_calls: int | None
+    divergence_factor: float
+    history_rows: int
+    callback: Callable | None
+    time_limit: float | None
+    compaction: float  # 0: never (also where the solve cannot compact)
+    steps: str  # how the steps between checks run: "eager", "compiled" (torch.compile) or "graph" (CUDA graphs)
+
+
+class _Measures:
+    """The measures of a problem's points (``residual``, ``gap``, ``distance`` and its own), detached ``(B,)``.
+
+    Distances need a unique reference that is already at hand: references that cost a solve (HiGHS for
+    matrix games) are computed only when ``measure="distance"`` asks for them.
+    """
+
+    def __init__(self, problem, measure: str, gap_available: bool):
+        self.gap_available = gap_available
+        self.track_distance = measure == "distance" or (problem.has_reference and problem.reference is not None
+                                                        and problem.reference.unique)
+        self.extra = tuple(problem.extra_measures())
+
+    def __call__(self, problem, out: Point, Fz: Point) -> dict:
+        measures = {
+            "residual": merit.residual(problem, out, Fz),
+            "gap": problem.duality_gap(out) if self.gap_available else None,
+            "distance": merit.distance(problem, out) if self.track_distance else None,
+            **{name: problem.measure(name, out, Fz) for name in self.extra},
+        }
+        return {name: None if v is None else v.detach() for name, v in measures.items()}
+
+
+class _Loop:
+    """One solve's loop: what it carries from check to check, and what it does at and between checks.
+
+    `run` reads: a check at iteration 0, then until every instance has stopped (or ``max_iters``) a
+    chunk of bare steps to the next check (`next_check`) and a check. A check stops the instances that
+    converged (re-checked in float64 for low precisions), stalled at their dtype's floor, diverged, were
+    found infeasible by the solver, were stopped by the callback or ran out of time; records the
+    history; and narrows the batch to the running instances when few are left (`WorkingSet`).
+    """
+
+    def __init__(self, problem, solver: Solver, options: _Options, measures: _Measures, z: Point, state, start):
+        self.problem, self.solver, self.o, self.measures_at, self.start = problem, solver, options, measures, start
+        B, device = problem.batch_size, problem.device
+        self.acc = accumulation_dtype(problem.dtype)
+        self.tol = options.tol.to(self.acc)
+        self.recheck = None if problem.dtype == torch.float64 else _Float64Recheck(problem, measures)
+        self.stall_floor = STALL_FLOOR * torch.finfo(problem.dtype).eps
+        # the loop variables (what a checkpoint saves; see `variables`)
+        self.z, self.state, self.k, self.floor = z, state, 0, None
+        self.status = empty_status(B, device)
+        self.active = torch.ones(B, dtype=torch.bool, device=device)
+        self.iterations = torch.zeros(B, dtype=torch.int64, device=device)
+        self.near_misses = torch.zeros(B, dtype=torch.int64, device=device)  # float64 re-checks just missed
+        self.best = torch.full((B,), math.inf, dtype=self.acc, device=device)  # best measure so far (low precision)
+        self.stalled = torch.zeros(B, dtype=torch.int64, device=device)  # checks since it last improved
+        self.history = History(options.history_rows)
+        # derived from them
+        self.n_active = B
+        self.working = WorkingSet(problem)
+        self.compacting = options.compaction > 0
+        self.step = self.stepper(problem)
+        self.graph: GraphedSteps | None = None  # the stepped batch's steps as a CUDA graph (graph mode)
+        self.plain = hasattr(solver, "plain_step")  # whether the solver's graphs hold its plain steps only
+        self.last_measures: dict = {}
+        self.calls: Tensor | None = None
+        self.bar = None
+
+    # --- checkpoints ---------------------------------------------------------------------------------
+
+    def variables(self) -> dict:
+        """What a checkpoint saves: everything the loop carries from one check to the next."""
+        problem = self.problem
+        return {"z": self.z, "state": self.state, "status": self.status, "active": self.active,
+                "iterations": self.iterations, "near_misses": self.near_misses, "best": self.best,
+                "stalled": self.stalled, "k": self.k, "floor": self.floor, "rows": self.history.rows,
+                "history_state": self.history.state,
+                "problem_rng": problem.rng_state() if hasattr(problem, "rng_state") else None}
+
+    def load(self, saved: dict) -> None:
+        """Continue from the loop variables of a checkpoint (`saddle.checkpoint.restore`)."""
+        for name in ("z", "state", "status", "active", "iterations", "near_misses", "best", "stalled", "k",
+                     "floor"):
+            setattr(self, name, saved[name])
+        self.history = History(self.o.history_rows, saved["rows"], saved["history_state"])
+        self.n_active = int(self.active.sum())
+        if saved["problem_rng"] is not None:
+            self.problem.set_rng_state(saved["problem_rng"])
+        restore_random_states(saved)
+
+    # --- the loop ------------------------------------------------------------------------------------
+
+    def run(self, resumed: bool, writer: CheckpointWriter | None) -> None:
+        """Check, then chunks and checks until every instance has stopped or ``max_iters``; checkpoints."""
+        o = self.o
+        done = self.n_active == 0 if resumed else self.check()
+        while not done and self.k < o.max_iters:
+            k_next = min(next_check(self.k, o.check_every, o.check_growth), o.max_iters)
+            (self.run_chunk if o.max_operator_calls is None else self.run_budgeted)(k_next)
+            done = self.check()
+            if writer is not None and writer.due(self.k):
+                writer.save(self.variables())
+        if self.bar is not None:
+            self.bar.close()
+        if writer is not None:
+            writer.save(self.variables())  # the final state: a later solve may resume from it with a larger max_iters
+
+    def stepper(self, problem) -> Callable:
+        """``(z, state) -> solver.step(problem, z, state)``, through ``torch.compile`` in the compiled mode."""
+        if self.o.steps == "compiled":
+            return _compiled_step(self.solver, problem)
+        return lambda z, state: self.solver.step(problem, z, state)
+
+    def advance(self, z: Point, state, n: int) -> tuple[Point, Any]:
+        """``n`` steps from ``(z, state)``: eager steps, or in the graph mode replays of a CUDA graph.
+
+        A solver with plain iterations (`Solver.plain_iterations`: PDHG's schemes between their restart
+        checks) has them replayed from a graph of its `plain_step` and its counter moved on by
+        `advance`; its other iterations are eager steps. Any other solver has chunks of
+        ``check_every`` steps replayed.
+        """
+        while n > 0 and self.o.steps == "graph":
+            plain = min(n, self.solver.plain_iterations(state)) if self.plain else n
+            graph = self.graph_for(z, state, plain)
+            if graph is None:
+                z, state = self.guarded_step(z, state)
+                n -= 1
+                continue
+            runs = plain // graph.steps
+            for _ in range(runs):
+                z, state = graph(z, state)
+            if self.plain:
+                state = self.solver.advance(state, runs * graph.steps)
+            n -= runs * graph.steps
+        for _ in range(n):
+            z, state = self.guarded_step(z, state)
+        return z, state
+
+    def graph_for(self, z: Point, state, plain: int) -> GraphedSteps | None:
+        """The CUDA graph for the next ``plain`` steps from ``(z, state)`` (captured when first needed,
+        or again after a narrowing), or None when fewer steps than it replays are left. Its length is
+        ``check_every``, or a solver's first run of plain iterations (of at least `MIN_GRAPH_STEPS`)."""
+        graph = self.graph
+        if graph is not None and graph.matches(z, state):
+            return graph if plain >= graph.steps else None
+        steps = plain if self.plain else self.o.check_every
+        if plain < max(steps, MIN_GRAPH_STEPS):
+            return None
+        problem = self.working.stepped
+        step = ((lambda z, s: self.solver.plain_step(problem, z, s)) if self.plain else self.step)
+        graph = self.graph = capture_steps(step, steps, z, state, name=self.solver.name)
+        if graph is None:  # cannot be captured (warned): eager from now on
+            self.o = self.o._replace(steps="eager")
+        return graph
+
+    def guarded_step(self, z: Point, state) -> tuple[Point, Any]:
+        """`step`, with a malformed operator output named clearly, and graphs cut when the data require grad."""
+        try:
+            z_new, state_new = self.step(z, state)
+        except (RuntimeError, TypeError) as err:
+            _blame_the_operator(self.working.stepped, z, err)
+            raise
+        if any(t.requires_grad for t in z_new):  # data that require grad: never grow a graph over iterations
+            z_new, state_new = detached((z_new, state_new))
+        return z_new, state_new
+
+    def run_chunk(self, k_end: int) -> None:
+        """Iterations ``k .. k_end`` of the stepped batch without bookkeeping between them.
+
+        Finished instances step along and are put back afterwards, and an instance that turned
+        non-finite goes back to its point at the last check (held by reference: solvers never
+        modify their inputs) and is marked DIVERGED: one selection per chunk, not per step.
+        """
+        z, state = self.advance(self.z, self.state, k_end - self.k)
+        stepping = self.working.local(self.active)
+        moving = stepping & all_finite(z)
+        if self.n_active == stepping.shape[0] and bool(moving.all()):  # all ran and stayed finite: keep all
+            self.z, self.state = z, state
+        else:
+            try:  # (non-tensor state fields are shared by the batch: `where` keeps its first argument's)
+                self.z, self.state = where(moving, (z, state), (self.z, self.state))
+            except (RuntimeError, TypeError) as err:
+                _blame_the_operator(self.working.stepped, self.z, err)
+                raise
+        moving = self.working.full(moving, torch.zeros_like(self.active))
+        self.status = torch.where(self.active & ~moving, int(Status.DIVERGED), self.status)
+        self.iterations = self.iterations + (k_end - self.k) * moving
+        self.active, self.k = moving, k_end
+
+    def run_budgeted(self, k_end: int) -> None:
+        """Iterations ``k .. k_end`` freezing instances at every step: each stops at the first
+        iteration at which its operator calls reach ``max_operator_calls``."""
+        for _ in range(k_end - self.k):
+            z_new, state_new = self.guarded_step(self.z, self.state)
+            self.stop(self.active & ~all_finite(z_new), Status.DIVERGED)
+            self.z, self.state = where(self.active, (z_new, state_new), (self.z, self.state))
+            self.iterations = self.iterations + self.active
+            self.stop(self.active & (self.state.operator_calls >= self.o.max_operator_calls),
+                      Status.BUDGET_EXHAUSTED)
+        self.k = k_end
+
+    def stop(self, mask: Tensor, status: Status) -> None:
+        """Stop the instances of the ``(B,)`` bool ``mask`` (running ones) with ``status``."""
+        self.status = torch.where(mask, int(status), self.status)
+        self.active = self.active & ~mask
+
+    # --- checks --------------------------------------------------------------------------------------
+
+    def check(self) -> bool:
+        """Stop the instances that are done; record the history; narrow the batch; True once none runs."""
+        o, working = self.o, self.working
+        out, measures = self.evaluate(working.stepped, self.z, self.state)
+        if working.narrowed:  # the finished instances' measures are those of their last check
+            measures = {name: None if v is None else working.full(v, self.last_measures[name])
+                        for name, v in measures.items()}
+        self.last_measures = measures
+        res, value = measures["residual"], measures[o.measure]
+        if self.floor is None:
+            self.floor = o.divergence_factor * torch.maximum(res, self.tol)
+        converged = self.active & (value <= self.tol)
+        if self.recheck is not None:
+            converged = self.confirmed(converged, value, out)
+            self.stop_stalled(value, converged)
+        self.stop(converged, Status.CONVERGED)
+        self.stop(self.active & (~torch.isfinite(res) | (res > self.floor)), Status.DIVERGED)
+        # Solvers that detect other outcomes (certificates of infeasibility) report them here.
+        detected = self.solver.terminal_status(working.stepped, self.z, self.state)
+        if detected is not None:
+            detected = working.full(detected, torch.full_like(self.status, int(Status.RUNNING)))
+            found = self.active & (detected != int(Status.RUNNING))
+            self.status = torch.where(found, detected, self.status)
+            self.active = self.active & ~found
+        calls = self.state.operator_calls
+        self.calls = calls.clone() if not working.narrowed else working.full(calls, self.calls)
+        if o.history_rows:
+            self.history.record({"iteration": self.k, "time": time.perf_counter() - self.start,
+                                 "operator_calls": self.calls, **measures})
+        if o.callback is not None:
+            asked = _stop_mask(o.callback(Progress(self.k, out, self.state, measures, self.status)),
+                               self.problem.batch_size, self.problem.device)
+            self.stop(self.active & asked, Status.STOPPED)
+        if o.time_limit is not None and time.perf_counter() - self.start > o.time_limit:
+            self.stop(self.active, Status.TIME_LIMIT)
+        self.n_active = int(self.active.sum())
+        if self.bar is not None:
+            self.bar.update(self.k - self.bar.n)
+            worst = value[self.active].max().item() if self.n_active else value.max().item()
+            self.bar.set_postfix(active=self.n_active, **{o.measure: f"{worst:.2e}"})
+        if self.compacting and 0 < self.n_active <= o.compaction * len(self.z[0]):
+            self.narrow()
+        return self.n_active == 0
+
+    def evaluate(self, problem, z: Point, state) -> tuple[Point, dict]:
+        """The solver's output point at ``(z, state)`` and its measures."""
+        out = self.solver.output(problem, z, state)
+        Fz = problem.F(out)
+        _check_operator_output(Fz, out, problem.dtype)
+        return out, self.measures_at(problem, out, Fz)
+
+    def confirmed(self, converged: Tensor, value: Tensor, out: Point) -> Tensor:
+        """The instances of ``converged`` that also meet the tolerance in float64 (low precisions).
+
+        A near miss (the two measures differ by at most tol / 2) runs on: more iterations may meet the
+        tolerance, up to NEAR_MISSES times; a miss the working precision cannot even resolve stops as
+        PRECISION_LOSS.
+        """
+        if not bool(converged.any()):
+            return converged
+        exact = self.recheck(out)
+        if exact is None:  # the problem cannot be evaluated in float64 (warned once)
+            return converged
+        exact = self.working.full(exact[self.o.measure], value.to(torch.float64))
+        tol = self.o.tol
+        missed = converged & ~(exact <= tol)
+        near = missed & ((exact - value.to(torch.float64)).abs() <= 0.5 * tol)
+        self.near_misses = self.near_misses + near
+        self.stop(missed & (~near | (self.near_misses >= NEAR_MISSES)), Status.PRECISION_LOSS)
+        return converged & ~missed
+
+    def stop_stalled(self, value: Tensor, converged: Tensor) -> None:
+        """In a low precision the measure of a running instance may hover above the tolerance at the
+        dtype's floor, never to meet it: one that has not improved on its best for STALL_CHECKS checks
+        (about 3x the iterations, with the checks' growth) near that floor stops as PRECISION_LOSS."""
+        improved = value < self.best
+        self.best = torch.where(improved, value, self.best)
+        self.stalled = torch.where(improved, 0, self.stalled + 1)
+        self.stop(self.active & ~converged & (self.stalled >= STALL_CHECKS)
+                  & (self.best <= self.stall_floor + self.tol), Status.PRECISION_LOSS)
+
+    def narrow(self) -> None:
+        """Step only the running instances from now on (`WorkingSet.narrow`)."""
+        narrowed = self.working.narrow(self.active, self.z, self.state)
+        if narrowed is None:  # the problem cannot select its instances: step the batch as it is
+            self.compacting = False
+            return
+        self.z, self.state = narrowed
+        self.step, self.graph = self.stepper(self.working.stepped), None
+        if self.recheck is not None and not self.recheck.failed:
+            self.recheck = _Float64Recheck(self.working.stepped, self.measures_at)
+
+    # --- the result ----------------------------------------------------------------------------------
+
+    def solution(self) -> Solution:
+        """The `Solution`: the full batch's results, measured (in float64 for low precisions) at the end."""
+        z, state = self.working.results(self.z, self.state)
+        recheck = self.recheck
+        if self.working.narrowed and recheck is not None and not recheck.failed:
+            recheck = _Float64Recheck(self.problem, self.measures_at)
+        status = torch.where(self.status == int(Status.RUNNING), int(Status.MAX_ITERS), self.status)
+        out, measures = self.evaluate(self.problem, z, state)
+        exact = None if recheck is None else recheck(out)
+        if exact is not None:
+            measures = {name: None if v is None else v.to(self.acc) for name, v in exact.items()}
+        return Solution(
+            z=out,
+            status=status,
+            iterations=self.iterations,
+            operator_calls=state.operator_calls.clone(),
+            residual=measures["residual"],
+            gap=measures["gap"],
+            distance=measures["distance"],
+            history=self.history.stacked() if self.o.history_rows else {},
+            state=state,
+            solver=self.solver,
+            wall_time=time.perf_counter() - self.start,
+        )
 
 
 def next_check(k: int, check_every: int, check_growth: float) -> int:
@@ -494,13 +591,27 @@ def _check_growth(check_growth) -> None:
         raise ValueError(f"check_growth must be a number in [0, 10] (0: a fixed cadence), got {check_growth!r}")
 
 
-def _compiled_step(solver: Solver, problem) -> Callable:
-    """``(z, state) -> solver.step(problem, z, state)`` through ``torch.compile``, eager if that fails."""
-    import warnings
+def _step_mode(compile: bool | None, problem, max_operator_calls) -> str:
+    """How the steps between checks run (see ``compile`` in `solve`)."""
+    if compile is False:
+        return "eager"
+    if problem.device.type == "cuda" and max_operator_calls is None and not hasattr(problem, "rng_state"):
+        return "graph"
+    return "compiled" if compile else "eager"
 
+
+def _compiled_step(solver: Solver, problem) -> Callable:
+    """``(z, state) -> solver.step(problem, z, state)`` through ``torch.compile``, eager if that fails.
+
+    A solver whose step splits into ``bare_step`` (the arithmetic) and ``finish_step`` (Python-level
+    bookkeeping: PDHG's schemes) has only its arithmetic compiled: compiling the whole step was
+    0.4-0.8x eager, the arithmetic alone 1.24-1.38x on small dense LPs (docs/benchmarks.md).
+    """
     eager = lambda z, state: solver.step(problem, z, state)  # noqa: E731
+    split = hasattr(solver, "bare_step")
+    target = (lambda z, state: solver.bare_step(problem, z, state)) if split else eager
     try:
-        compiled = torch.compile(eager, dynamic=False)
+        compiled = torch.compile(target, dynamic=False)
     except Exception as err:  # no compiler backend on this platform, ...
         warnings.warn(f"compile=True: torch.compile is not available ({type(err).__name__}: {err}); "
                       "running eagerly", RuntimeWarning, stacklevel=3)
@@ -511,7 +622,7 @@ def _compiled_step(solver: Solver, problem) -> Callable:
         if failed:
             return eager(z, state)
         try:
-            return compiled(z, state)
+            return solver.finish_step(problem, z, state, compiled(z, state)) if split else compiled(z, state)
         except Exception as err:  # a graph break that cannot be handled, a backend error, ...
             failed.append(err)
             warnings.warn(f"compile=True: compiling {solver.name}'s step failed ({type(err).__name__}: "
@@ -684,16 +795,3 @@ def _progress_bar(total: int, solver: Solver):
     from tqdm.auto import tqdm
 
     return tqdm(total=None if total == math.inf else total, desc=solver.name or type(solver).__name__, unit="it")
-
-
-def _stack(rows: list[dict]) -> dict[str, Tensor]:
-    out: dict[str, Tensor] = {
-        "iteration": torch.tensor([r["iteration"] for r in rows]),
-        "time": torch.tensor([r["time"] for r in rows], dtype=torch.float64),
-    }
-    keys = [k for k in rows[0] if k not in ("iteration", "time")] if rows else []
-    for key in keys:
-        values = [r[key] for r in rows]
-        if all(v is not None for v in values):
-            out[key] = torch.stack([v.detach() for v in values])
-    return out

@@ -62,8 +62,9 @@ from torch import Tensor
 from ..lp_certificates import no_detection, ray_tracker, track
 from ._validate import check_number, positive_steps
 from .base import register
-from .pdhg_map import (MapOutput, PrimalDualScheme, _matvec, _rmatvec, diagonal_steps, fixed_point_error,
-                       displacement_error, linear_vector, infinite, nonzero, pdhg_map, scaled_norm_bound)
+from .pdhg_map import (MapOutput, PrimalDualScheme, _matvec, _rmatvec, diagonal_steps, displacement_error,
+                       eager_when_compiled, fixed_point_error, infinite, linear_vector, nonzero, pdhg_map,
+                       scaled_norm_bound)
 
 __all__ = ["HalpernPDHG", "HalpernState"]
 
@@ -246,12 +247,31 @@ class HalpernPDHG(PrimalDualScheme):
         )
 
     def step(self, problem, z, state):
+        return self.finish_step(problem, z, state, self.bare_step(problem, z, state))
+
+    def bare_step(self, problem, z, state: HalpernState) -> tuple[MapOutput, MapOutput, Tensor]:
+        """The arithmetic of an iteration: ``T(z)``, the Halpern point ``z+`` (each with its products) and the
+        inner count ``(B, 1)``, for `finish_step`.
+
+        Tensors in and out, the same operations at every iteration, no Python number that changes: what
+        ``torch.compile`` traces of `step`, once per shape.
+        """
         x, y = z
         t = pdhg_map(problem, x, y, state.Kx, state.Kty, state.primal_step, state.dual_step, _matvec, _rmatvec)
-        k = state.iteration + 1
         inner = state.inner + 1
+        return t, self._halpern(x, y, t, state, inner / (inner + 1)), inner
+
+    @eager_when_compiled
+    def finish_step(self, problem, z, state: HalpernState, pending: tuple[MapOutput, MapOutput, Tensor]):
+        """The point and state after `bare_step` (``pending``): the iteration counter, and the restart checks.
+
+        Eager even inside ``torch.compile``: branches on the Python int ``iteration`` would specialize a
+        compiled step on it (a recompilation per step).
+        """
+        x, y = z
+        t, halpern, inner = pending
+        k = state.iteration + 1
         state = state._replace(output_x=t.x, output_y=t.y, inner=inner, iteration=k)
-        halpern = self._halpern(x, y, t, state, inner / (inner + 1))
         if k % self.restart_every == 1 or self.restart_every == 1:
             # The step after a restart check measures e_0 at the instances that restarted there.
             error = fixed_point_error((x, y, state.Kx), t, state.step_size, state.primal_weight, state.col_scale,
@@ -260,6 +280,22 @@ class HalpernPDHG(PrimalDualScheme):
         if k % self.restart_every != 0:
             return halpern[:2], state._replace(Kx=halpern[2], Kty=halpern[3])
         return self._check(problem, x, y, t, halpern, state)
+
+    def plain_iterations(self, state: HalpernState) -> int:
+        """How many of the next iterations are plain: no restart bookkeeping (the restart check every
+        ``restart_every`` iterations and the step after it), so `plain_step` makes them."""
+        phase = (state.iteration + 1) % self.restart_every
+        return 0 if phase <= 1 or self.restart_every == 1 else self.restart_every - phase
+
+    def plain_step(self, problem, z, state: HalpernState):
+        """`step` at a plain iteration (`plain_iterations`) with the counter left for `advance`: tensors in and
+        out, the same at every call, so that a chunk of them is compiled or captured as a CUDA graph once."""
+        t, halpern, inner = self.bare_step(problem, z, state)
+        return halpern[:2], state._replace(output_x=t.x, output_y=t.y, inner=inner, Kx=halpern.Kx, Kty=halpern.Kty)
+
+    def advance(self, state: HalpernState, iterations: int) -> HalpernState:
+        """``state`` after ``iterations`` `plain_step` calls: its iteration counter moved on."""
+        return state._replace(iteration=state.iteration + iterations)
 
     def _halpern(self, x, y, t: MapOutput, state: HalpernState, w: Tensor) -> MapOutput:
         """``z+ = w ((1 - rho) z + rho (2 T(z) - z)) + (1 - w) z_0`` with ``w = (k+1)/(k+2)`` ``(B, 1)``, and its

@@ -22,6 +22,7 @@ warm starts and the LP certificates of infeasibility (`saddle.lp_certificates`).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
@@ -36,7 +37,7 @@ from .base import Solver
 
 __all__ = ["MapOutput", "pdhg_map", "diagonal_steps", "diagonal_preconditioner", "scaled_norm_bound",
            "weighted_norm", "weighted_square", "fixed_point_error", "displacement_error", "initial_primal_weight",
-           "natural_residual", "PrimalDualScheme"]
+           "natural_residual", "PrimalDualScheme", "eager_when_compiled"]
 
 
 def _matvec(K, x: Tensor) -> Tensor:
@@ -47,6 +48,29 @@ def _matvec(K, x: Tensor) -> Tensor:
 def _rmatvec(K, y: Tensor) -> Tensor:
     """``K^T y``."""
     return K.rmv(y)
+
+
+_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # (older torch has none)
+
+
+def eager_when_compiled(method: Callable) -> Callable:
+    """``method``, run eagerly even inside ``torch.compile``: dynamo traces neither it nor what it calls (a graph
+    break), so that its Python-level bookkeeping (a counter, branches on it) does not specialize the compiled code.
+
+    ``torch.compiler.disable`` at import would import dynamo, a second more of ``import saddle``: the disabled
+    method is made at the first compiled call.
+    """
+    disabled: list[Callable] = []
+
+    @functools.wraps(method)
+    def run(*args, **kwargs):
+        if not _compiling():
+            return method(*args, **kwargs)
+        if not disabled:
+            disabled.append(torch.compiler.disable(method))
+        return disabled[0](*args, **kwargs)
+
+    return run
 
 
 # -- what the problem is ----------------------------------------------------------------------------
@@ -173,6 +197,10 @@ def diagonal_preconditioner(K, ruiz_iterations: int) -> tuple[Tensor, Tensor]:
     return dc * _safe_rsqrt(cols), dr * _safe_rsqrt(rows)
 
 
+#: Couplings with at most this many entries per instance get their norm from singular values.
+EXACT_NORM_ENTRIES = 1 << 16
+
+
 class NormBound(NamedTuple):
     """An upper bound ``(Bk,)`` on ``|D_r K D_c|_2`` and the products ``(Bk,)`` its power iteration used."""
 
@@ -184,7 +212,13 @@ def scaled_norm_bound(K, col_scale: Tensor | None, row_scale: Tensor | None, *, 
                       rtol: float = 1e-7, margin: float = 1e-3) -> NormBound:
     """An upper bound on ``|A|_2``, ``A = D_r K D_c``, per instance of K (``(Bk,)``).
 
-    Power iteration on ``A^T A`` from a fixed vector shared by every instance gives
+    A K of at most `EXACT_NORM_ENTRIES` entries per instance (dense or sparse: the same bound
+    either way) gets ``|A|_2`` from the singular values of A made dense
+    (`torch.linalg.matrix_norm`), raised by ``margin``; no product is counted. On 256 random games
+    51 x 51 that took 0.03 s where the power iteration took 0.57 s (1238 products for the slowest
+    instance, and a host sync per iteration); 256 x 256 takes 8 ms.
+
+    Otherwise, power iteration on ``A^T A`` from a fixed vector shared by every instance gives
     ``s_k = |A v_k|``, which increases to ``|A|_2`` from below. Each instance
     iterates until ``s_k - s_{k-1} <= rtol s_k`` (then frozen, so a batch equals
     the loop of its instances) and its estimate is raised by ``margin``; an
@@ -199,6 +233,10 @@ def scaled_norm_bound(K, col_scale: Tensor | None, row_scale: Tensor | None, *, 
     dc = ones_c if col_scale is None else col_scale
     rows, cols = K.abs_reduce(dr, dc, "sum")
     rigorous = torch.sqrt(rows.amax(-1) * cols.amax(-1))
+    if m * n <= EXACT_NORM_ENTRIES:
+        exact = torch.linalg.matrix_norm(dr.unsqueeze(-1) * K.dense() * dc.unsqueeze(-2), ord=2)
+        return NormBound(torch.minimum(exact * (1 + margin), rigorous), torch.zeros(Bk, dtype=torch.int64,
+                                                                                    device=K.device))
 
     g = torch.Generator(device="cpu").manual_seed(0)
     v = torch.randn(n, generator=g, dtype=torch.float64)

@@ -69,8 +69,8 @@ from torch import Tensor
 from ..lp_certificates import no_detection, ray_tracker, track
 from ._validate import check_choice, check_flag, positive_steps
 from .base import register
-from .pdhg_map import (PrimalDualScheme, _matvec, _rmatvec, bilinear_lagrangian, diagonal_steps, infinite,
-                       linear_vector, natural_residual, nonzero, pdhg_map, scaled_norm_bound, weighted_norm,
+from .pdhg_map import (PrimalDualScheme, _matvec, _rmatvec, bilinear_lagrangian, diagonal_steps, eager_when_compiled,
+                       infinite, linear_vector, natural_residual, nonzero, pdhg_map, scaled_norm_bound, weighted_norm,
                        weighted_square)
 
 __all__ = ["PDHG", "PDHGState"]
@@ -264,21 +264,29 @@ class PDHG(PrimalDualScheme):
         )
 
     def step(self, problem, z, state):
+        return self.finish_step(problem, z, state, self.bare_step(problem, z, state))
+
+    def bare_step(self, problem, z, state: PDHGState) -> tuple[tuple[Tensor, Tensor], PDHGState, Tensor | None]:
+        """The arithmetic of an iteration, for `finish_step`: the next point; the next state but for the
+        iteration counter and the next trial step (which depends on the counter); and the adaptive rule's
+        step bound ``(B,)`` (None with a constant step).
+
+        Tensors in and out, the same operations at every iteration, no Python number that changes: what
+        ``torch.compile`` traces of `step`, once per shape.
+        """
         x, y = z
         eta, omega = state.step_size, state.primal_weight
         tau, sigma = diagonal_steps(eta, omega, state.col_scale, state.row_scale)
         x_new, y_new, Kx_new, Kty_new = pdhg_map(problem, x, y, state.Kx, state.Kty, tau, sigma, _matvec, _rmatvec)
 
-        k = state.iteration + 1
+        limit = None
         if self.adaptive_step:
             moved = weighted_square(x_new - x, y_new - y, omega, state.col_scale, state.row_scale)
             interaction = 2 * ((y_new - y) * (Kx_new - state.Kx)).sum(-1).abs()
             limit = torch.where(interaction > 0, moved / interaction, torch.full_like(moved, math.inf))
             accept = eta <= limit
-            next_eta = torch.minimum((1 - (k + 1) ** -0.3) * limit, (1 + (k + 1) ** -0.6) * eta)
         else:
             accept = torch.ones_like(eta, dtype=torch.bool)
-            next_eta = eta
 
         keep = accept.unsqueeze(-1)
         x_next, y_next = torch.where(keep, x_new, x), torch.where(keep, y_new, y)
@@ -286,17 +294,46 @@ class PDHG(PrimalDualScheme):
         w = eta * accept  # the step where accepted, 0 where rejected
         col = w.unsqueeze(-1)
         state = state._replace(
-            Kx=Kx, Kty=Kty, step_size=next_eta,
+            Kx=Kx, Kty=Kty,
             sum_x=torch.addcmul(state.sum_x, col, x_next), sum_y=torch.addcmul(state.sum_y, col, y_next),
-            weight=state.weight + w, inner=state.inner + accept.long(),
-            iteration=k, operator_calls=state.operator_calls + 1,
+            weight=state.weight + w, inner=state.inner + accept.long(), operator_calls=state.operator_calls + 1,
         )
+        return (x_next, y_next), state, limit
+
+    @eager_when_compiled
+    def finish_step(self, problem, z, state: PDHGState, pending: tuple):
+        """The point and state after `bare_step` (``pending``): the iteration counter, the next trial step and
+        the restart checks.
+
+        Eager even inside ``torch.compile``: branches on the Python int ``iteration`` and the step
+        schedule's Python numbers would specialize a compiled step on them (a recompilation per step).
+        """
+        z, state, limit = pending
+        k = state.iteration + 1
+        if limit is not None:
+            state = state._replace(step_size=torch.minimum((1 - (k + 1) ** -0.3) * limit,
+                                                           (1 + (k + 1) ** -0.6) * state.step_size))
+        state = state._replace(iteration=k)
         if k % self.restart_every == 0:
-            state = self.detect(problem, state._replace(tracker=track(state.tracker, x_next, y_next, k)),
-                                k // self.restart_every)
+            x, y = z
+            state = self.detect(problem, state._replace(tracker=track(state.tracker, x, y, k)), k // self.restart_every)
             if self.restarts:
-                (x_next, y_next), state = self._restart(problem, x_next, y_next, state)
-        return (x_next, y_next), state
+                z, state = self._restart(problem, x, y, state)
+        return z, state
+
+    def plain_iterations(self, state: PDHGState) -> int:
+        """How many of the next iterations are plain: no restart check, and a constant step (the adaptive
+        rule's next trial step depends on the iteration number), so `plain_step` makes them."""
+        return 0 if self.adaptive_step else self.restart_every - 1 - state.iteration % self.restart_every
+
+    def plain_step(self, problem, z, state: PDHGState):
+        """`step` at a plain iteration (`plain_iterations`) with the counter left for `advance`: tensors in and
+        out, the same at every call, so that a chunk of them is compiled or captured as a CUDA graph once."""
+        return self.bare_step(problem, z, state)[:2]
+
+    def advance(self, state: PDHGState, iterations: int) -> PDHGState:
+        """``state`` after ``iterations`` `plain_step` calls: its iteration counter moved on."""
+        return state._replace(iteration=state.iteration + iterations)
 
     def output(self, problem, z, state):
         """The current point or the average since the last restart, whichever has the smaller residual."""
