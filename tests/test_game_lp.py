@@ -144,3 +144,15 @@ def test_only_bilinear_games_on_simplices_have_this_lp_form():
         as_linear_program(BilinearProblem(K, x0, y0, X=Box(0.0, 1.0), Y=Simplex()))
     with pytest.raises(ValueError, match="no other terms"):
         as_linear_program(BilinearProblem(K, x0, y0, g=Linear(torch.ones(2, 4, dtype=F64)), X=Simplex(), Y=Simplex()))
+
+
+def test_the_docs_example_runs():
+    import re
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "linear_programs.md"
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", page.read_text(), re.S) if "as_linear_program" in b]
+    assert len(blocks) == 1
+    namespace: dict = {}
+    exec(compile(blocks[0], "docs/linear_programs.md", "exec"), namespace)  # its own assert checks the gap
+    assert namespace["solution"].success.all()
