@@ -163,7 +163,7 @@ class Bilinear(Coupling):
     #: The fewest entries of one instance's K for which products are row vectors times a matrix.
     ROW_VECTOR_ENTRIES = 256
     #: The most entries of K (the whole batch) for which `mv` keeps a transposed copy of K.
-    TRANSPOSE_ENTRIES = 1 << 26
+    TRANSPOSE_ENTRIES = 1 << 24
 
     def _row_vector(self, v: Tensor) -> bool:
         """Whether the products with a dense K are best row vectors times K (``y^T K``) or K^T.

@@ -211,27 +211,27 @@ def solve(
                        time_limit=time_limit, compaction=compaction if can_compact else 0.0,
                        steps=_step_mode(compile, problem, max_operator_calls))
 
-    z = problem.domain.project(problem.z0 if warm_start is None else _warm_point(problem, solver, warm_start))
-    _check_operator_at_start(problem, z)
-    state = detached(solver.init(problem, z) if warm_start is None else
-                     solver.warm_state(problem, z, warm_start.state))
-    loop = _Loop(problem, solver, options, _Measures(problem, measure, gap_available), z, state, start)
+    with intra_op_threads(n_threads):  # the solver's start-up too (preconditioners, norms)
+        z = problem.domain.project(problem.z0 if warm_start is None else _warm_point(problem, solver, warm_start))
+        _check_operator_at_start(problem, z)
+        state = detached(solver.init(problem, z) if warm_start is None else
+                         solver.warm_state(problem, z, warm_start.state))
+        loop = _Loop(problem, solver, options, _Measures(problem, measure, gap_available), z, state, start)
 
-    writer = None
-    if checkpoint is not None or resume is not None:
-        bound = binding(problem, solver, {
-            "check_every": check_every, "check_growth": check_growth, "tol": tol_64, "measure": measure,
-            "max_operator_calls": max_operator_calls,
-            "divergence_factor": divergence_factor, "history": history_rows,
-            "compile": options.steps != "eager",
-            # (only when given: checkpoints written before warm starts existed stay valid)
-            **({} if warm_start is None else {"warm_start": (warm_start.z, warm_start.state)})})
-        if checkpoint is not None:
-            writer = CheckpointWriter(checkpoint, checkpoint_every, bound, loop.variables())
-        if resume is not None:
-            loop.load(restore(resume, bound, loop.variables(), map_location=problem.device))  # checks all first
-    loop.bar = _progress_bar(options.max_iters, solver) if progress else None
-    with intra_op_threads(n_threads):
+        writer = None
+        if checkpoint is not None or resume is not None:
+            bound = binding(problem, solver, {
+                "check_every": check_every, "check_growth": check_growth, "tol": tol_64, "measure": measure,
+                "max_operator_calls": max_operator_calls,
+                "divergence_factor": divergence_factor, "history": history_rows,
+                "compile": options.steps != "eager",
+                # (only when given: checkpoints written before warm starts existed stay valid)
+                **({} if warm_start is None else {"warm_start": (warm_start.z, warm_start.state)})})
+            if checkpoint is not None:
+                writer = CheckpointWriter(checkpoint, checkpoint_every, bound, loop.variables())
+            if resume is not None:
+                loop.load(restore(resume, bound, loop.variables(), map_location=problem.device))  # checks all first
+        loop.bar = _progress_bar(options.max_iters, solver) if progress else None
         loop.run(resumed=resume is not None, writer=writer)
         solution = loop.solution()
     if throw and not bool(solution.success.all()):
