@@ -84,7 +84,8 @@ class Bilinear(Coupling):
 
     A sparse K (``torch.sparse_coo`` or ``torch.sparse_csr``) is given as a 2-D
     ``(m, n)`` matrix shared by every instance. Products are ``mv`` (``K x``)
-    and ``rmv`` (``K^T y``); ``K^T`` is formed once for sparse matrices.
+    and ``rmv`` (``K^T y``); ``K^T`` is formed once for sparse matrices, and for dense ones
+    that do not require grad (a K being learned in place is read afresh at every product).
     """
 
     linear_in_y = True
@@ -137,7 +138,9 @@ class Bilinear(Coupling):
         """``K x`` for x of shape ``(B, n)``: ``(B, m)``."""
         if self.sparse:
             return (self.K @ x.mT).mT
-        if self._row_vector(x) and self.K.numel() <= self.TRANSPOSE_ENTRIES:
+        # (no cached copy of a K that requires grad: the copy would hold a graph that the first
+        # backward pass frees)
+        if self._row_vector(x) and self.K.numel() <= self.TRANSPOSE_ENTRIES and not self.K.requires_grad:
             if self._transpose is None:
                 self._transpose = self.K.mT.contiguous()
             return torch.matmul(x.unsqueeze(-2), self._transpose).squeeze(-2)

@@ -736,3 +736,20 @@ def test_linear_program_reference_against_cvxpy_and_its_kkt_conditions():
         prob = cp.Problem(cp.Minimize(c[i] @ x), cons)
         prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-11, tol_gap_rel=1e-11, tol_feas=1e-11)
         assert abs(prob.value - ref.value[i].item()) <= 1e-7 * (1 + abs(prob.value))
+
+
+def test_products_follow_a_k_that_is_learned_in_place():
+    # The row-vector products keep a transposed copy of K; for a K that requires grad (a payoff
+    # matrix being fitted by gradient steps in place) that copy would go stale.
+    from saddle import Bilinear
+
+    K = torch.randn(3, 20, 30, dtype=torch.float64, requires_grad=True)
+    coupling = Bilinear(K)
+    x, y = torch.randn(3, 30, dtype=torch.float64), torch.randn(3, 20, dtype=torch.float64)
+    for _ in range(2):
+        (grad,) = torch.autograd.grad(coupling.value(x, y).sum(), K)
+        torch.testing.assert_close(grad, y.unsqueeze(-1) * x.unsqueeze(-2), rtol=1e-14, atol=1e-14)
+        expected = torch.einsum("bmn,bn->bm", K.detach(), x)
+        torch.testing.assert_close(coupling.mv(x).detach(), expected, rtol=1e-13, atol=1e-13)
+        with torch.no_grad():
+            K.add_(torch.randn_like(K))  # a gradient step, in place
