@@ -143,7 +143,7 @@ class Bilinear(Coupling):
         if self._row_vector(x) and self.K.numel() <= self.TRANSPOSE_ENTRIES and not self.K.requires_grad:
             if self._transpose is None:
                 self._transpose = self.K.mT.contiguous()
-            return torch.matmul(x.unsqueeze(-2), self._transpose).squeeze(-2)
+            return _row_times(x, self._transpose)
         if self._elementwise(x):
             return (self.K * x.unsqueeze(-2)).sum(-1)
         return torch.matmul(self.K, x.unsqueeze(-1)).squeeze(-1)
@@ -153,7 +153,7 @@ class Bilinear(Coupling):
         if self.sparse:
             return (self._Kt @ y.mT).mT
         if self._row_vector(y):
-            return torch.matmul(y.unsqueeze(-2), self.K).squeeze(-2)
+            return _row_times(y, self.K)
         if self._elementwise(y):
             return (self.K * y.unsqueeze(-1)).sum(-2)
         return torch.matmul(self.K.mT, y.unsqueeze(-1)).squeeze(-1)
@@ -250,6 +250,21 @@ class Bilinear(Coupling):
 def _take_constants(L: dict, selection) -> dict:
     """The selected rows of a ``{"xx", "xy", "yy"}`` dict of Lipschitz constants (None kept)."""
     return {k: take(v, selection) for k, v in L.items()}
+
+
+def _row_times(v: Tensor, M: Tensor) -> Tensor:
+    """``v^T M`` per instance: ``(B, k)`` rows times ``(B or 1, k, l)`` matrices, ``(B, l)`` (and any
+    leading dimensions of v broadcast, through ``matmul``).
+
+    ``bmm`` itself (with a shared M expanded, a view): three operations, where ``matmul`` adds
+    five views and reshapes around the same ``bmm`` (the same bits).
+    """
+    if v.dim() != 2:
+        return torch.matmul(v.unsqueeze(-2), M).squeeze(-2)
+    rows, B = v.unsqueeze(1), max(v.shape[0], M.shape[0])
+    if rows.shape[0] != M.shape[0]:
+        rows, M = rows.expand(B, -1, -1), M.expand(B, -1, -1)
+    return torch.bmm(rows, M).squeeze(1)
 
 
 def _sparse_norm(coupling: Bilinear, iters: int = 300) -> Tensor:
