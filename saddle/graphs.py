@@ -15,6 +15,7 @@ nor out.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from typing import Any, Callable
 
@@ -147,7 +148,7 @@ def _flatten(tree: Any) -> list:
 
 def _rebuild(tree: Any, leaves: dict[int, Any]) -> Any:
     """``tree`` with its leaves of the given indices (`_flatten`'s order) replaced."""
-    counter = iter(range(len(_flatten(tree))))
+    counter = itertools.count()
 
     def go(node):
         if isinstance(node, tuple):

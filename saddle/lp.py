@@ -26,7 +26,6 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from numbers import Integral, Real
 from typing import NamedTuple
 
 import numpy as np
@@ -40,7 +39,7 @@ from .problem import BilinearProblem
 from .selection import take
 from .sets import Box
 from .solution import Solution, Status
-from .solve import _tolerance, solve
+from .solve import _check_max_iters, _check_time_limit, _tolerance, solve
 from .solvers.base import get_solver
 from .terms import Linear
 
@@ -536,11 +535,8 @@ def _standard_form(c, A_ub, b_ub, A_eq, b_eq, bounds, device) -> _StandardForm:
 def _check_linprog_options(method, progress, callback, warm_start, x0, max_iters, time_limit) -> None:
     if method not in METHODS:
         raise ValueError(f"method must be {' or '.join(map(repr, METHODS))}, got {method!r}")
-    if max_iters is not None and (isinstance(max_iters, bool) or not isinstance(max_iters, Integral) or max_iters < 0):
-        raise ValueError(f"max_iters must be a non-negative integer or None (no limit), got {max_iters!r}")
-    if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, Real)
-                                   or not time_limit > 0):
-        raise ValueError(f"time_limit must be None or a positive number of seconds, got {time_limit!r}")
+    _check_max_iters(max_iters)
+    _check_time_limit(time_limit)
     if not isinstance(progress, bool):
         raise TypeError(f"progress must be True or False, got {progress!r}")
     if callback is not None and not callable(callback):

@@ -688,9 +688,13 @@ def _checkpoint_options(checkpoint, checkpoint_every, check_every, resume) -> in
     return None if checkpoint_every is None else int(checkpoint_every)
 
 
-def _check_options(max_iters, check_every, measure, max_operator_calls, divergence_factor, extra=()) -> None:
+def _check_max_iters(max_iters) -> None:
     if max_iters is not None and (isinstance(max_iters, bool) or not isinstance(max_iters, Integral) or max_iters < 0):
         raise ValueError(f"max_iters must be a non-negative integer or None (no limit), got {max_iters!r}")
+
+
+def _check_options(max_iters, check_every, measure, max_operator_calls, divergence_factor, extra=()) -> None:
+    _check_max_iters(max_iters)
     if isinstance(check_every, bool) or not isinstance(check_every, Integral) or check_every < 1:
         raise ValueError(f"check_every must be a positive integer, got {check_every!r}")
     if measure not in MEASURES + tuple(extra):
