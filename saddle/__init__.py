@@ -1,9 +1,11 @@
 """saddle: batched solvers for minimax problems, saddle-point problems and variational inequalities."""
 
-from . import coupling, merit, optim, plot, sets, stepsize, terms
+from . import coupling, implicit, merit, optim, plot, sets, stepsize, terms
 from . import compress
 from .comparison import ComparisonRow, compare, format_table
 from .lp import LinearProgram, LinprogResult, linprog
+from .implicit import Implicit, sensitivity
+from .qp import QuadprogResult, quadprog
 from .operator import LinearOperator, MixedProducts, Operator, SaddleOperator
 from .problem import BilinearProblem, CompositeSaddleProblem, Reference, SaddleProblem, VIProblem
 from .sets import Ball, Box, CappedSimplex, ChiSquareBall, ConstraintSet, Permutahedron, Product, Reals, Simplex
@@ -64,6 +66,6 @@ __all__ = [
     "CappedSimplex", "ChiSquareBall", "Permutahedron",
     "MASHA1", "MASHA2", "DistributedEG", "CompressedEG", "compress",
     "compare", "ComparisonRow", "format_table",
-    "linprog", "LinearProgram", "LinprogResult",
-    "coupling", "merit", "optim", "plot", "sets", "stepsize", "terms",
+    "linprog", "LinearProgram", "LinprogResult", "quadprog", "QuadprogResult", "Implicit", "sensitivity",
+    "coupling", "implicit", "merit", "optim", "plot", "sets", "stepsize", "terms",
 ]

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .point import Point, put_rows, take_rows
+from .point import Point, detached, put_rows, take_rows
 
 __all__ = ["WorkingSet"]
 
@@ -66,7 +66,7 @@ def _check_selection(problem, selected, z: Point, rows: Tensor) -> None:
     ``problem``'s at z: a user's problem whose ``select`` misses data of its own is not compacted."""
     full = problem.F(z)
     part = selected.F(tuple(t.index_select(0, rows) for t in z))
-    for a, b in zip(full, part):
+    for a, b in zip(detached(full), detached(part)):
         a = a.index_select(0, rows)
         tol = 1e3 * torch.finfo(a.dtype).eps
         if a.shape != b.shape or not torch.allclose(a, b, rtol=tol, atol=tol * float(a.abs().max().clamp_min(1))):

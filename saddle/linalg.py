@@ -1,7 +1,8 @@
-"""Batched conjugate gradients for symmetric positive definite systems given by products.
+"""Batched Krylov solvers for linear systems given by products: conjugate gradients and GMRES.
 
 Competitive methods solve ``(I + eta^2 D_xy D_yx) u = b`` per instance from
-Hessian-vector products only; this is the solver they share. Each instance has
+Hessian-vector products only (`conjugate_gradient`); implicit differentiation
+solves the non-symmetric adjoint systems of `saddle.implicit` (`gmres`). Each instance has
 its own tolerance and iteration cap and stops on its own: once it stops, its
 solution is frozen (bitwise) while the rest of the batch goes on.
 """
@@ -15,7 +16,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["CGResult", "conjugate_gradient"]
+__all__ = ["CGResult", "conjugate_gradient", "GMRESResult", "gmres"]
 
 
 class CGResult(NamedTuple):
@@ -40,28 +41,29 @@ class CGResult(NamedTuple):
     converged: Tensor
 
 
-def _per_instance(value, name: str, B: int, like: Tensor, pending: list, *, integer: bool = False) -> Tensor:
+def _per_instance(value, name: str, B: int, like: Tensor, pending: list, *, integer: bool = False,
+                  who: str = "conjugate_gradient") -> Tensor:
     """``value`` as a ``(B,)`` tensor; a tensor's values are checked later, with one read (``pending``)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and (not integer or isinstance(value, int)):
         # A plain Python number (the common case): checked on the host, no device round trip.
         if not value >= 0 or (not integer and not math.isfinite(value)):
-            raise ValueError(f"conjugate_gradient: {name} must be finite and >= 0, got {value!r}")
+            raise ValueError(f"{who}: {name} must be finite and >= 0, got {value!r}")
         return torch.full((B,), value, dtype=torch.int64 if integer else like.dtype, device=like.device)
     if isinstance(value, bool) or not isinstance(value, (Real, Tensor)):
-        raise TypeError(f"conjugate_gradient: {name} must be a number or a (B,) tensor, got {type(value).__name__}")
+        raise TypeError(f"{who}: {name} must be a number or a (B,) tensor, got {type(value).__name__}")
     if integer and (isinstance(value, Real) and not isinstance(value, Integral)
                     or isinstance(value, Tensor) and (value.is_floating_point() or value.is_complex()
                                                       or value.dtype == torch.bool)):
-        raise TypeError(f"conjugate_gradient: {name} must be an int or a (B,) integer tensor, got {value!r}")
+        raise TypeError(f"{who}: {name} must be an int or a (B,) integer tensor, got {value!r}")
     dtype = torch.int64 if integer else like.dtype
     t = torch.as_tensor(value, dtype=dtype if isinstance(value, Real) else None).to(like.device, dtype)
     if t.dim() > 1 or (t.dim() == 1 and t.shape[0] not in (1, B)):
-        raise ValueError(f"conjugate_gradient: {name} must be a number or a (B,) = ({B},) tensor, "
+        raise ValueError(f"{who}: {name} must be a number or a (B,) = ({B},) tensor, "
                          f"got shape {tuple(t.shape)}")
     # The values are checked on the host together with the first convergence test (one read):
     # see `_setup_read`.
     bad = (t < 0).any() if integer else ((t < 0) | ~torch.isfinite(t)).any()
-    pending.append((bad, name, value))
+    pending.append((bad, name, value, who))
     return t.expand(B)
 
 
@@ -70,11 +72,11 @@ def _setup_read(pending: list, *values: Tensor) -> list:
 
     Raises the argument checks' ``ValueError``; returns the ``values`` as Python numbers.
     """
-    flags = [bad for bad, _, _ in pending]
+    flags = [bad for bad, *_ in pending]
     read = torch.stack([v.to(torch.int64) for v in (*flags, *values)]).tolist()  # flags and counts: integers
-    for is_bad, (_, name, value) in zip(read, pending):
+    for is_bad, (_, name, value, who) in zip(read, pending):
         if is_bad:
-            raise ValueError(f"conjugate_gradient: {name} must be finite and >= 0, got {value!r}")
+            raise ValueError(f"{who}: {name} must be finite and >= 0, got {value!r}")
     return read[len(flags):]
 
 
@@ -204,3 +206,89 @@ def _single(matvec: Callable[[Tensor], Tensor], x: Tensor, r: Tensor, rs: Tensor
     residual = rs.sqrt()
     count = torch.full_like(matvecs, iterations)
     return CGResult(x, count, matvecs + count, residual, residual <= threshold)
+
+
+class GMRESResult(NamedTuple):
+    """The result of `gmres`; tensors are ``(B, ...)``.
+
+    Attributes:
+        x: the solutions, ``(B, n)``.
+        iterations: products spent on each instance (those of the restarts' residuals included), ``(B,)`` int64.
+        residual: ``|b - A x|`` per instance, computed from a product at the end, ``(B,)``.
+        converged: ``residual <= tol * |b|`` per instance, ``(B,)`` bool.
+    """
+
+    x: Tensor
+    iterations: Tensor
+    residual: Tensor
+    converged: Tensor
+
+
+def gmres(matvec: Callable[[Tensor], Tensor], b: Tensor, *, tol: float | Tensor = 1e-10,
+          max_iters: int | Tensor = 1000, restart: int = 50) -> GMRESResult:
+    """Solve ``A_i x_i = b_i`` for every instance i by restarted GMRES (any nonsingular A_i).
+
+    Args:
+        matvec: ``v -> A v``, ``(B, n) -> (B, n)``; instances must not interact.
+        b: right-hand sides, ``(B, n)``.
+        tol: relative tolerance, a float or ``(B,)``: instance i has converged once ``|b_i - A_i x_i| <= tol_i |b_i|``.
+        max_iters: the most products per instance (those of its Krylov vectors and of its residuals), an
+            int or ``(B,)`` ints.
+        restart: the Krylov basis kept between restarts (memory ``B * restart * n``).
+
+    Returns:
+        `GMRESResult`. Each cycle builds an orthonormal basis ``V`` of the Krylov space of the residual
+        r (Arnoldi with classical Gram-Schmidt applied twice), with ``A V_k = V_{k+1} H``, and moves x by
+        ``V_k y``, ``y = argmin |beta e_1 - H y|`` (``beta = |r|``, a pseudo-inverse, so an exact
+        breakdown is harmless). Every instance is stepped until all have stopped, but an instance that
+        has stopped keeps its x.
+    """
+    if not callable(matvec):
+        raise TypeError(f"gmres: matvec must be callable, got {type(matvec).__name__}")
+    if not isinstance(b, Tensor) or b.dim() != 2 or not b.is_floating_point():
+        raise ValueError(f"gmres: b must be a floating (B, n) tensor, got {getattr(b, 'shape', type(b).__name__)}")
+    if isinstance(restart, bool) or not isinstance(restart, int) or restart < 1:
+        raise ValueError(f"gmres: restart must be a positive int, got {restart!r}")
+    B, n = b.shape
+    pending: list = []
+    tol = _per_instance(tol, "tol", B, b, pending, who="gmres")
+    cap = _per_instance(max_iters, "max_iters", B, b, pending, integer=True, who="gmres")
+    tiny = torch.finfo(b.dtype).tiny
+    x = torch.zeros_like(b)
+    threshold = tol * torch.linalg.vector_norm(b, dim=-1)
+    r, rnorm = b, torch.linalg.vector_norm(b, dim=-1)
+    iterations = torch.zeros(B, dtype=torch.int64, device=b.device)
+    done = (rnorm <= threshold) | (cap <= 0)
+    (cap_max,) = _setup_read(pending, cap.max())
+    cap_max = int(cap_max)
+    spent = 0
+    while spent < cap_max and not bool(done.all()):
+        k = min(restart, n, cap_max - spent)
+        V = b.new_zeros(B, k + 1, n)
+        H = b.new_zeros(B, k + 1, k)
+        V[:, 0] = r / rnorm.clamp_min(tiny).unsqueeze(-1)
+        for j in range(k):
+            w = matvec(V[:, j])
+            basis = V[:, :j + 1]
+            h = torch.bmm(basis, w.unsqueeze(-1))
+            w = w - torch.bmm(basis.mT, h).squeeze(-1)
+            h2 = torch.bmm(basis, w.unsqueeze(-1))  # the second pass restores orthogonality lost to rounding
+            w = w - torch.bmm(basis.mT, h2).squeeze(-1)
+            H[:, :j + 1, j] = (h + h2).squeeze(-1)
+            wn = torch.linalg.vector_norm(w, dim=-1)
+            H[:, j + 1, j] = wn
+            V[:, j + 1] = torch.where((wn > tiny).unsqueeze(-1), w / wn.clamp_min(tiny).unsqueeze(-1), 0.0)
+        # an instance whose cap falls inside the cycle uses only the products it may spend (the rest of the
+        # columns of H are zeroed, so the least-squares coefficients of their vectors are 0)
+        used = torch.minimum((cap - iterations - 1).clamp_min(0), torch.full_like(cap, k))
+        H = H * (torch.arange(k, device=b.device) < used.unsqueeze(-1)).unsqueeze(-2)
+        rhs = torch.zeros(B, k + 1, 1, dtype=b.dtype, device=b.device)
+        rhs[:, 0, 0] = rnorm
+        y = torch.linalg.pinv(H) @ rhs
+        x = torch.where(done.unsqueeze(-1), x, x + torch.bmm(V[:, :k].mT, y).squeeze(-1))
+        r = b - matvec(x)
+        rnorm = torch.where(done, rnorm, torch.linalg.vector_norm(r, dim=-1))
+        iterations = iterations + torch.where(done, 0, used + 1)
+        spent += k + 1
+        done = done | (rnorm <= threshold) | (iterations >= cap)
+    return GMRESResult(x, iterations, rnorm, rnorm <= threshold)

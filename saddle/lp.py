@@ -22,16 +22,19 @@ float64.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .implicit import DENSE_MAX_ENTRIES, DENSE_MAX_SIZE, Implicit, _polished, as_differentiation, attach
 from .lp_certificates import box_split, split_by_bounds, verify_dual_ray, verify_primal_ray
 from .lp_presolve import Presolved, embed, postsolve, presolve
 from .point import put_rows, take_rows, to_dtype
@@ -40,6 +43,7 @@ from .selection import take
 from .sets import Box
 from .solution import Solution, Status
 from .solve import _check_max_iters, _check_time_limit, _tolerance, solve
+from .threads import PARALLEL_MIN, intra_op_threads
 from .solvers.base import get_solver
 from .terms import Linear
 
@@ -47,7 +51,7 @@ __all__ = ["LinearProgram", "LinprogPhase", "LinprogResult", "linprog", "DEFAULT
            "DEFAULT_TIME_LIMIT", "METHODS", "MIXED_PROGRESS", "MIXED_SEGMENT", "MIXED_SWITCH_TOL", "PRECISIONS"]
 
 #: The solvers `linprog` offers (``method=``).
-METHODS = ("pdhg", "r2hpdhg")
+METHODS = ("pdhg", "r2hpdhg", "ipm")
 #: `linprog`'s method when none is given: restarted Halpern PDHG, which on the netlib LPs of up to
 #: 3000 nonzeros solved more (20 / 14 of 26 at 1e-4 / 1e-8 against 19 / 11), certified more
 #: infeasible ones (12 of 14 against 7) and took 1.6-2x fewer products than ``pdhg``
@@ -222,6 +226,8 @@ class LinprogResult:
             parts put together: its ``history`` is then empty, see ``phases``).
         phases: a `LinprogPhase` per dtype the iterations ran in, in order (float32 then float64
             for a ``"mixed"`` solve); empty when the presolve solved the LP.
+        adjoint: with ``differentiable=True``, the `saddle.implicit.Adjoint` of the gradients
+            (per-instance status); None otherwise.
     """
 
     x: Tensor
@@ -240,6 +246,7 @@ class LinprogResult:
     primal_ray: Tensor
     solution: Solution
     phases: tuple[LinprogPhase, ...] = ()
+    adjoint: Any = None
 
 
 _SCIPY_STATUS = {Status.CONVERGED: 0, Status.MAX_ITERS: 1, Status.BUDGET_EXHAUSTED: 1, Status.STOPPED: 1,
@@ -311,6 +318,20 @@ def _solve_device(device, tensors: dict[str, object]) -> torch.device:
     return device
 
 
+#: Whether `_float64` keeps tensors on their autograd graph (`linprog(differentiable=True)` reads the
+#: user's data once more that way, for the gradients); otherwise every input is detached.
+_KEEP_GRAD = contextvars.ContextVar("saddle_linprog_keep_grad", default=False)
+
+
+@contextlib.contextmanager
+def _keeping_grad():
+    token = _KEEP_GRAD.set(True)
+    try:
+        yield
+    finally:
+        _KEEP_GRAD.reset(token)
+
+
 def _float64(a, name: str, device) -> Tensor:
     """A dense float64 tensor on ``device`` from a real array-like; complex and non-numeric input refused."""
     if isinstance(a, Tensor):
@@ -318,7 +339,7 @@ def _float64(a, name: str, device) -> Tensor:
             raise TypeError(f"{name} must be dense")
         if a.is_complex():
             raise TypeError(f"{name} must be real, got a {a.dtype} tensor")
-        return a.detach().to(device=device, dtype=torch.float64)
+        return (a if _KEEP_GRAD.get() else a.detach()).to(device=device, dtype=torch.float64)
     try:
         arr = np.asarray(a)
     except ValueError as err:  # ragged nested sequences
@@ -534,7 +555,7 @@ def _standard_form(c, A_ub, b_ub, A_eq, b_eq, bounds, device) -> _StandardForm:
 
 def _check_linprog_options(method, progress, callback, warm_start, x0, max_iters, time_limit) -> None:
     if method not in METHODS:
-        raise ValueError(f"method must be {' or '.join(map(repr, METHODS))}, got {method!r}")
+        raise ValueError(f"method must be {', '.join(map(repr, METHODS[:-1]))} or {METHODS[-1]!r}, got {method!r}")
     _check_max_iters(max_iters)
     _check_time_limit(time_limit)
     if not isinstance(progress, bool):
@@ -546,6 +567,9 @@ def _check_linprog_options(method, progress, callback, warm_start, x0, max_iters
                         f"got {type(warm_start).__name__}")
     if warm_start is not None and x0 is not None:
         raise ValueError("give x0 or warm_start, not both (a warm start starts from its own point)")
+    if method == "ipm" and warm_start is not None:
+        raise ValueError("method='ipm' takes no warm_start (interior-point iterates start inside, away from a "
+                         "previous solution); use 'pdhg' or 'r2hpdhg' to warm-start")
 
 
 def _precision(precision, dtype: torch.dtype) -> str:
@@ -561,9 +585,9 @@ def _precision(precision, dtype: torch.dtype) -> str:
 
 def linprog(c, A_ub=None, b_ub=None, A_eq=None, b_eq=None, bounds=(0, None), *, method: str | None = None,
             tol: float = 1e-8, max_iters: int | None = None, time_limit: float | None = DEFAULT_TIME_LIMIT,
-            check_every: int = 64, device=None, dtype: torch.dtype = torch.float64, precision: str | None = None,
+            check_every: int | None = None, device=None, dtype: torch.dtype = torch.float64, precision: str | None = None,
             x0=None, warm_start: LinprogResult | None = None, callback=None, progress: bool = False,
-            **settings) -> LinprogResult:
+            differentiable: bool | Implicit = False, **settings) -> LinprogResult:
     """Solve one LP or a batch of LPs of equal shape by a restarted PDHG; the arguments mean what they mean in scipy.
 
     ``min c^T x  s.t.  A_ub x <= b_ub,  A_eq x = b_eq,  bounds[i][0] <= x_i <= bounds[i][1]``
@@ -587,7 +611,11 @@ def linprog(c, A_ub=None, b_ub=None, A_eq=None, b_eq=None, bounds=(0, None), *, 
             lower bound above its upper bound (or of +inf, or an upper bound of -inf) makes that LP
             infeasible (status 2), as in scipy.
         method: ``"pdhg"`` (restarted averaged PDHG, PDLP's scheme) or ``"r2hpdhg"`` (restarted
-            Halpern PDHG with reflection); default `DEFAULT_METHOD`.
+            Halpern PDHG with reflection); default `DEFAULT_METHOD`, or ``"ipm"`` for a differentiable solve
+            of dense LPs small enough for `saddle.implicit` to form their Jacobians. ``"ipm"``: Mehrotra's
+            interior-point method (`saddle.solvers.interior_point`): one dense KKT factorization per
+            iteration and 10-30 iterations, for batches of small dense LPs (no certificates: an
+            infeasible or unbounded LP ends at a limit or diverges; no warm starts).
         tol: relative KKT tolerance (primal residual, dual residual and gap,
             each relative, as PDLP: 1e-4 is moderate, 1e-8 high accuracy).
         max_iters: iteration limit, in all precisions together; None (default): none, as PDLP (the
@@ -596,7 +624,8 @@ def linprog(c, A_ub=None, b_ub=None, A_eq=None, b_eq=None, bounds=(0, None), *, 
         time_limit: seconds of wall time of the call (checked every ``check_every`` iterations);
             None: none. Default `DEFAULT_TIME_LIMIT`, cuPDLPx's 3600 s. Reaching it is status 1.
         check_every: iterations between convergence checks (a fixed cadence: the KKT error of a
-            PDHG scheme is not monotone, and checks growing apart would miss its dips).
+            PDHG scheme is not monotone, and checks growing apart would miss its dips); None: 64, or 5
+            for ``"ipm"`` (which needs 10-30 iterations in all).
         device: torch device; default: the device of the tensor arguments
             (which must agree), else the CPU. Given, every input is moved there.
         dtype: the dtype of the result, ``torch.float64`` (default) or ``torch.float32``; float16
@@ -621,6 +650,16 @@ def linprog(c, A_ub=None, b_ub=None, A_eq=None, b_eq=None, bounds=(0, None), *, 
         callback: passed to `saddle.solve` (of each part of a ``"mixed"`` solve: its ``Progress``
             counts that part's iterations).
         progress: show a progress bar.
+        differentiable: True (or a `saddle.implicit.Implicit` of options): ``x``, ``fun``, ``eqlin``
+            and ``ineqlin`` carry gradients with respect to the tensor arguments that require grad
+            (``c``, dense ``A_ub``, ``b_ub``, ``A_eq``, ``b_eq``, a tensor ``bounds``). ``x`` and the
+            duals by implicit differentiation of the Lagrangian's saddle point (`saddle.implicit`,
+            after Newton steps that polish the solution where the LP is small enough to form the
+            system), ``fun`` by the envelope theorem: with ``y = -marginals`` (``>= 0`` on the
+            inequality rows), ``fun = c^T x + y^T (A x - b)`` at the solution, so ``d fun / d c = x``,
+            ``d fun / d b = -y`` (the marginals, as in scipy) and ``d fun / d A = y x^T``.
+            ``x(c)`` is piecewise constant: its gradient with respect to c is zero almost everywhere.
+            Instances that did not solve (status != 0) get NaN gradients, with a warning.
         **settings: settings of the method's solver (`saddle.PDHG` for ``"pdhg"``:
             ``restarts=False``, ``precondition=False``, ``restart_measure="kkt"``, ...).
 
@@ -637,39 +676,143 @@ def linprog(c, A_ub=None, b_ub=None, A_eq=None, b_eq=None, bounds=(0, None), *, 
     iterate, which should not happen, is status 4.
     """
     budget = _Budget(max_iters, time_limit)
-    method = DEFAULT_METHOD if method is None else method
+    differentiation = as_differentiation(differentiable)
+    if differentiation == "unroll":
+        raise ValueError("linprog(differentiable='unroll') is not offered (the solve runs in presolved, scaled "
+                         "parts); use differentiable=True")
+    if differentiation is not None and any(isinstance(A, Tensor) and A.layout != torch.strided and A.requires_grad
+                                           for A in (A_ub, A_eq)):
+        raise ValueError("differentiable=True differentiates dense constraint matrices only; pass A_ub / A_eq "
+                         "as dense tensors, or sparse ones that do not require grad")
+    method = _default_method(c, A_ub, A_eq, differentiation) if method is None else method
+    check_every = (5 if method == "ipm" else 64) if check_every is None else check_every
     _check_linprog_options(method, progress, callback, warm_start, x0, max_iters, time_limit)
     _check_dtype(dtype)
     precision = _precision(precision, dtype)
+    if method == "ipm" and precision != "double":
+        raise ValueError(f"method='ipm' iterates in float64 only (its KKT systems lose float32's accuracy near the "
+                         f"solution), got precision={precision!r}")
     solver = get_solver(method, **settings)
     device = _solve_device(device, dict(c=c, A_ub=A_ub, b_ub=b_ub, A_eq=A_eq, b_eq=b_eq, bounds=bounds, x0=x0))
     lp64 = _standard_form(c, A_ub, b_ub, A_eq, b_eq, bounds, device)
-    B, n = lp64.c.shape
-    crossed = _crossed(lp64.lo, lp64.hi).any(-1).expand(B)  # infeasible bounds: reported as status 2
-    lp64 = lp64._replace(lo=torch.where(_crossed(lp64.lo, lp64.hi), 0.0, lp64.lo),
-                         hi=torch.where(_crossed(lp64.lo, lp64.hi), 0.0, lp64.hi))
-    x0_t = _tensor(x0, "x0", device, (1, 2))
-    if x0_t is not None:
-        if x0_t.shape not in ((n,), (B, n)):
-            raise ValueError(f"x0 must have shape ({n},) or ({B}, {n}), got {tuple(x0_t.shape)}")
-        x0_t = torch.minimum(torch.maximum(x0_t.expand(B, n), lp64.lo), lp64.hi)
-    tol_t = _tolerance(tol, B, device, torch.float64)
-    pre = presolve(lp64.c, lp64.K, lp64.d, lp64.n_eq, lp64.lo, lp64.hi)
-    if pre.empty:
-        sol, problem, phases = _presolved_solution(B, device, torch.float64, solver), None, ()
-    else:
-        reduced = _StandardForm(pre.c, pre.K, pre.d, pre.n_eq, lp64.m_ub, pre.lo, pre.hi)
-        problems = {dt: _reduced_program(reduced, x0_t, lp64, pre, dt)
-                    for dt in ((torch.float64,) if precision == "double" else (torch.float32, torch.float64))}
-        problem = problems[torch.float64]
-        parts = _Parts(solver, budget, dict(check_every=check_every, callback=callback, progress=progress))
-        tol_t = torch.where(crossed, math.inf, tol_t)
-        warm = None if warm_start is None else warm_start.solution
-        _SOLVES[precision](parts, problems, tol_t, warm)
-        sol, phases = parts.total, parts.phases()
-    single = _costs(c, device)[1]
-    return _result(sol, problem, lp64, pre, solver, crossed, tol_t, single, dtype,
-                   torch.float64 if precision == "double" else torch.float32, phases)
+    with intra_op_threads(_threads(lp64)):  # presolve, postsolve and gradients too, as the solves
+        B, n = lp64.c.shape
+        crossed = _crossed(lp64.lo, lp64.hi).any(-1).expand(B)  # infeasible bounds: reported as status 2
+        lp64 = lp64._replace(lo=torch.where(_crossed(lp64.lo, lp64.hi), 0.0, lp64.lo),
+                             hi=torch.where(_crossed(lp64.lo, lp64.hi), 0.0, lp64.hi))
+        x0_t = _tensor(x0, "x0", device, (1, 2))
+        if x0_t is not None:
+            if x0_t.shape not in ((n,), (B, n)):
+                raise ValueError(f"x0 must have shape ({n},) or ({B}, {n}), got {tuple(x0_t.shape)}")
+            x0_t = torch.minimum(torch.maximum(x0_t.expand(B, n), lp64.lo), lp64.hi)
+        tol_t = _tolerance(tol, B, device, torch.float64)
+        pre = presolve(lp64.c, lp64.K, lp64.d, lp64.n_eq, lp64.lo, lp64.hi)
+        if pre.empty:
+            sol, problem, phases = _presolved_solution(B, device, torch.float64, solver), None, ()
+        else:
+            reduced = _StandardForm(pre.c, pre.K, pre.d, pre.n_eq, lp64.m_ub, pre.lo, pre.hi)
+            problems = {dt: _reduced_program(reduced, x0_t, lp64, pre, dt)
+                        for dt in ((torch.float64,) if precision == "double" else (torch.float32, torch.float64))}
+            problem = problems[torch.float64]
+            parts = _Parts(solver, budget, dict(check_every=check_every, callback=callback, progress=progress,
+                                                polish=_polishes(differentiation, lp64) or _ipm_polishes(method, lp64)))
+            tol_t = torch.where(crossed, math.inf, tol_t)
+            warm = None if warm_start is None else warm_start.solution
+            _SOLVES[precision](parts, problems, tol_t, warm)
+            sol, phases = parts.total, parts.phases()
+        single = _costs(c, device)[1]
+        out = _result(sol, problem, lp64, pre, solver, crossed, tol_t, single, dtype,
+                      torch.float64 if precision == "double" else torch.float32, phases)
+        if differentiation is not None:
+            with _keeping_grad():
+                live = _standard_form(c, A_ub, b_ub, A_eq, b_eq, bounds, device)
+            _differentiate(out, live, differentiation, single)
+        return out
+
+
+def _default_method(c, A_ub, A_eq, differentiation) -> str:
+    """`DEFAULT_METHOD`, or ``"ipm"`` for a differentiable solve of dense LPs whose Jacobians `saddle.implicit` forms:
+    the interior-point method's 10-30 factorizations of so small a system cost less than PDHG's long tails."""
+    if differentiation is None or any(isinstance(A, Tensor) and A.layout != torch.strided for A in (A_ub, A_eq)):
+        return DEFAULT_METHOD
+    try:
+        import scipy.sparse as sp
+
+        if any(sp.issparse(A) for A in (A_ub, A_eq)):
+            return DEFAULT_METHOD
+    except ImportError:  # pragma: no cover
+        pass
+    n = np.shape(c)[-1] if np.ndim(c) else 1
+    rows = sum(np.shape(A)[-2] for A in (A_ub, A_eq) if A is not None and np.ndim(A) >= 2)
+    B = np.shape(c)[0] if np.ndim(c) == 2 else 1
+    N = n + rows
+    return "ipm" if N <= DENSE_MAX_SIZE and B * N * N <= DENSE_MAX_ENTRIES else DEFAULT_METHOD
+
+
+def _threads(lp: _StandardForm) -> int | None:
+    """One intra-op thread for LPs whose products are small (`saddle.threads.PARALLEL_MIN`), as `saddle.solve`."""
+    B = lp.c.shape[0]
+    size = B * (lp.K._nnz() if lp.K.layout != torch.strided else lp.K[0].numel())
+    return 1 if lp.c.device.type == "cpu" and max(size, lp.c.numel()) < PARALLEL_MIN else None
+
+
+def _polishes(differentiation: Implicit | None, lp: _StandardForm) -> bool:
+    """Whether a differentiable solve of ``lp`` polishes by Newton steps (`saddle.solve`'s ``polish``): where its
+    Jacobians are small enough to form, unless the options say otherwise."""
+    if differentiation is None or differentiation.polish is False or differentiation.method == "gmres":
+        return False
+    B, n = lp.c.shape
+    N = n + lp.d.shape[1]
+    return differentiation.polish is True or (N <= DENSE_MAX_SIZE and B * N * N <= DENSE_MAX_ENTRIES)
+
+
+def _ipm_polishes(method: str, lp: _StandardForm) -> bool:
+    """Whether an ``"ipm"`` solve polishes by Newton steps (where the LP is small enough to form its Jacobians): its
+    iterates stay inside the bounds, and one step takes them to the vertex."""
+    return method == "ipm" and _polishes(Implicit(), lp)
+
+
+def _differentiate(out: LinprogResult, live: _StandardForm, options: Implicit, single: bool) -> None:
+    """Put ``out``'s x, duals and objective on the autograd graph of the user's data ``live`` (in place).
+
+    The solution is the saddle point of the Lagrangian ``c^T x + <K x, y> - <d, y>`` of the LP in the
+    user's data (presolve undone), polished by Newton steps where M can be formed, then attached
+    (`saddle.implicit.attach`); ``fun`` is the Lagrangian at the detached point with the live data
+    (the envelope theorem) unless the bounds themselves require grad.
+    """
+    batched = (lambda t: t.unsqueeze(0)) if single else (lambda t: t)
+    x = batched(out.x).double()
+    y = -torch.cat([batched(out.eqlin), batched(out.ineqlin)], -1).double()
+    lp = LinearProgram(live.c, live.K, live.d, live.n_eq, live.lo, live.hi)
+    valid = batched(out.status) == 0
+    z = (torch.where(valid.unsqueeze(-1), x, 0.0), torch.where(valid.unsqueeze(-1), y, 0.0))
+    lin = None
+    with torch.no_grad():
+        kkt = lp.kkt(z)
+    if _polishes(options, live):
+        polished, _, lin = _polished(lp, z, None, 3, valid)
+        with torch.no_grad():
+            kkt_polished = lp.kkt(polished)
+        # a Newton step that halved the fixed-point residual from a wrong active set may still raise the KKT
+        # error: keep the polished point only where it does not
+        keep = _kkt_error(kkt_polished) <= _kkt_error(kkt)
+        z = tuple(torch.where(keep.unsqueeze(-1), p, q) for p, q in zip(polished, z))
+        kkt = {name: torch.where(keep, kkt_polished[name], kkt[name]) for name in kkt}
+        lin = lin if bool(keep.all()) else None
+    z_att, adjoint = attach(lp, z, options=options, valid=valid, linearization=lin)
+    moving_sets = live.lo.requires_grad or live.hi.requires_grad
+    with torch.enable_grad():
+        value = lp.objective(z_att if moving_sets else z)
+    dtype = out.x.dtype
+    unbatch = (lambda t: t[0]) if single else (lambda t: t)
+    nan_rows = lambda t: torch.where(valid.unsqueeze(-1), t, torch.nan)  # noqa: E731
+    out.x = unbatch(nan_rows(z_att[0]).to(dtype))
+    out.eqlin = unbatch(nan_rows(-z_att[1][:, :live.n_eq]).to(dtype))
+    out.ineqlin = unbatch(nan_rows(-z_att[1][:, live.n_eq:]).to(dtype))
+    out.fun = unbatch(torch.where(valid, value, torch.nan).to(dtype))
+    for name in ("primal_residual", "dual_residual", "gap"):
+        setattr(out, name, unbatch(torch.where(valid, kkt[name], batched(getattr(out, name)).double()).to(dtype)))
+    out.adjoint = adjoint
 
 
 def _reduced_program(reduced: _StandardForm, x0: Tensor | None, lp64: _StandardForm, pre: Presolved,
@@ -894,7 +1037,7 @@ def _result(sol: Solution, problem: LinearProgram | None, lp64: _StandardForm, p
     full = LinearProgram(lp64.c, lp64.K, lp64.d, lp64.n_eq, lp64.lo, lp64.hi)
     kkt = full.kkt((x, y))
     error = _kkt_error(kkt)
-    if problem is None:
+    if problem is None or not hasattr(solver, "certificates"):  # (the interior-point method has none)
         cert = {"dual_ray": y_r.new_zeros(y_r.shape), "primal_ray": x_r.new_zeros(x_r.shape)}
     else:
         cert = solver.certificates(problem, sol.state)

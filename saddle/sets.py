@@ -190,6 +190,16 @@ class ConstraintSet:
         raise NotImplementedError(f"{type(self).__name__} has no closed-form Jacobian-vector product of its "
                                   "projection; implement project_jvp(u, v)")
 
+    def project_jacobian(self, u: Tensor) -> Tensor:
+        """The Jacobian of `project` at ``u``, ``(B, n) -> (B, n, n)`` (symmetric; see `project_jvp`).
+
+        The default applies `project_jvp` to the n unit vectors; sets with a simpler closed form override it.
+        """
+        B, n = u.shape
+        eye = torch.eye(n, dtype=u.dtype, device=u.device)
+        columns = [self.project_jvp(u, eye[j].expand(B, n)) for j in range(n)]
+        return torch.stack(columns, -1)
+
     def select(self, index) -> "ConstraintSet":
         """The set of the selected instances (``index``: see `saddle.selection`).
 
@@ -217,6 +227,9 @@ class Reals(ConstraintSet):
 
     def project_jvp(self, u: Tensor, v: Tensor) -> Tensor:
         return v
+
+    def project_jacobian(self, u: Tensor) -> Tensor:
+        return torch.eye(u.shape[-1], dtype=u.dtype, device=u.device).expand(u.shape[0], -1, -1)
 
     def project(self, u: Tensor) -> Tensor:
         return u
@@ -298,6 +311,10 @@ class Box(ConstraintSet):
         lo = torch.as_tensor(_as_column(self.lo, u), dtype=u.dtype, device=u.device)
         hi = torch.as_tensor(_as_column(self.hi, u), dtype=u.dtype, device=u.device)
         return torch.where((u > lo) & (u < hi), v, torch.zeros_like(v))
+
+    def project_jacobian(self, u: Tensor) -> Tensor:
+        """``diag(lo < u < hi)``."""
+        return torch.diag_embed(self.project_jvp(u, torch.ones_like(u)))
 
     def select(self, index) -> "Box":
         sel = as_selection(index)
@@ -481,6 +498,11 @@ class Simplex(ConstraintSet):
         on = (self.project(u) > 0).to(v.dtype)
         mean = (on * v).sum(-1, keepdim=True) / on.sum(-1, keepdim=True)
         return on * (v - mean)
+
+    def project_jacobian(self, u: Tensor) -> Tensor:
+        """``diag(s) - s s^T / |S|`` with s the indicator of the support S of ``P(u)``."""
+        on = (self.project(u) > 0).to(u.dtype)
+        return torch.diag_embed(on) - on.unsqueeze(-1) * on.unsqueeze(-2) / on.sum(-1)[:, None, None]
 
     def support(self, v: Tensor) -> Tensor:
         return v.amax(-1)

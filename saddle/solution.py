@@ -74,6 +74,12 @@ class Solution:
         state: the solver's final state.
         solver: the solver instance that ran.
         wall_time: seconds spent in the solve.
+        value: with ``solve(..., differentiable=...)``, the objective ``f(x, y)`` of a saddle problem at
+            ``z``, ``(B,)``, on the autograd graph of the problem's data (by the envelope theorem,
+            ``d value / d theta = df/dtheta`` at the solution, without a linear solve, unless the sets'
+            own parameters require grad); None otherwise.
+        adjoint: with ``differentiable=True``, the `saddle.implicit.Adjoint` record of the implicit
+            differentiation (its per-instance ``status``, the method); None otherwise.
     """
 
     z: Point
@@ -87,6 +93,8 @@ class Solution:
     state: Any = None
     solver: Any = None
     wall_time: float = 0.0
+    value: Tensor | None = None
+    adjoint: Any = None
 
     @property
     def x(self) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -18,6 +19,7 @@ from .checkpoint import CheckpointWriter, binding, check_writable, restore, rest
 from .compaction import WorkingSet
 from .graphs import GraphedSteps, capture_steps
 from .history import History
+from .implicit import Implicit, as_differentiation, choose_method, differentiate, polish
 from .point import Point, accumulation_dtype, all_finite, detached, where
 from .threads import intra_op_threads, solve_threads
 from .solution import Solution, SolveError, Status, empty_status
@@ -30,6 +32,10 @@ NEAR_MISSES = 3  # float64 re-checks an instance may just miss before it is repo
 STALL_CHECKS = 12  # checks without a new best measure after which a low-precision instance near its floor stops
 STALL_FLOOR = 1000  # ... where "near" is a best measure below this many machine epsilons of its dtype
 MIN_GRAPH_STEPS = 4  # the fewest steps a CUDA graph replays (shorter runs of steps stay eager)
+#: `solve(polish=True)` first tries Newton steps on an instance once its measure is below this ...
+POLISH_FROM = 1e-3
+#: ... and after a failed try, once it is this fraction of its measure then (about one try per decade).
+POLISH_PROGRESS = 0.1
 
 
 class Progress(NamedTuple):
@@ -73,6 +79,8 @@ def solve(
     warm_start: Solution | None = None,
     compaction: float = 0.5,
     threads: int | None = None,
+    differentiable: bool | str | Implicit = False,
+    polish: bool | None = None,
     **settings,
 ) -> Solution:
     """Solve a batch of VIs with one solver; every instance stops on its own.
@@ -156,6 +164,23 @@ def solve(
             ``warm_start.z`` with the state ``solver.warm_state(problem, z, warm_start.state)``
             (PDHG reuses its step size and primal weight). With ``checkpoint`` / ``resume``
             the warm start is part of what a checkpoint binds.
+        differentiable: gradients of the solution with respect to the problem's data (the tensors
+            requiring grad that its operator, sets and terms hold). True (or ``"implicit"``, or a
+            `saddle.implicit.Implicit` of options): ``Solution.z`` (and ``x``, ``y``) carry the
+            implicit function theorem's gradient at the solution (`saddle.implicit`: the iterations run
+            without autograd, the backward pass solves one linear system per instance; on small
+            problems the solution is first polished by Newton steps) and ``Solution.value`` the
+            objective's, by the envelope theorem. ``"unroll"``: the iterations are replayed with
+            autograd on and differentiated (memory grows with them; for comparison). False: none.
+        polish: Newton steps on running instances that are nearly converged (a crossover): at a
+            check, an instance whose measure has fallen below `POLISH_FROM` (then 100 times lower
+            than at its last try) gets semismooth Newton steps on its fixed-point residual
+            (`saddle.implicit.polish`: one linear solve with the formed Jacobian per step; on
+            piecewise-affine problems, LPs, matrix games, QPs, exact once the active set is right);
+            where the polished point meets the tolerance the instance stops there, `CONVERGED`.
+            None (default): on with ``differentiable`` where the Jacobians are small enough to form
+            (`saddle.implicit.DENSE_MAX_ENTRIES`), off otherwise. Float64 problems with
+            differentiable operators only.
         **settings: the solver's settings when ``solver`` is a name, e.g.
             ``step_size=0.1``.
 
@@ -186,6 +211,9 @@ def solve(
     if isinstance(warm_start, bool):  # the competitive solvers' CG setting, now ``cg_warm_start`` (deprecated)
         settings, warm_start = {**settings, "warm_start": warm_start}, None
     solver = get_solver(solver, **settings)
+    differentiation = as_differentiation(differentiable)
+    if polish is not None and not isinstance(polish, bool):
+        raise TypeError(f"polish must be None (automatic), True or False, got {polish!r}")
     extra = tuple(problem.extra_measures())
     _check_options(max_iters, check_every, measure, max_operator_calls, divergence_factor, extra)
     _check_growth(check_growth)
@@ -209,7 +237,8 @@ def solve(
                        check_every=check_every, check_growth=check_growth, max_operator_calls=max_operator_calls,
                        divergence_factor=divergence_factor, history_rows=history_rows, callback=callback,
                        time_limit=time_limit, compaction=compaction if can_compact else 0.0,
-                       steps=_step_mode(compile, problem, max_operator_calls))
+                       steps=_step_mode(compile, problem, max_operator_calls),
+                       polish=_polishes(polish, differentiation, problem))
 
     with intra_op_threads(n_threads):  # the solver's start-up too (preconditioners, norms)
         z = problem.domain.project(problem.z0 if warm_start is None else _warm_point(problem, solver, warm_start))
@@ -232,8 +261,11 @@ def solve(
             if resume is not None:
                 loop.load(restore(resume, bound, loop.variables(), map_location=problem.device))  # checks all first
         loop.bar = _progress_bar(options.max_iters, solver) if progress else None
-        loop.run(resumed=resume is not None, writer=writer)
+        with torch.no_grad() if differentiation is not None else contextlib.nullcontext():
+            loop.run(resumed=resume is not None, writer=writer)
         solution = loop.solution()
+        if differentiation is not None:
+            solution = differentiate(problem, solver, solution, differentiation)
     if throw and not bool(solution.success.all()):
         raise SolveError(solution)
     return solution
@@ -254,6 +286,7 @@ class _Options(NamedTuple):
     time_limit: float | None
     compaction: float  # 0: never (also where the solve cannot compact)
     steps: str  # how the steps between checks run: "eager", "compiled" (torch.compile) or "graph" (CUDA graphs)
+    polish: bool  # Newton steps on nearly converged instances at the checks
 
 
 class _Measures:
@@ -315,6 +348,7 @@ class _Loop:
         self.last_measures: dict = {}
         self.calls: Tensor | None = None
         self.bar = None
+        self.polisher = _Polisher(problem, self.acc) if options.polish and self.recheck is None else None
 
     # --- checkpoints ---------------------------------------------------------------------------------
 
@@ -473,6 +507,9 @@ class _Loop:
             self.stop_stalled(value, converged)
         self.stop(converged, Status.CONVERGED)
         self.stop(self.active & (~torch.isfinite(res) | (res > self.floor)), Status.DIVERGED)
+        if self.polisher is not None:
+            self.stop(self.polisher(working, self.active & (value <= self.polisher.level), out, self.measures_at,
+                                    o.measure, self.tol), Status.CONVERGED)
         # Solvers that detect other outcomes (certificates of infeasibility) report them here.
         detected = self.solver.terminal_status(working.stepped, self.z, self.state)
         if detected is not None:
@@ -500,9 +537,12 @@ class _Loop:
             self.narrow()
         return self.n_active == 0
 
-    def evaluate(self, problem, z: Point, state) -> tuple[Point, dict]:
-        """The solver's output point at ``(z, state)`` and its measures."""
+    def evaluate(self, problem, z: Point, state, polished: tuple[Tensor, Point] | None = None) -> tuple[Point, dict]:
+        """The solver's output point at ``(z, state)`` (``polished = (mask, points)``: those points where ``mask``)
+        and its measures."""
         out = self.solver.output(problem, z, state)
+        if polished is not None:
+            out = where(polished[0], polished[1], out)
         Fz = problem.F(out)
         _check_operator_output(Fz, out, problem.dtype)
         return out, self.measures_at(problem, out, Fz)
@@ -557,7 +597,8 @@ class _Loop:
         if self.working.narrowed and recheck is not None and not recheck.failed:
             recheck = _Float64Recheck(self.problem, self.measures_at)
         status = torch.where(self.status == int(Status.RUNNING), int(Status.MAX_ITERS), self.status)
-        out, measures = self.evaluate(self.problem, z, state)
+        polished = None if self.polisher is None else self.polisher.points
+        out, measures = self.evaluate(self.problem, z, state, polished)
         exact = None if recheck is None else recheck(out)
         if exact is not None:
             measures = {name: None if v is None else v.to(self.acc) for name, v in exact.items()}
@@ -574,6 +615,65 @@ class _Loop:
             solver=self.solver,
             wall_time=time.perf_counter() - self.start,
         )
+
+
+class _Polisher:
+    """The crossover of `solve(polish=True)`: Newton steps on nearly converged instances at the checks.
+
+    An instance is tried when its measure falls below ``level`` (`POLISH_FROM` at first, then
+    `POLISH_PROGRESS` times its measure at each failed try, so a slow instance is tried about once per
+    two orders of magnitude); the polished points of the instances it finishes are kept (``points``)
+    and reported by the solution in place of the solver's output.
+    """
+
+    def __init__(self, problem, dtype: torch.dtype):
+        B, device = problem.batch_size, problem.device
+        self.level = torch.full((B,), POLISH_FROM, dtype=dtype, device=device)
+        self.done = torch.zeros(B, dtype=torch.bool, device=device)
+        self.z: Point | None = None
+        self.failed = False
+
+    @property
+    def points(self) -> tuple[Tensor, Point] | None:
+        """``(mask (B,), points)``: the polished points of the instances a polish finished, or None."""
+        return None if self.z is None else (self.done, self.z)
+
+    def __call__(self, working: WorkingSet, tried: Tensor, out: Point, measures_at, measure: str,
+                 tol: Tensor) -> Tensor:
+        """Polish the ``tried`` ``(B,)`` instances (of the stepped batch's output ``out``); the ``(B,)`` mask of
+        those whose polished point meets ``tol``."""
+        finished = torch.zeros_like(tried)
+        if self.failed or not bool(tried.any()):
+            return finished
+        local = working.local(tried).nonzero().squeeze(-1)
+        rows = local if working.rows is None else working.rows.index_select(0, local)
+        try:
+            part = working.stepped.select(local)
+            z, _ = polish(part, tuple(b.index_select(0, local) for b in out), steps=1)
+            value = measures_at(part, z, part.F(z))[measure].to(tol.dtype)
+        except (RuntimeError, TypeError, NotImplementedError) as err:  # an operator autograd cannot differentiate
+            warnings.warn(f"solve(polish=True): the Newton polish failed ({type(err).__name__}: {err}); the solve "
+                          "goes on without it", RuntimeWarning, stacklevel=4)
+            self.failed = True
+            return finished
+        met = value <= tol.index_select(0, rows)
+        if self.z is None:
+            self.z = tuple(torch.zeros(len(self.done), b.shape[-1], dtype=b.dtype, device=b.device) for b in out)
+        self.z = tuple(full.index_copy(0, rows, part_z) for full, part_z in zip(self.z, z))
+        self.done = self.done.index_fill(0, rows[met], True)
+        self.level = self.level.index_copy(0, rows, torch.where(met, self.level.index_select(0, rows),
+                                                                  POLISH_PROGRESS * value))
+        return finished.index_fill(0, rows[met], True)
+
+
+def _polishes(polish: bool | None, differentiation, problem) -> bool:
+    """Whether the solve polishes (`solve`'s ``polish``): None is on for a differentiable solve of a small float64
+    problem (one whose Jacobians `saddle.implicit` forms)."""
+    if polish is not None:
+        return polish
+    if differentiation is None or differentiation == "unroll" or problem.dtype != torch.float64:
+        return False
+    return choose_method(differentiation, problem) == "dense" and differentiation.polish is not False
 
 
 def next_check(k: int, check_every: int, check_growth: float) -> int:

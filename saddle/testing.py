@@ -212,9 +212,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
 
 #: The order in which `check_solver` looks for the family a structural check runs on (the first the
 #: solver applies to); the stopped-instances check needs a family no instance solves exactly (not a box).
-REPRESENTATIVE = ("quadratic_box", "quadratic", "matrix_game", "sharpness", "dro", "distributed")
+REPRESENTATIVE = ("quadratic_box", "quadratic", "matrix_game", "sharpness", "dro", "distributed", "linear_program")
 PREFERRED = {"stopped_instances_stay": ("quadratic", "sharpness", "dro", "distributed"),
-             "resume": ("matrix_game", "quadratic", "quadratic_box", "sharpness", "dro", "distributed")}
+             "resume": ("matrix_game", "quadratic", "quadratic_box", "sharpness", "dro", "distributed",
+                        "linear_program")}
 
 #: Settings the registered solvers need on the conformance families (no default step, minibatches).
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -492,6 +493,8 @@ def check_resume(solver: Solver, family: Family, *, directory: str | Path | None
     tol = r0 * torch.tensor(factors, dtype=r0.dtype, device=r0.device)
     run = dict(tol=tol, check_every=10)
     full = solve(problem, solver, max_iters=80, **run)
+    if int(full.iterations.max()) <= 40:  # (an interior-point method: done in fewer iterations than the cut)
+        raise SkipCheck(f"{family.name}: every instance stopped by iteration 40, before the interruption")
     with tempfile.TemporaryDirectory() if directory is None else contextlib.nullcontext(directory) as folder:
         path = Path(folder) / "solve.pt"
         first = solve(problem, solver, max_iters=40, checkpoint=path, checkpoint_every=20, **run)
@@ -722,6 +725,19 @@ def check_project_jvp(s: ConstraintSet, batch_size: int, dim: int) -> None:
     torch.testing.assert_close(jvp, fd, rtol=1e-5, atol=1e-5, msg="project_jvp differs from central differences")
 
 
+def check_project_jacobian(s: ConstraintSet, batch_size: int, dim: int) -> None:
+    """``project_jacobian(u) @ v`` equals ``project_jvp(u, v)``, and the Jacobian is symmetric (a projection's is)."""
+    u, v, _ = _set_points(batch_size, dim)
+    try:
+        jvp = s.project_jvp(u, v)
+    except NotImplementedError as err:
+        raise SkipCheck(f"no project_jvp: {err}") from None
+    J = s.project_jacobian(u)
+    torch.testing.assert_close(torch.bmm(J, v.unsqueeze(-1)).squeeze(-1), jvp, rtol=1e-12, atol=1e-12,
+                               msg="project_jacobian(u) v differs from project_jvp(u, v)")
+    torch.testing.assert_close(J, J.mT, rtol=1e-12, atol=1e-12, msg="the projection's Jacobian is not symmetric")
+
+
 def check_select_takes_rows(s: ConstraintSet, batch_size: int, dim: int) -> None:
     """``s.select(i).project(u[i:i+1])`` is row i of ``s.project(u)``, bit for bit."""
     u, _, _ = _set_points(batch_size, dim)
@@ -745,6 +761,7 @@ SET_CHECKS: dict[str, Callable] = {
     "projection": check_projection_is_a_projection,
     "nonexpansive": check_projection_is_nonexpansive,
     "project_jvp": check_project_jvp,
+    "project_jacobian": check_project_jacobian,
     "select": check_select_takes_rows,
     "separable": check_separable,
 }

@@ -61,7 +61,7 @@ def settings_for(solver: str) -> dict:
 
 def problem_for(solver: str):
     """A small batch of the first conformance family the solver applies to."""
-    order = ("matrix_game", "quadratic_box", "quadratic", "sharpness", "dro", "distributed")
+    order = ("matrix_game", "quadratic_box", "quadratic", "sharpness", "dro", "distributed", "linear_program")
     return saddle.testing.representative(saddle.testing.conformance_solver(solver), order)()
 
 

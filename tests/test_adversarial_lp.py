@@ -247,7 +247,7 @@ def test_crossed_bounds_make_that_lp_infeasible_as_in_scipy():
     (dict(primal_weight=torch.tensor([math.inf])), ValueError, "primal_weight must be None, a positive number"),
     (dict(primal_weight=torch.ones(2, 2)), ValueError, "primal_weight must be .* got shape"),
     (dict(restart="no"), TypeError, r"no setting\(s\) \['restart'\]; its settings are .*'restarts'"),
-    (dict(method="highs"), ValueError, "method must be 'pdhg' or 'r2hpdhg', got 'highs'"),
+    (dict(method="highs"), ValueError, "method must be 'pdhg', 'r2hpdhg' or 'ipm', got 'highs'"),
     (dict(progress="yes"), TypeError, "progress must be True or False"),
     (dict(callback=3), TypeError, "callback must be None or a function"),
     (dict(tol="1e-8"), TypeError, "tol must be a float"),

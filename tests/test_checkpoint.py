@@ -24,7 +24,10 @@ def test_resumed_solve_is_bit_identical(solver, tmp_path):
     # The SAM family's problem is built on a closure (the loss captures H): the resume says what it checked.
     opaque = family.name == "sharpness"
     with pytest.warns(CheckpointWarning, match="cannot see") if opaque else contextlib.nullcontext():
-        saddle.testing.check_resume(s, family, directory=tmp_path)
+        try:
+            saddle.testing.check_resume(s, family, directory=tmp_path)
+        except saddle.testing.SkipCheck as skip:  # (the interior-point method stops before the cut)
+            pytest.skip(str(skip))
 
 
 @pytest.mark.parametrize("solver", ["masha1", "masha2"])

@@ -131,10 +131,11 @@ def test_batched_solve_equals_loop_of_single_solves(solver, settings, name):
 
 
 @pytest.mark.parametrize("solver", sorted(set(saddle.solver_names()) - set(LINEARIZED_PD) - set(SAM_FAMILY) -
-                                          set(STOCHASTIC) - set(DISTRIBUTED)))
+                                          set(STOCHASTIC) - set(DISTRIBUTED) - {"ipm"}))
 def test_per_instance_step_sizes(solver):
     # (LPD and ALPD take per-instance constants instead: test_linearized_primal_dual.py; SAM and ASAM:
-    # test_sam_family_batched_solve_equals_loop_of_single_solves.)
+    # test_sam_family_batched_solve_equals_loop_of_single_solves; the interior-point method has no step
+    # size, its steps go a fixed fraction of the way to the boundary.)
     boxed = problems.get("quadratic", n=6, m=4, batch_size=3, seed=3, box=0.3)
     try:
         saddle.get_solver(solver).check(boxed)

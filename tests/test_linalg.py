@@ -157,3 +157,47 @@ def test_bad_inputs_name_the_argument(kwargs, error, match):
     matvec, b, x0 = args.pop("matvec"), args.pop("b"), args.pop("x0")
     with pytest.raises(error, match=match):
         conjugate_gradient(matvec, b, x0, **args)
+
+
+# -- GMRES ------------------------------------------------------------------------------------------------
+
+def _nonsymmetric(B: int, n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.eye(n, dtype=torch.float64) * 3 + 0.5 * torch.randn(B, n, n, generator=g, dtype=torch.float64)
+
+
+def test_gmres_solves_nonsymmetric_systems_like_a_dense_solve():
+    from saddle.linalg import gmres
+
+    A, b = _nonsymmetric(5, 14, seed=4), random_vectors(5, 14, seed=5)
+    res = gmres(Counted(A), b, tol=1e-13, max_iters=200, restart=8)  # restarts: 8 < n
+    torch.testing.assert_close(res.x, torch.linalg.solve(A, b.unsqueeze(-1)).squeeze(-1), rtol=0, atol=1e-10)
+    assert res.converged.all()
+    true = (b - (A @ res.x.unsqueeze(-1)).squeeze(-1)).norm(dim=-1)
+    torch.testing.assert_close(res.residual, true, rtol=0, atol=1e-15)
+
+
+def test_gmres_marks_instances_it_cannot_solve_and_keeps_the_others():
+    from saddle.linalg import gmres
+
+    A, b = _nonsymmetric(3, 10, seed=6), random_vectors(3, 10, seed=7)
+    # a cyclic shift: every Krylov space shorter than n misses its solution, so GMRES(6) stagnates on it
+    A[1] = torch.eye(10, dtype=torch.float64).roll(1, 0)
+    res = gmres(Counted(A), b, tol=1e-13, max_iters=42, restart=6)
+    assert bool(res.converged[0]) and bool(res.converged[2]) and not bool(res.converged[1])
+    solved = torch.linalg.solve(A, b.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(res.x[[0, 2]], solved[[0, 2]], rtol=0, atol=1e-10)
+
+
+def test_gmres_refuses_bad_input():
+    from saddle.linalg import gmres
+
+    b = random_vectors(2, 3, seed=0)
+    with pytest.raises(TypeError, match="matvec"):
+        gmres(None, b)
+    with pytest.raises(ValueError, match="b must be"):
+        gmres(lambda v: v, b[0])
+    with pytest.raises(ValueError, match="restart"):
+        gmres(lambda v: v, b, restart=0)
+    with pytest.raises(ValueError, match="tol"):
+        gmres(lambda v: v, b, tol=-1.0)

@@ -22,6 +22,7 @@ def test_readme_examples_run():
     assert "64 CONVERGED" in text
     assert "Status.DIVERGED" in text and "Status.CONVERGED" in text
     assert "MAX_ITERS" in text
+    assert "envelope: True" in text
     assert (namespace["cgd"].status == 0).all()  # CONVERGED
     res = namespace["res"]
     assert int(res.status) == 0 and abs(float(res.fun) + 7.0) <= 1e-7

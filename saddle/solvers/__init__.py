@@ -7,6 +7,7 @@ from .gda import GDA, AlternatingGDA, GDAState
 from .optimistic import Optimistic, Reflected, SingleCallState
 from .primal_dual import PDHG, PDHGState
 from .halpern import HalpernPDHG, HalpernState
+from .interior_point import InteriorPoint, InteriorPointState
 from .linearized_primal_dual import ALPD, LPD, InexactALPD, LinearizedPDState
 from .sam import ASAM, SAM, SAMState
 from .stochastic import SEG, VREG, DoubleStepSEG, Prospect, ProspectState, StochasticState, VREGState
@@ -17,7 +18,7 @@ __all__ = [
     "GDA", "AlternatingGDA", "GDAState",
     "Extragradient", "MirrorProx", "EGPlus", "AnchoredEG", "ExtragradientState",
     "Optimistic", "Reflected", "SingleCallState",
-    "PDHG", "PDHGState", "HalpernPDHG", "HalpernState",
+    "PDHG", "PDHGState", "HalpernPDHG", "HalpernState", "InteriorPoint", "InteriorPointState",
     "LPD", "ALPD", "InexactALPD", "LinearizedPDState",
     "CGD", "ACGD", "CGO", "OCGO", "CompetitiveState",
     "SAM", "ASAM", "SAMState",
