@@ -120,6 +120,14 @@ class CappedSimplex(ConstraintSet):
         tau = torch.minimum(torch.maximum(tau, lo), hi)
         return torch.minimum((u - tau).clamp_min(0), c)
 
+    def project_jvp(self, u: Tensor, v: Tensor) -> Tensor:
+        """On the coordinates F of ``P(u)`` strictly between 0 and cap, ``v - mean_F(v)``; 0 on the others
+        (tau moves with the mean of u over F)."""
+        q, c = self.project(u), _per_instance_value(self.cap, u)
+        free = ((q > 0) & (q < c)).to(v.dtype)
+        mean = (free * v).sum(-1, keepdim=True) / free.sum(-1, keepdim=True).clamp_min(1)
+        return free * (v - mean)
+
     def lmo(self, g: Tensor) -> Tensor:
         n = g.shape[-1]
         c = _per_instance_value(self.cap, g)

@@ -20,7 +20,8 @@ The operations, for a set C:
 - ``project_jvp(u, v)``: the directional derivative of the projection at u
   along v (where the projection is differentiable; closed forms for `Reals`,
   `Box`, the 2-norm and inf-norm `Ball`, the Euclidean projection onto the
-  `Simplex` and `Product`).
+  `Simplex`, `CappedSimplex` and `Product`); ``project_jacobian(u)`` the whole
+  ``(B, n, n)`` Jacobian (symmetric, as every projection's).
 - ``select(index)``: the set of the selected instances (`saddle.selection`).
 
 Capabilities, which solvers ask for instead of testing set types (a set of
