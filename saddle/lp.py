@@ -45,6 +45,7 @@ from .solution import Solution, Status
 from .solve import _check_max_iters, _check_time_limit, _tolerance, solve
 from .threads import PARALLEL_MIN, intra_op_threads
 from .solvers.base import get_solver
+from .solvers.interior_point import MAX_ITERS as IPM_MAX_ITERS
 from .terms import Linear
 
 __all__ = ["LinearProgram", "LinprogPhase", "LinprogResult", "linprog", "DEFAULT_METHOD", "DEFAULT_PRECISION",
@@ -619,8 +620,9 @@ def linprog(c, A_ub=None, b_ub=None, A_eq=None, b_eq=None, bounds=(0, None), *, 
         tol: relative KKT tolerance (primal residual, dual residual and gap,
             each relative, as PDLP: 1e-4 is moderate, 1e-8 high accuracy).
         max_iters: iteration limit, in all precisions together; None (default): none, as PDLP (the
-            time limit bounds the solve). In a batch, a ``"mixed"`` solve's float64 part gets what
-            is left to the instance that took the most float32 iterations.
+            time limit bounds the solve), except `saddle.solvers.interior_point.MAX_ITERS` for
+            ``"ipm"``. In a batch, a ``"mixed"`` solve's float64 part gets what is left to the instance
+            that took the most float32 iterations.
         time_limit: seconds of wall time of the call (checked every ``check_every`` iterations);
             None: none. Default `DEFAULT_TIME_LIMIT`, cuPDLPx's 3600 s. Reaching it is status 1.
         check_every: iterations between convergence checks (a fixed cadence: the KKT error of a
@@ -675,7 +677,6 @@ def linprog(c, A_ub=None, b_ub=None, A_eq=None, b_eq=None, bounds=(0, None), *, 
     optimal, infeasible (a verified certificate), unbounded (likewise) or at a limit; a non-finite
     iterate, which should not happen, is status 4.
     """
-    budget = _Budget(max_iters, time_limit)
     differentiation = as_differentiation(differentiable)
     if differentiation == "unroll":
         raise ValueError("linprog(differentiable='unroll') is not offered (the solve runs in presolved, scaled "
@@ -686,7 +687,10 @@ def linprog(c, A_ub=None, b_ub=None, A_eq=None, b_eq=None, bounds=(0, None), *, 
                          "as dense tensors, or sparse ones that do not require grad")
     method = _default_method(c, A_ub, A_eq, differentiation) if method is None else method
     check_every = (5 if method == "ipm" else 64) if check_every is None else check_every
+    if method == "ipm" and max_iters is None:
+        max_iters = IPM_MAX_ITERS
     _check_linprog_options(method, progress, callback, warm_start, x0, max_iters, time_limit)
+    budget = _Budget(max_iters, time_limit)
     _check_dtype(dtype)
     precision = _precision(precision, dtype)
     if method == "ipm" and precision != "double":

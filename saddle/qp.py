@@ -26,9 +26,10 @@ from .problem import BilinearProblem
 from .sets import Box, Reals
 from .solution import Solution, Status
 from .solve import solve
+from .solvers.interior_point import MAX_ITERS as IPM_MAX_ITERS
 from .terms import Linear, Quadratic
 
-__all__ = ["quadprog", "QuadprogResult"]
+__all__ = ["quadprog", "QuadprogResult", "QuadraticProgram"]
 
 #: `quadprog`'s scipy-style status codes: 0 solved, 1 a limit, 4 numerical difficulties.
 _STATUS = {Status.CONVERGED: 0, Status.MAX_ITERS: 1, Status.BUDGET_EXHAUSTED: 1, Status.STOPPED: 1,
@@ -45,7 +46,9 @@ class QuadprogResult:
         eqlin: multipliers ``nu`` of ``A x = b``, ``(B, p)`` (``d fun / d b = -nu``).
         ineqlin: multipliers ``lam >= 0`` of ``G x <= h``, ``(B, m)``.
         fun: ``1/2 x^T P x + q^T x``, ``(B,)``.
-        status: 0 solved, 1 an iteration or time limit, 4 numerical difficulties (a non-finite iterate), ``(B,)``.
+        status: 0 solved, 1 an iteration or time limit, 4 numerical difficulties (a non-finite iterate, or an
+            interior-point iteration that stopped moving short of tol), ``(B,)``. There are no certificates of
+            infeasibility or unboundedness: such a QP ends with status 1 or 4, never 0.
         success: ``status == 0``.
         nit: iterations per instance.
         solution: the underlying `saddle.Solution` (its ``z = (x, (nu, lam))``).
@@ -60,6 +63,44 @@ class QuadprogResult:
     nit: Tensor
     solution: Solution | None = None
     adjoint: Any = None
+
+
+class QuadraticProgram(BilinearProblem):
+    """The Lagrangian saddle problem of a batch of QPs, with the relative KKT error as the measure ``"kkt"``.
+
+    ``min_x max_y 1/2 x^T P x + q^T x + <K x, y> - <d, y>`` with ``y_i`` free on equality rows and ``>= 0`` on
+    inequality rows (`quadprog` builds it). The natural residual alone cannot tell an infeasible QP from a
+    solved one once the multipliers grow past the rounding of their steps (a residual of exactly 0 at
+    y ~ 1e16); the KKT error, relative to the data, can.
+    """
+
+    def extra_measures(self) -> tuple[str, ...]:
+        return ("kkt",)
+
+    def measure(self, name, z, Fz):
+        if name != "kkt":
+            return super().measure(name, z, Fz)
+        return _kkt_error(self, z)
+
+
+def _kkt_error(problem: BilinearProblem, z) -> Tensor:
+    """``max(primal, dual, gap)`` relative errors of the QP at ``z = (x, y)``, ``(B,)``.
+
+    primal ``|(K_eq x - d_eq, (K_in x - d_in)_+)| / (1 + |d|)``; dual ``|P x + q + K^T y| / (1 + |q|)``;
+    gap ``|x^T P x + q^T x + d^T y| / (1 + |1/2 x^T P x + q^T x| + |1/2 x^T P x + d^T y|)`` (the primal and dual
+    objectives ``1/2 x^T P x + q^T x`` and ``-1/2 x^T P x - d^T y``).
+    """
+    x, y = z
+    d, q = problem.h_conj.c, problem.g.c
+    Kx, Kty = problem.coupling.mv(x), problem.coupling.rmv(y)
+    row = torch.clamp(Kx - d, min=problem.domain[1].lo)
+    Px = problem.g.grad(x) - q
+    xPx = (x * Px).sum(-1)
+    primal_obj, dual_obj = 0.5 * xPx + (q * x).sum(-1), -0.5 * xPx - (d * y).sum(-1)
+    primal = row.norm(dim=-1) / (1 + d.norm(dim=-1))
+    dual = (Px + q + Kty).norm(dim=-1) / (1 + q.norm(dim=-1))
+    gap = (primal_obj - dual_obj).abs() / (1 + primal_obj.abs() + dual_obj.abs())
+    return torch.maximum(torch.maximum(primal, dual), gap)
 
 
 def _given(t) -> bool:
@@ -97,7 +138,7 @@ def _batch_of(t: Tensor, unbatched_dims: int) -> int:
 
 
 def quadprog(P: Tensor, q: Tensor, G: Tensor | None = None, h: Tensor | None = None, A: Tensor | None = None,
-             b: Tensor | None = None, *, method: str = "ipm", tol: float = 1e-8, max_iters: int | None = 100_000,
+             b: Tensor | None = None, *, method: str = "ipm", tol: float = 1e-8, max_iters: int | None = None,
              time_limit: float | None = None, differentiable: bool | Implicit | None = None,
              **settings) -> QuadprogResult:
     """Solve a batch of convex QPs ``min 1/2 x^T P x + q^T x  s.t.  G x <= h,  A x = b`` (qpth's arguments).
@@ -114,8 +155,10 @@ def quadprog(P: Tensor, q: Tensor, G: Tensor | None = None, h: Tensor | None = N
         method: the solver of the Lagrangian's saddle point: ``"ipm"`` (default; Mehrotra's interior-point
             method, `saddle.solvers.interior_point`, 10-30 dense factorizations), ``"pdhg"`` or ``"r2hpdhg"``
             (first-order, matrix-free: for larger QPs).
-        tol: the natural residual of the saddle point each instance is solved to before the polish.
-        max_iters: the iteration limit per instance.
+        tol: the relative KKT error (the largest of the relative primal residual, dual residual and duality
+            gap: `QuadraticProgram`) each instance is solved to, before the polish.
+        max_iters: the iteration limit per instance (None: 100 000, or
+            `saddle.solvers.interior_point.MAX_ITERS` for ``"ipm"``).
         time_limit: seconds of wall time (None: none).
         differentiable: gradients with respect to every argument that requires grad: None (default)
             when one does, True / False, or a `saddle.implicit.Implicit` of options.
@@ -182,12 +225,14 @@ def quadprog(P: Tensor, q: Tensor, G: Tensor | None = None, h: Tensor | None = N
     d = torch.cat(ds, -1)
     m = d.shape[-1]
     y_lo = torch.cat([torch.full((1, n_eq), -math.inf), torch.zeros(1, m - n_eq)], -1).to(d)
-    problem = BilinearProblem(K, torch.zeros(B, n, dtype=dtype, device=q.device),
+    problem = QuadraticProgram(K, torch.zeros(B, n, dtype=dtype, device=q.device),
                               torch.zeros(B, m, dtype=dtype, device=q.device), g=Quadratic(P3, q2), h_conj=Linear(d),
                               X=Reals(), Y=Box(y_lo, math.inf), name=f"quadratic program (m={m}, n={n})")
     if method == "ipm":
         settings.setdefault("check_every", 5)
-    sol = solve(problem, method, tol=tol, max_iters=max_iters, time_limit=time_limit,
+    if max_iters is None:
+        max_iters = IPM_MAX_ITERS if method == "ipm" else 100_000
+    sol = solve(problem, method, tol=tol, measure="kkt", max_iters=max_iters, time_limit=time_limit,
                 differentiable=how if how is not None else False, **settings)
     x, y = sol.z
     with torch.enable_grad():

@@ -192,3 +192,13 @@ def test_quadprog_takes_a_sparse_g_with_pdhg_and_differentiates_the_dense_data()
     torch.testing.assert_close(g_sparse, g_dense, rtol=0, atol=1e-8)
     with pytest.raises(ValueError, match="dense KKT"):
         saddle.quadprog(Pt, qt, Gs, torch.tensor(h[0]), method="ipm")
+
+
+@pytest.mark.parametrize("method", ["ipm", "pdhg", "r2hpdhg"])
+def test_quadprog_never_reports_an_infeasible_qp_as_solved(method):
+    # x1 + x2 <= -1 and x1 + x2 >= 1: the multipliers grow without bound, and once y ~ 1e16 a step of the
+    # natural residual rounds to 0; the relative KKT error the solve measures does not
+    P, q = torch.eye(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    G, h = torch.tensor([[1.0, 1.0], [-1.0, -1.0]], dtype=torch.float64), torch.tensor([-1.0, -1.0], dtype=torch.float64)
+    res = saddle.quadprog(P, q, G, h, method=method, max_iters=2000)
+    assert int(res.status) != 0

@@ -39,7 +39,11 @@ from ..solution import Status
 from ..terms import Linear, Quadratic, Zero
 from .base import Solver, register
 
-__all__ = ["InteriorPoint", "InteriorPointState"]
+__all__ = ["InteriorPoint", "InteriorPointState", "MAX_ITERS"]
+
+#: The iteration limit `saddle.linprog` and `saddle.quadprog` give the method when none is given: it solves
+#: in 10-30 iterations or not at all (an infeasible or unbounded instance).
+MAX_ITERS = 200
 
 #: The fraction of the largest step to the boundary an iteration takes (Mehrotra's eta).
 STEP_FRACTION = 0.99
