@@ -202,7 +202,10 @@ class _Walk:
             _put(h, str(t.dtype), str(t.layout), str(tuple(t.shape)))
             for part in _dense_parts(t.detach()) if t.device.type != "meta" else ():
                 if part.numel():
-                    flat = part.resolve_conj().resolve_neg().cpu().contiguous().reshape(-1)
+                    flat = part.resolve_conj().resolve_neg().cpu().reshape(-1)
+                    # a fresh tensor: contiguous() keeps a stride of 0 on a size-1 dimension (a (1,) tensor
+                    # expanded from a scalar, such as a batch of one's tolerance), which view() refuses
+                    flat = torch.empty(flat.shape, dtype=flat.dtype).copy_(flat)
                     h.update(memoryview(flat.view(torch.uint8).numpy()))
             self._tensors[key] = (t, h.digest())
         return self._tensors[key][1]

@@ -173,14 +173,15 @@ def solve(
             objective's, by the envelope theorem. ``"unroll"``: the iterations are replayed with
             autograd on and differentiated (memory grows with them; for comparison). False: none.
         polish: Newton steps on running instances that are nearly converged (a crossover): at a
-            check, an instance whose measure has fallen below `POLISH_FROM` (then 100 times lower
-            than at its last try) gets semismooth Newton steps on its fixed-point residual
+            check, an instance whose measure has fallen below `POLISH_FROM` (then `POLISH_PROGRESS`
+            times its measure at its last try) gets semismooth Newton steps on its fixed-point residual
             (`saddle.implicit.polish`: one linear solve with the formed Jacobian per step; on
             piecewise-affine problems, LPs, matrix games, QPs, exact once the active set is right);
             where the polished point meets the tolerance the instance stops there, `CONVERGED`.
             None (default): on with ``differentiable`` where the Jacobians are small enough to form
             (`saddle.implicit.DENSE_MAX_ENTRIES`), off otherwise. Float64 problems with
-            differentiable operators only.
+            differentiable operators only; not with ``checkpoint`` / ``resume`` (a checkpoint does not
+            hold the polished points).
         **settings: the solver's settings when ``solver`` is a name, e.g.
             ``step_size=0.1``.
 
@@ -214,6 +215,11 @@ def solve(
     differentiation = as_differentiation(differentiable)
     if polish is not None and not isinstance(polish, bool):
         raise TypeError(f"polish must be None (automatic), True or False, got {polish!r}")
+    if polish and (checkpoint is not None or resume is not None):
+        raise ValueError("polish=True cannot be checkpointed (a checkpoint does not hold the polished points): "
+                         "give polish=False, or no checkpoint / resume")
+    if checkpoint is not None or resume is not None:
+        polish = False
     extra = tuple(problem.extra_measures())
     _check_options(max_iters, check_every, measure, max_operator_calls, divergence_factor, extra)
     _check_growth(check_growth)

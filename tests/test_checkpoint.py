@@ -119,3 +119,12 @@ def test_a_problem_holding_a_generator_resumes_bit_identically(tmp_path):
     # the noise moves the iterates: the resume is bit-identical only because the generator's state was saved
     other = saddle.solve(NoisyGame(seed=6), "extragradient", tol=0.0, max_iters=60, step_size=0.1)
     assert not any(torch.equal(a, b) for a, b in zip(full.z, other.z))
+
+
+def test_a_batch_of_one_checkpoints(tmp_path):
+    # its (1,) tolerance, expanded from a float, has stride 0: the fingerprint once failed to read its bytes
+    game = saddle.problems.get("matrix_game", n=3, m=3, batch_size=1, seed=0)
+    full = saddle.solve(game, "extragradient", tol=1e-9, max_iters=60, check_every=10)
+    saddle.solve(game, "extragradient", tol=1e-9, max_iters=30, check_every=10, checkpoint=tmp_path / "one.pt")
+    resumed = saddle.solve(game, "extragradient", tol=1e-9, max_iters=60, check_every=10, resume=tmp_path / "one.pt")
+    assert torch.equal(full.z[0], resumed.z[0]) and torch.equal(full.iterations, resumed.iterations)

@@ -202,3 +202,14 @@ def test_quadprog_never_reports_an_infeasible_qp_as_solved(method):
     G, h = torch.tensor([[1.0, 1.0], [-1.0, -1.0]], dtype=torch.float64), torch.tensor([-1.0, -1.0], dtype=torch.float64)
     res = saddle.quadprog(P, q, G, h, method=method, max_iters=2000)
     assert int(res.status) != 0
+
+
+def test_polish_refuses_checkpoints(tmp_path):
+    game = problems.get("matrix_game", n=3, m=3, batch_size=1, seed=0)
+    with pytest.raises(ValueError, match="polish=True cannot be checkpointed"):
+        saddle.solve(game, "r2hpdhg", polish=True, checkpoint=tmp_path / "c.pt")
+    K = game.K.clone().requires_grad_()
+    u = torch.full((1, 3), 1 / 3, dtype=torch.float64)
+    differentiable = saddle.BilinearProblem(K, u, u, X=saddle.Simplex(), Y=saddle.Simplex())
+    sol = saddle.solve(differentiable, "r2hpdhg", tol=1e-10, differentiable=True, checkpoint=tmp_path / "d.pt")
+    assert sol.status[0] == 0 and sol.z[0].requires_grad  # (automatic polish off; the gradient still attached)
