@@ -349,7 +349,8 @@ def run_family(family: str, args) -> tuple[list[dict], list[str]]:
         layer = cvxpylayer(family, size, solver_args(backend, args.tol, args.mode, args.jobs))
         methods.append(Method(f"cvxpylayers[{backend}] batched", cvxpylayers_batched(family, layer), B, B))
         methods.append(Method(f"cvxpylayers[{backend}] loop", cvxpylayers_loop(family, layer), loop_rows, B))
-    methods += [Method(label, functools.partial(SADDLE[family], method=method), B, B) for label, method in SADDLE_METHODS]
+    methods += [Method(label, functools.partial(SADDLE[family], method=method), B, B)
+                for label, method in SADDLE_METHODS]
     for method in methods:
         method.warm_up(family, data)
     active = [m for m in methods if m.skipped is None]
