@@ -283,8 +283,8 @@ class PDHG(PrimalDualScheme):
         if self.adaptive_step:
             moved = weighted_square(x_new - x, y_new - y, omega, state.col_scale, state.row_scale)
             interaction = 2 * ((y_new - y) * (Kx_new - state.Kx)).sum(-1).abs()
-            # (the division is by 1 where the branch is not taken: 0 / 0 there would make unrolled gradients NaN)
-            limit = torch.where(interaction > 0, moved / torch.where(interaction > 0, interaction, 1.0),
+            # (divided by at least the tiniest float: 0 / 0 in the branch not taken made unrolled gradients NaN)
+            limit = torch.where(interaction > 0, moved / interaction.clamp_min(torch.finfo(moved.dtype).tiny),
                                 torch.full_like(moved, math.inf))
             accept = eta <= limit
         else:
