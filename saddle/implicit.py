@@ -168,15 +168,19 @@ def _requires_grad(obj: Any) -> bool:
     return any(found)
 
 
-def _closed_form(s: ConstraintSet, u: Tensor) -> bool:
-    """Whether ``s`` has a closed-form `project_jvp` and no parameter of its own requires grad."""
-    if _requires_grad(s):
-        return False
-    try:
-        s.project_jvp(u.detach(), torch.zeros_like(u))
-    except NotImplementedError:
-        return False
-    return True
+def _closed_forms(problem, z: Point) -> list[bool]:
+    """Per block: whether its step is a projection whose set has a closed-form `project_jvp` and no parameter of
+    its own requiring grad (then `_Projection` and `ConstraintSet.project_jacobian` differentiate it)."""
+    out = []
+    for i, (s, u) in enumerate(zip(problem.domain, z)):
+        closed = _nonsmooth(problem, i) is None and not _requires_grad(s)
+        if closed:
+            try:
+                s.project_jvp(u.detach(), torch.zeros_like(u))
+            except NotImplementedError:
+                closed = False
+        out.append(closed)
+    return out
 
 
 def _nonsmooth(problem, i: int):
@@ -194,19 +198,20 @@ def fixed_point_map(problem, z: Point, step: Tensor, Fz: Point | None = None) ->
     projections differentiate through the sets' closed-form Jacobians where they have them. ``Fz``: F at z,
     if computed already.
     """
-    Fz = problem.F(z) if Fz is None else Fz
+    return _map(problem, z, step, problem.F(z) if Fz is None else Fz, _closed_forms(problem, z))
+
+
+def _map(problem, z: Point, step: Tensor, Fz: Point, closed: list[bool]) -> Point:
+    """`fixed_point_map` with F at z and the blocks' `_closed_forms` given."""
     out = []
     for i, (u, g) in enumerate(zip(z, Fz)):
         w = u - column(step, u) * g
-        rough, s = _nonsmooth(problem, i), problem.domain[i]
-        if rough is not None:
-            out.append(rough.prox(w, step, s))
-        elif s.unconstrained:
-            out.append(w)
-        elif _closed_form(s, w):
-            out.append(_Projection.apply(w, s))
+        s = problem.domain[i]
+        if closed[i]:
+            out.append(w if s.unconstrained else _Projection.apply(w, s))
         else:
-            out.append(s.project(w))
+            rough = _nonsmooth(problem, i)
+            out.append(s.project(w) if rough is None else rough.prox(w, step, s))
     return tuple(out)
 
 
@@ -248,11 +253,11 @@ class _Linearization:
             self.leaf = _flat(z).detach().requires_grad_()
             blocks = _blocks(self.leaf, self.dims)
             Fz = problem.F(blocks)
+            self.closed = _closed_forms(problem, blocks)
             self.F = _flat(Fz)
-            self.T = _flat(fixed_point_map(problem, blocks, step, Fz))
+            self.T = _flat(_map(problem, blocks, step, Fz, self.closed))
         self.value = self.T.detach()
         self.u = (self.leaf - column(step, self.leaf) * self.F).detach()
-        self.closed = [_nonsmooth(problem, i) is None and not _requires_grad(s) for i, s in enumerate(problem.domain)]
         self._lu = None
 
     @property
@@ -262,11 +267,14 @@ class _Linearization:
 
     def vjp(self, w: Tensor, create_graph: bool = False) -> Tensor:
         """``(dT/dz)^T w``: ``(B, N) -> (B, N)``."""
-        if not self.T.requires_grad:
+        return self._pull(self.T, w, create_graph)
+
+    def _pull(self, out: Tensor, w: Tensor, create_graph: bool = False) -> Tensor:
+        """``(d out / dz)^T w``, zero where ``out`` does not depend on z."""
+        if not out.requires_grad:
             return torch.zeros_like(w)
-        (out,) = torch.autograd.grad(self.T, self.leaf, w, retain_graph=True, create_graph=create_graph,
-                                     allow_unused=True)
-        return torch.zeros_like(w) if out is None else out
+        (g,) = torch.autograd.grad(out, self.leaf, w, retain_graph=True, create_graph=create_graph, allow_unused=True)
+        return torch.zeros_like(w) if g is None else g
 
     def jvp(self, d: Tensor) -> Tensor:
         """``(dT/dz) d``, by differentiating the linear map `vjp` (no forward-mode support needed)."""
@@ -287,14 +295,9 @@ class _Linearization:
         """
         B, N = self.value.shape
         dims, z = self.dims, self.leaf.detach()
-        try:
-            blocks = [self.problem.domain[i].project_jacobian(u) for i, u in enumerate(_blocks(self.u, dims))
-                      if self.closed[i]]
-            closed = all(self.closed)
-        except NotImplementedError:
-            closed = False
-        if not closed:
+        if not all(self.closed):
             return self._rows(self.T)
+        blocks = [s.project_jacobian(u) for s, u in zip(self.problem.domain, _blocks(self.u, dims))]
         J_F = self._rows(self.F)
         start = 0
         J_P = J_F.new_zeros(B, N, N)
@@ -313,14 +316,10 @@ class _Linearization:
             (rows,) = torch.autograd.grad(out, self.leaf, basis, retain_graph=True, is_grads_batched=True,
                                           allow_unused=True)
         except (RuntimeError, NotImplementedError, TypeError):  # an operation without a batching rule
-            rows = torch.stack([self._vjp(out, basis[j].contiguous()) for j in range(N)])
+            rows = torch.stack([self._pull(out, basis[j].contiguous()) for j in range(N)])
         if rows is None:
             return self.value.new_zeros(B, N, N)
         return rows.transpose(0, 1)
-
-    def _vjp(self, out: Tensor, w: Tensor) -> Tensor:
-        (g,) = torch.autograd.grad(out, self.leaf, w, retain_graph=True, allow_unused=True)
-        return torch.zeros_like(w) if g is None else g
 
     def factorize(self) -> None:
         """M = I - dT/dz, LU-factorized; instances whose M is numerically singular keep its pseudo-inverse."""
@@ -364,12 +363,16 @@ class _Linearization:
         return torch.where(result.converged.unsqueeze(-1), result.x, torch.nan), status
 
 
+def dense_fits(batch_size: int, size: int) -> bool:
+    """Whether B matrices M of ``size`` N are small enough to form (`DENSE_MAX_SIZE`, `DENSE_MAX_ENTRIES`)."""
+    return size <= DENSE_MAX_SIZE and batch_size * size * size <= DENSE_MAX_ENTRIES
+
+
 def choose_method(options: Implicit, problem) -> str:
     """``options.method``, or ``"dense"`` where the batch of Jacobians is small enough to form, else ``"gmres"``."""
     if options.method is not None:
         return options.method
-    B, N = problem.batch_size, sum(problem.dims)
-    return "dense" if N <= DENSE_MAX_SIZE and B * N * N <= DENSE_MAX_ENTRIES else "gmres"
+    return "dense" if dense_fits(problem.batch_size, sum(problem.dims)) else "gmres"
 
 
 # -- polishing ------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .implicit import DENSE_MAX_ENTRIES, DENSE_MAX_SIZE, Implicit, _polished, as_differentiation, attach
+from .implicit import Implicit, _polished, as_differentiation, attach, dense_fits
 from .lp_certificates import box_split, split_by_bounds, verify_dual_ray, verify_primal_ray
 from .lp_presolve import Presolved, embed, postsolve, presolve
 from .point import put_rows, take_rows, to_dtype
@@ -555,7 +555,7 @@ def _standard_form(c, A_ub, b_ub, A_eq, b_eq, bounds, device) -> _StandardForm:
 
 
 def _check_linprog_options(method, progress, callback, warm_start, x0, max_iters, time_limit) -> None:
-    if method not in METHODS:
+    if method is not None and method not in METHODS:
         raise ValueError(f"method must be {', '.join(map(repr, METHODS[:-1]))} or {METHODS[-1]!r}, got {method!r}")
     _check_max_iters(max_iters)
     _check_time_limit(time_limit)
@@ -568,9 +568,6 @@ def _check_linprog_options(method, progress, callback, warm_start, x0, max_iters
                         f"got {type(warm_start).__name__}")
     if warm_start is not None and x0 is not None:
         raise ValueError("give x0 or warm_start, not both (a warm start starts from its own point)")
-    if method == "ipm" and warm_start is not None:
-        raise ValueError("method='ipm' takes no warm_start (interior-point iterates start inside, away from a "
-                         "previous solution); use 'pdhg' or 'r2hpdhg' to warm-start")
 
 
 def _precision(precision, dtype: torch.dtype) -> str:
@@ -685,20 +682,24 @@ def linprog(c, A_ub=None, b_ub=None, A_eq=None, b_eq=None, bounds=(0, None), *, 
                                            for A in (A_ub, A_eq)):
         raise ValueError("differentiable=True differentiates dense constraint matrices only; pass A_ub / A_eq "
                          "as dense tensors, or sparse ones that do not require grad")
-    method = _default_method(c, A_ub, A_eq, differentiation) if method is None else method
+    _check_linprog_options(method, progress, callback, warm_start, x0, max_iters, time_limit)
+    _check_dtype(dtype)
+    precision = _precision(precision, dtype)
+    device = _solve_device(device, dict(c=c, A_ub=A_ub, b_ub=b_ub, A_eq=A_eq, b_eq=b_eq, bounds=bounds, x0=x0))
+    lp64 = _standard_form(c, A_ub, b_ub, A_eq, b_eq, bounds, device)
+    if method is None:
+        method = "ipm" if differentiation is not None and _dense_fits(lp64) else DEFAULT_METHOD
     check_every = (5 if method == "ipm" else 64) if check_every is None else check_every
     if method == "ipm" and max_iters is None:
         max_iters = IPM_MAX_ITERS
-    _check_linprog_options(method, progress, callback, warm_start, x0, max_iters, time_limit)
-    budget = _Budget(max_iters, time_limit)
-    _check_dtype(dtype)
-    precision = _precision(precision, dtype)
     if method == "ipm" and precision != "double":
         raise ValueError(f"method='ipm' iterates in float64 only (its KKT systems lose float32's accuracy near the "
                          f"solution), got precision={precision!r}")
+    if method == "ipm" and warm_start is not None:
+        raise ValueError("method='ipm' takes no warm_start (interior-point iterates start inside, away from a "
+                         "previous solution); use 'pdhg' or 'r2hpdhg' to warm-start")
+    budget = _Budget(max_iters, time_limit)
     solver = get_solver(method, **settings)
-    device = _solve_device(device, dict(c=c, A_ub=A_ub, b_ub=b_ub, A_eq=A_eq, b_eq=b_eq, bounds=bounds, x0=x0))
-    lp64 = _standard_form(c, A_ub, b_ub, A_eq, b_eq, bounds, device)
     with intra_op_threads(_threads(lp64)):  # presolve, postsolve and gradients too, as the solves
         B, n = lp64.c.shape
         crossed = _crossed(lp64.lo, lp64.hi).any(-1).expand(B)  # infeasible bounds: reported as status 2
@@ -719,7 +720,7 @@ def linprog(c, A_ub=None, b_ub=None, A_eq=None, b_eq=None, bounds=(0, None), *, 
                         for dt in ((torch.float64,) if precision == "double" else (torch.float32, torch.float64))}
             problem = problems[torch.float64]
             parts = _Parts(solver, budget, dict(check_every=check_every, callback=callback, progress=progress,
-                                                polish=_polishes(differentiation, lp64) or _ipm_polishes(method, lp64)))
+                                                polish=_polishes(differentiation, lp64) or (method == "ipm" and _dense_fits(lp64))))
             tol_t = torch.where(crossed, math.inf, tol_t)
             warm = None if warm_start is None else warm_start.solution
             _SOLVES[precision](parts, problems, tol_t, warm)
@@ -734,23 +735,12 @@ def linprog(c, A_ub=None, b_ub=None, A_eq=None, b_eq=None, bounds=(0, None), *, 
         return out
 
 
-def _default_method(c, A_ub, A_eq, differentiation) -> str:
-    """`DEFAULT_METHOD`, or ``"ipm"`` for a differentiable solve of dense LPs whose Jacobians `saddle.implicit` forms:
-    the interior-point method's 10-30 factorizations of so small a system cost less than PDHG's long tails."""
-    if differentiation is None or any(isinstance(A, Tensor) and A.layout != torch.strided for A in (A_ub, A_eq)):
-        return DEFAULT_METHOD
-    try:
-        import scipy.sparse as sp
-
-        if any(sp.issparse(A) for A in (A_ub, A_eq)):
-            return DEFAULT_METHOD
-    except ImportError:  # pragma: no cover
-        pass
-    n = np.shape(c)[-1] if np.ndim(c) else 1
-    rows = sum(np.shape(A)[-2] for A in (A_ub, A_eq) if A is not None and np.ndim(A) >= 2)
-    B = np.shape(c)[0] if np.ndim(c) == 2 else 1
-    N = n + rows
-    return "ipm" if N <= DENSE_MAX_SIZE and B * N * N <= DENSE_MAX_ENTRIES else DEFAULT_METHOD
+def _dense_fits(lp: _StandardForm) -> bool:
+    """Whether ``lp`` is dense and its Jacobians small enough to form (`saddle.implicit.dense_fits`): then a
+    differentiable solve takes the interior-point method, whose 10-30 factorizations of so small a system cost less
+    than PDHG's long tails, and polishes by Newton steps."""
+    B, n = lp.c.shape
+    return lp.K.layout == torch.strided and dense_fits(B, n + lp.d.shape[1])
 
 
 def _threads(lp: _StandardForm) -> int | None:
@@ -765,15 +755,7 @@ def _polishes(differentiation: Implicit | None, lp: _StandardForm) -> bool:
     Jacobians are small enough to form, unless the options say otherwise."""
     if differentiation is None or differentiation.polish is False or differentiation.method == "gmres":
         return False
-    B, n = lp.c.shape
-    N = n + lp.d.shape[1]
-    return differentiation.polish is True or (N <= DENSE_MAX_SIZE and B * N * N <= DENSE_MAX_ENTRIES)
-
-
-def _ipm_polishes(method: str, lp: _StandardForm) -> bool:
-    """Whether an ``"ipm"`` solve polishes by Newton steps (where the LP is small enough to form its Jacobians): its
-    iterates stay inside the bounds, and one step takes them to the vertex."""
-    return method == "ipm" and _polishes(Implicit(), lp)
+    return differentiation.polish is True or _dense_fits(lp)
 
 
 def _differentiate(out: LinprogResult, live: _StandardForm, options: Implicit, single: bool) -> None:
