@@ -22,19 +22,15 @@ import torch
 from torch import Tensor
 
 from .implicit import Implicit, as_differentiation
+from .lp import _SCIPY_STATUS
 from .problem import BilinearProblem
 from .sets import Box, Reals
-from .solution import Solution, Status
+from .solution import Solution
 from .solve import solve
 from .solvers.interior_point import MAX_ITERS as IPM_MAX_ITERS
 from .terms import Linear, Quadratic
 
 __all__ = ["quadprog", "QuadprogResult", "QuadraticProgram"]
-
-#: `quadprog`'s scipy-style status codes: 0 solved, 1 a limit, 4 numerical difficulties.
-_STATUS = {Status.CONVERGED: 0, Status.MAX_ITERS: 1, Status.BUDGET_EXHAUSTED: 1, Status.STOPPED: 1,
-           Status.TIME_LIMIT: 1, Status.INFEASIBLE: 2, Status.UNBOUNDED: 3, Status.DIVERGED: 4,
-           Status.PRECISION_LOSS: 4}
 
 
 @dataclass
@@ -186,7 +182,7 @@ def quadprog(P: Tensor, q: Tensor, G: Tensor | None = None, h: Tensor | None = N
         if r.shape[-1] != M.shape[-2]:
             raise ValueError(f"{rname} must have {M.shape[-2]} entries (the rows of {mname}), got {tuple(r.shape)}")
         rows.append((M, r))
-    present = [t for t in (P, q, *(x for pair in rows if pair for x in pair))]
+    present = [P, q, *(x for pair in rows if pair for x in pair)]
     dtype = q.dtype
     if any(t.dtype != dtype or t.device != q.device for t in present):
         raise ValueError("P, q, G, h, A and b must share one dtype and device")
@@ -225,8 +221,9 @@ def quadprog(P: Tensor, q: Tensor, G: Tensor | None = None, h: Tensor | None = N
     d = torch.cat(ds, -1)
     m = d.shape[-1]
     y_lo = torch.cat([torch.full((1, n_eq), -math.inf), torch.zeros(1, m - n_eq)], -1).to(d)
+    objective = Quadratic(P3, q2)
     problem = QuadraticProgram(K, torch.zeros(B, n, dtype=dtype, device=q.device),
-                              torch.zeros(B, m, dtype=dtype, device=q.device), g=Quadratic(P3, q2), h_conj=Linear(d),
+                              torch.zeros(B, m, dtype=dtype, device=q.device), g=objective, h_conj=Linear(d),
                               X=Reals(), Y=Box(y_lo, math.inf), name=f"quadratic program (m={m}, n={n})")
     if method == "ipm":
         settings.setdefault("check_every", 5)
@@ -235,10 +232,8 @@ def quadprog(P: Tensor, q: Tensor, G: Tensor | None = None, h: Tensor | None = N
     sol = solve(problem, method, tol=tol, measure="kkt", max_iters=max_iters, time_limit=time_limit,
                 differentiable=how if how is not None else False, **settings)
     x, y = sol.z
-    with torch.enable_grad():
-        fun = sol.value if sol.value is not None else 0.5 * (x * (P3 @ x.unsqueeze(-1)).squeeze(-1)).sum(-1) \
-            + (q2 * x).sum(-1)
-    status = torch.tensor([_STATUS[s] for s in sol.statuses], device=q.device)
+    fun = sol.value if sol.value is not None else objective.value(x)  # (= f(x, y) at a solution)
+    status = torch.tensor([_SCIPY_STATUS[s] for s in sol.statuses], device=q.device)
     return QuadprogResult(x=x, eqlin=y[:, :n_eq], ineqlin=y[:, n_eq:], fun=fun, status=status, success=status == 0,
                           nit=sol.iterations, solution=sol, adjoint=sol.adjoint)
 
@@ -246,11 +241,11 @@ def quadprog(P: Tensor, q: Tensor, G: Tensor | None = None, h: Tensor | None = N
 def _unconstrained(P: Tensor, q: Tensor, B: int) -> QuadprogResult:
     """``x = -P^{-1} q`` (differentiable through torch.linalg.solve); status 4 where P is singular."""
     n = q.shape[-1]
-    factor, info = torch.linalg.cholesky_ex(P.detach())
+    _, info = torch.linalg.cholesky_ex(P.detach())
     ok = (info == 0).expand(B)
     x = -torch.linalg.solve(P.expand(B, n, n), q.unsqueeze(-1)).squeeze(-1)
     x = torch.where(ok.unsqueeze(-1), x, torch.nan)
-    fun = 0.5 * (x * (P @ x.unsqueeze(-1)).squeeze(-1)).sum(-1) + (q * x).sum(-1)
+    fun = Quadratic(P, q).value(x)
     empty = q.new_zeros(B, 0)
     status = torch.where(ok, 0, 4)
     return QuadprogResult(x=x, eqlin=empty, ineqlin=empty, fun=fun, status=status, success=status == 0,
