@@ -713,13 +713,18 @@ def check_projection_is_nonexpansive(s: ConstraintSet, batch_size: int, dim: int
     assert bool((lhs <= rhs * (1 + 1e-12)).all()), f"|P(u) - P(v)| = {lhs.max().item():.6g} > |u - v|"
 
 
+def _project_jvp(s: ConstraintSet, u: Tensor, v: Tensor) -> Tensor:
+    """``s.project_jvp(u, v)``, or `SkipCheck` for a set without one."""
+    try:
+        return s.project_jvp(u, v)
+    except NotImplementedError as err:
+        raise SkipCheck(f"no project_jvp: {err}") from None
+
+
 def check_project_jvp(s: ConstraintSet, batch_size: int, dim: int) -> None:
     """``project_jvp(u, v)`` equals the central difference ``(P(u + h v) - P(u - h v)) / 2h`` (h = 1e-6)."""
     u, v, _ = _set_points(batch_size, dim)
-    try:
-        jvp = s.project_jvp(u, v)
-    except NotImplementedError as err:
-        raise SkipCheck(f"no project_jvp: {err}") from None
+    jvp = _project_jvp(s, u, v)
     h = 1e-6
     fd = (s.project(u + h * v) - s.project(u - h * v)) / (2 * h)
     torch.testing.assert_close(jvp, fd, rtol=1e-5, atol=1e-5, msg="project_jvp differs from central differences")
@@ -728,10 +733,7 @@ def check_project_jvp(s: ConstraintSet, batch_size: int, dim: int) -> None:
 def check_project_jacobian(s: ConstraintSet, batch_size: int, dim: int) -> None:
     """``project_jacobian(u) @ v`` equals ``project_jvp(u, v)``, and the Jacobian is symmetric (a projection's is)."""
     u, v, _ = _set_points(batch_size, dim)
-    try:
-        jvp = s.project_jvp(u, v)
-    except NotImplementedError as err:
-        raise SkipCheck(f"no project_jvp: {err}") from None
+    jvp = _project_jvp(s, u, v)
     J = s.project_jacobian(u)
     torch.testing.assert_close(torch.bmm(J, v.unsqueeze(-1)).squeeze(-1), jvp, rtol=1e-12, atol=1e-12,
                                msg="project_jacobian(u) v differs from project_jvp(u, v)")
