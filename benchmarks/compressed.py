@@ -1,31 +1,36 @@
-"""Bits to reach distance 1e-6: MASHA1 (RandK), MASHA2 (TopK) and uncompressed distributed extragradient.
+"""Compressed distributed solvers against uncompressed distributed extragradient: bits, bytes and wall clock.
 
-On ``problems.get("distributed_bilinear")`` (the bilinear experiment of
-Beznosikov et al., arXiv 2110.03313: ``M`` workers, ``d = 2n`` coordinates,
-strongly-convex-strongly-concave local games with heterogeneous data), the
-script solves ``--batch`` instances (different data) with the simulated
-backend, every instance stopping when its distance to the exact solution
-(a linear solve) is ``<= 1e-6``, and prints a markdown table per step-size rule:
+Four sections (``--sections``, default all):
 
-- ``theory``: each solver's default step (`saddle.solvers.compressed`);
-- ``tuned``: the default times the factor in ``--factors`` that reaches the
-  tolerance with the fewest uplink bits (the comparison papers usually show).
+- ``bits``: total bits (workers' uplink plus what every worker receives) to
+  distance 1e-6 on ``distributed_bilinear`` (the bilinear experiment of
+  Beznosikov et al., arXiv 2110.03313; ``d = 2 n``), simulated backend, every
+  solver with its own default steps, for every M in ``--workers`` and every
+  RandK level in ``--levels``; the saving is ``EG total / method total`` (> 1:
+  fewer bits). The measured bytes (``bytes_sent + bytes_received``, what the
+  transport handed over) are printed next to the bit counts.
+- ``curve``: distance against total bits for the M = ``--curve-workers`` case,
+  a table (and a plot with ``--plot PATH``).
+- ``gloo``: seconds per round with ``--gloo P`` torchrun processes against the
+  simulated backend on the same small problem.
+- ``large``: ``distributed_quadratic`` with d = ``--large-d`` coordinates
+  (float32; O(d) workers), ``--gloo P`` gloo processes: seconds per round and
+  bytes per rank and round, on loopback and throttled to ``--bandwidth`` Gbit/s
+  per rank (`saddle.distributed.TorchDistributedGroup`'s bandwidth model); the
+  rounds to ``--large-tol`` (relative distance) from a simulated run of the same
+  family at d = ``--large-rounds-d`` (the rate does not depend on d), hence the
+  time to that accuracy at each bandwidth, and the bandwidth below which
+  MASHA1 reaches it sooner than extragradient.
 
-Columns: rounds, uplink bits per worker (what each worker sends to the
-server), total bits (both directions, all workers), and the ratios
-``EG / method`` of both (the communication saving; > 1 means fewer bits).
-
-With ``--gloo P`` it also times rounds with P `torch.distributed` (gloo)
-processes started by torchrun, against the simulated backend on the same
-``M = P`` problem (seconds per round, including the checks every 50 rounds).
-
-    python benchmarks/compressed.py                 # n = 50 (d = 100), M = 10, 2 instances, --gloo 4
-    python benchmarks/compressed.py --quick
+    python benchmarks/compressed.py                    # everything (about an hour on 2 cores)
+    python benchmarks/compressed.py --quick            # small sizes, a few minutes
+    python benchmarks/compressed.py --sections large --large-d 10000000
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -41,69 +46,119 @@ from saddle import problems  # noqa: E402
 import saddle  # noqa: E402
 from saddle.compress import RandK, TopK  # noqa: E402
 
-
-def methods(d: int) -> list[tuple[str, str, dict]]:
-    k10, k1 = max(1, round(0.1 * d)), max(1, round(0.01 * d))
-    return [
-        ("EG (uncompressed)", "distributed_eg", {}),
-        (f"MASHA1 Rand10% (k={k10})", "masha1", {"compressor": RandK(ratio=0.1)}),
-        (f"MASHA1 Rand1% (k={k1})", "masha1", {"compressor": RandK(ratio=0.01)}),
-        ("MASHA1 Rand10%, bidirectional", "masha1", {"compressor": RandK(ratio=0.1),
-                                                     "server_compressor": RandK(ratio=0.1)}),
-        (f"MASHA2 Top10% (k={k10})", "masha2", {"compressor": TopK(ratio=0.1)}),
-        (f"MASHA2 Top1% (k={k1})", "masha2", {"compressor": TopK(ratio=0.01)}),
-        ("compressed EG Rand10%, no VR", "compressed_eg", {"compressor": RandK(ratio=0.1)}),
-    ]
+SECTIONS = ("bits", "curve", "gloo", "large")
 
 
-def run(problem, solver: str, settings: dict, factor: float, max_iters: int) -> dict:
-    if solver == "compressed_eg":
-        max_iters = min(max_iters, 3000)  # it stalls at a noise floor: report where
-    s = saddle.get_solver(solver, **settings)
-    step = s.init(problem, problem.z0).step_size * factor
-    s = saddle.get_solver(solver, **settings, step_size=step)
+def _methods(level: float) -> list[tuple[str, str, dict]]:
+    pct = f"{100 * level:g}%"
+    rows = [(f"MASHA1 Rand{pct}", "masha1", {"compressor": RandK(ratio=level)}),
+            (f"MASHA1 Rand{pct}, bidirectional Rand{pct}", "masha1",
+             {"compressor": RandK(ratio=level), "server_compressor": RandK(ratio=level)})]
+    if level >= 0.1:  # TopK at 1% needs over 10^5 rounds with its default step (delta / (4 Lbar))
+        rows.append((f"MASHA2 Top{pct}", "masha2", {"compressor": TopK(ratio=level)}))
+    return rows
+
+
+def _solve(problem, solver: str, settings: dict, max_iters: int, record: bool = False) -> dict:
+    trace = []
+
+    def callback(progress):
+        state = progress.state
+        trace.append((float(state.bits_sent.double().mean()), float(progress.measures["distance"].max())))
+
     start = time.perf_counter()
-    sol = saddle.solve(problem, s, tol=1e-6, measure="distance", max_iters=max_iters, check_every=10)
-    wall = time.perf_counter() - start
-    c, M = sol.counts, problem.workers
-    return dict(ok=bool(sol.success.all()), distance=sol.distance.max().item(),
-                rounds=sol.iterations.double().mean().item(), up=(c["bits_up"].double() / M).mean().item(),
-                total=c["bits_sent"].double().mean().item(), wall=wall, factor=factor)
+    sol = saddle.solve(problem, solver, tol=1e-6, measure="distance", max_iters=max_iters, check_every=10,
+                       callback=callback if record else None, **settings)
+    c = sol.counts
+    return dict(ok=bool(sol.success.all()), rounds=sol.iterations.double().mean().item(),
+                distance=sol.distance.max().item(), up=c["bits_up"].double().mean().item(),
+                total=c["bits_sent"].double().mean().item(),
+                measured=8 * (c["bytes_sent"] + c["bytes_received"]).double().mean().item(),
+                wall=time.perf_counter() - start, trace=trace, step=float(sol.state.step_size[0]),
+                p=1 - float(sol.state.tau[0]))
 
 
-def table(rows: list[tuple[str, dict]], title: str) -> str:
-    eg = rows[0][1]
-    lines = [f"**{title}**", "",
-             "| method | step factor | rounds | uplink bits / worker | total bits | saving (uplink) | saving (total) |",
-             "|---|---|---|---|---|---|---|"]
-    for name, r in rows:
-        if not r["ok"]:
-            lines.append(f"| {name} | {r['factor']:g} | not converged in {int(r['rounds'])} rounds "
-                         f"(distance {r['distance']:.1e}) | | | | |")
-            continue
-        lines.append(f"| {name} | {r['factor']:g} | {r['rounds']:,.0f} | {r['up']:,.0f} | {r['total']:,.0f} | "
-                     f"{eg['up'] / r['up']:.2f} | {eg['total'] / r['total']:.2f} |")
-    return "\n".join(lines)
+def bits_section(args) -> list[str]:
+    lines = [f"**Total bits to distance 1e-6**, distributed_bilinear n = {args.n} (d = {2 * args.n}), "
+             f"{args.batch} instance(s), default steps, simulated backend", "",
+             "| M | method | step | p | rounds | uplink bits | total bits | measured bytes x 8 | saving (total) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for M in args.workers:
+        problem = problems.get("distributed_bilinear", n=args.n, workers=M, batch_size=args.batch, seed=0)
+        eg = _solve(problem, "distributed_eg", {}, args.max_iters)
+        rows = [("EG (uncompressed)", eg)]
+        for level in args.levels:
+            for name, solver, settings in _methods(level):
+                r = _solve(problem, solver, settings, args.max_iters)
+                rows.append((name, r))
+                print(f"  M = {M}: {name}: {r['rounds']:.0f} rounds, {r['wall']:.0f} s", file=sys.stderr, flush=True)
+        for name, r in rows:
+            if not r["ok"]:
+                lines.append(f"| {M} | {name} | {r['step']:.3g} | {r['p']:.3g} | not converged in "
+                             f"{r['rounds']:,.0f} (distance {r['distance']:.1e}) | | | | |")
+                continue
+            lines.append(f"| {M} | {name} | {r['step']:.3g} | {r['p']:.3g} | {r['rounds']:,.0f} | {r['up']:,.0f} | "
+                         f"{r['total']:,.0f} | {r['measured']:,.0f} | {eg['total'] / r['total']:.2f} |")
+    return lines
 
 
-def gloo_timing(nproc: int, n: int, rounds: int) -> list[str]:
+def curve_section(args) -> list[str]:
+    M = args.curve_workers
+    problem = problems.get("distributed_bilinear", n=args.n, workers=M, batch_size=1, seed=0)
+    runs = {"EG (uncompressed)": _solve(problem, "distributed_eg", {}, args.max_iters, record=True)}
+    for level in args.levels:
+        name, solver, settings = _methods(level)[0]
+        runs[name] = _solve(problem, solver, settings, args.max_iters, record=True)
+    marks = [1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6]
+    lines = [f"**Total bits to reach each distance**, distributed_bilinear n = {args.n}, M = {M}, default steps", "",
+             "| method | " + " | ".join(f"{m:g}" for m in marks) + " |", "|---|" + "---|" * len(marks)]
+    for name, r in runs.items():
+        cells = []
+        for m in marks:
+            hit = next((b for b, dist in r["trace"] if dist <= m), None)
+            cells.append("-" if hit is None else f"{hit:.3g}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if args.plot:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name, r in runs.items():
+            ax.loglog([b for b, _ in r["trace"]], [dist for _, dist in r["trace"]], label=name)
+        ax.axhline(1e-6, color="gray", lw=0.5)
+        ax.set_xlabel("total bits (uplink + every worker's downlink)")
+        ax.set_ylabel("distance to the solution")
+        ax.set_title(f"distributed_bilinear, d = {2 * args.n}, M = {M}, default steps")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=110)
+        lines += ["", f"(plot written to {args.plot})"]
+    return lines
+
+
+def _torchrun(nproc: int, args: list[str], timeout: float = 3000) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    lines = [f"**Seconds per round, M = {nproc} workers, n = {n}, {rounds} rounds**", "",
-             f"| solver | gloo, torchrun, {nproc} processes | simulated, 1 process |", "|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        save = os.path.join(tmp, "run.pt")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "saddle.distributed", *args, "--backend", "gloo", "--save", save]
+        out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr[-3000:])
+        return torch.load(save, weights_only=True)
+
+
+def gloo_section(args) -> list[str]:
+    n, rounds, P = args.gloo_n, args.gloo_rounds, args.gloo
+    lines = [f"**Seconds per round, M = {P} workers, distributed_bilinear n = {n}, {rounds} rounds**", "",
+             f"| solver | gloo, torchrun, {P} processes | simulated, 1 process |", "|---|---|---|"]
     for solver, comp in (("distributed_eg", None), ("masha1", "randk"), ("masha2", "topk")):
-        with tempfile.TemporaryDirectory() as tmp:
-            save = os.path.join(tmp, "run.pt")
-            args = ["--size", str(n), "--solver", solver, "--max-iters", str(rounds), "--tol", "0",
-                    "--check-every", "50", "--backend", "gloo", "--save", save]
-            if comp:
-                args += ["--compressor", comp]
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                   "-m", "saddle.distributed", *args]
-            out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-            if out.returncode != 0:
-                raise RuntimeError(out.stderr[-2000:])
-            gloo = torch.load(save)["wall_time"] / rounds
-        problem = problems.get("distributed_bilinear", n=n, workers=nproc)
+        cli = ["--size", str(n), "--solver", solver, "--max-iters", str(rounds), "--tol", "0", "--check-every", "50"]
+        if comp:
+            cli += ["--compressor", comp]
+        gloo = _torchrun(P, cli)["round_time"]
+        problem = problems.get("distributed_bilinear", n=n, workers=P)
         settings = {"compressor": RandK() if comp == "randk" else TopK()} if comp else {}
         start = time.perf_counter()
         saddle.solve(problem, solver, max_iters=rounds, tol=0.0, check_every=50, measure="distance", **settings)
@@ -112,44 +167,95 @@ def gloo_timing(nproc: int, n: int, rounds: int) -> list[str]:
     return lines
 
 
+def _large_methods(d: int) -> list[tuple[str, str, list[str], dict]]:
+    k = max(1, round(0.01 * d))
+    return [("EG (uncompressed)", "distributed_eg", [], {}),
+            ("MASHA1 Rand1%", "masha1", ["--compressor", "randk", "--keep", str(k)], {"compressor": RandK(ratio=0.01)}),
+            ("MASHA2 Top1%", "masha2", ["--compressor", "topk", "--keep", str(k)], {"compressor": TopK(ratio=0.01)})]
+
+
+def large_section(args) -> list[str]:
+    P, d, R = args.gloo, args.large_d, args.large_round_count
+    # rounds to the target from a small simulated instance of the same family (the rate does not depend on d)
+    small = problems.get("distributed_quadratic", n=args.large_rounds_d, workers=P, seed=0)
+    start_distance = small.reference.z[0].norm().item()
+    rounds = {}
+    for name, solver, _, settings in _large_methods(args.large_rounds_d):
+        sol = saddle.solve(small, solver, tol=args.large_tol * start_distance, measure="distance",
+                           max_iters=args.max_iters, check_every=10, **settings)
+        rounds[name] = sol.iterations.item() if bool(sol.success.all()) else math.inf
+        print(f"  large: {name} needs {rounds[name]} rounds at d = {args.large_rounds_d}", file=sys.stderr, flush=True)
+    lines = [f"**distributed_quadratic, d = {d:,} (float32), {P} gloo processes on this machine**", "",
+             f"Seconds per round (between the checks at rounds {max(1, R // 3)} and {R}) and bytes each rank hands over or receives per round; "
+             f"rounds to relative distance {args.large_tol:g} measured on the same family at d = "
+             f"{args.large_rounds_d:,} (simulated); time to that accuracy = rounds x seconds per round.", "",
+             "| method | bandwidth | s / round | MB per rank and round | rounds to target | time to target |",
+             "|---|---|---|---|---|---|"]
+    measured = {}
+    for bandwidth in (None, args.bandwidth):
+        for name, solver, cli, _ in _large_methods(d):
+            opts = ["--problem", "distributed_quadratic", "--size", str(d), "--dtype", "float32", "--solver", solver,
+                    "--max-iters", str(R), "--tol", "0", "--check-every", str(max(1, R // 3)), *cli]
+            if bandwidth is not None:
+                opts += ["--bandwidth", str(bandwidth)]
+            out = _torchrun(P, opts)
+            per_round = out["round_time"]  # between the first and the last check: no init, no final re-check
+            traffic = out["traffic"]
+            mb = (traffic["sent"] + traffic["received"]) / R / 1e6
+            measured[(name, bandwidth)] = (per_round, mb)
+            label = "loopback" if bandwidth is None else f"{bandwidth:g} Gbit/s"
+            total = rounds[name] * per_round
+            lines.append(f"| {name} | {label} | {per_round:.3f} | {mb:.2f} | {rounds[name]:,} | {total:,.0f} s |")
+            print(f"  large: {name}, {label}: {per_round:.3f} s/round", file=sys.stderr, flush=True)
+    # the crossover: rounds_E (c_E + V_E / b) = rounds_M (c_M + V_M / b), c the loopback seconds per round
+    (cE, vE), (cM, vM) = measured[("EG (uncompressed)", None)], measured[("MASHA1 Rand1%", None)]
+    rE, rM = rounds["EG (uncompressed)"], rounds["MASHA1 Rand1%"]
+    lines.append("")
+    num, den = rE * vE - rM * vM, rM * cM - rE * cE
+    if num <= 0:
+        lines.append("MASHA1 Rand1% moves more bytes to the target than extragradient: compression does not pay "
+                     "at any bandwidth.")
+    elif den <= 0:
+        lines.append("MASHA1 Rand1% reaches the target sooner at every bandwidth.")
+    else:
+        gbit = num / den * 8 / 1e3  # MB/s -> Gbit/s
+        lines.append(f"Compression pays in time to the target below about {gbit:.3g} Gbit/s per rank "
+                     f"(rounds x (loopback seconds + MB / bandwidth) equal for the two).")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=50, help="each player's dimension (d = 2n)")
-    parser.add_argument("--workers", type=int, default=10)
-    parser.add_argument("--batch", type=int, default=2, help="instances (data seeds)")
-    parser.add_argument("--factors", default="1,2,4,8", help="step-size multipliers tried for 'tuned'")
-    parser.add_argument("--max-iters", type=int, default=60_000)
-    parser.add_argument("--gloo", type=int, default=4, help="processes for the timing (0: skip)")
+    parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument("--n", type=int, default=500, help="each player's dimension of distributed_bilinear (d = 2n)")
+    parser.add_argument("--workers", default="4,16,64", help="the values of M for the bits section")
+    parser.add_argument("--levels", default="0.01,0.1", help="RandK / TopK levels k / d")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--max-iters", type=int, default=40_000)
+    parser.add_argument("--curve-workers", type=int, default=16)
+    parser.add_argument("--plot", default=None, help="write the distance-vs-bits plot here (PNG)")
+    parser.add_argument("--gloo", type=int, default=4, help="processes for the gloo sections")
+    parser.add_argument("--gloo-n", type=int, default=50)
     parser.add_argument("--gloo-rounds", type=int, default=300)
+    parser.add_argument("--large-d", type=int, default=10_000_000)
+    parser.add_argument("--large-round-count", type=int, default=60)
+    parser.add_argument("--large-rounds-d", type=int, default=10_000)
+    parser.add_argument("--large-tol", type=float, default=1e-3)
+    parser.add_argument("--bandwidth", type=float, default=1.0, help="Gbit/s per rank for the throttled runs")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        args.n, args.workers, args.batch, args.factors, args.gloo_rounds = 10, 4, 1, "1,4", 100
+        args.n, args.workers, args.gloo_rounds, args.large_d, args.large_rounds_d = 50, "4,16", 100, 100_000, 2_000
+    args.workers = [int(w) for w in str(args.workers).split(",")]
+    args.levels = [float(v) for v in str(args.levels).split(",")]
     torch.set_num_threads(1)
-    problem = problems.get("distributed_bilinear", n=args.n, workers=args.workers, batch_size=args.batch, seed=0)
-    d = problem.dim
-    print(f"distributed_bilinear: n = {args.n} (d = {d}), M = {args.workers}, lam = 0.25, heterogeneity 1, "
-          f"{args.batch} instances; tolerance: distance 1e-6; means over instances\n")
-    factors = [float(f) for f in args.factors.split(",")]
-    theory, tuned = [], []
-    for name, solver, settings in methods(d):
-        r = run(problem, solver, settings, 1.0, args.max_iters)
-        theory.append((name, r))
-        best = r if r["ok"] else None
-        for f in factors:
-            if f == 1.0 or solver == "compressed_eg":
-                continue
-            rf = run(problem, solver, settings, f, args.max_iters)
-            if rf["ok"] and (best is None or rf["up"] < best["up"]):
-                best = rf
-        tuned.append((name, best if best is not None else r))
-        print(f"  done: {name} ({r['wall']:.1f} s at the theory step)", file=sys.stderr, flush=True)
-    print(table(theory, "Theory step sizes"))
-    print()
-    print(table(tuned, "Tuned step sizes (best factor in " + args.factors + ")"))
-    print()
-    if args.gloo:
-        print("\n".join(gloo_timing(args.gloo, args.n, args.gloo_rounds)))
+    sections = args.sections.split(",")
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"--sections: unknown {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    for name in sections:
+        print("\n".join(globals()[f"{name}_section"](args)))
+        print(flush=True)
 
 
 if __name__ == "__main__":

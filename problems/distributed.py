@@ -14,20 +14,28 @@ and a simulated one see the same problem.
   minibatch variants of MASHA.
 - ``distributed_matrix_game``: a matrix game whose payoff is the average of
   M workers' payoffs (a data-split game), on simplices; reference by HiGHS.
+- ``distributed_quadratic``: a strongly monotone affine VI on R^n whose workers'
+  operators are diagonal + 2x2-block skew + low rank (`StructuredWorkers`,
+  O(n) data and work per worker, so n can reach 10^7); the solution is chosen
+  and known in closed form. Unlike the two above, every process generates only
+  the data of the workers it holds, from per-(instance, worker) seeds.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+
 import torch
 
 from saddle import Product, Reals, Reference, Simplex
-from saddle.distributed import AffineWorkers, DistributedProblem, make_group
+from saddle.distributed import AffineWorkers, DistributedProblem, StructuredWorkers, make_group
 
 from . import register
 from .batch import check_positive, check_positive_int, make_batch
 from .reference import matrix_game_lp
 
-__all__ = ["distributed_bilinear", "distributed_matrix_game"]
+__all__ = ["distributed_bilinear", "distributed_matrix_game", "distributed_quadratic"]
 
 
 def _workers_and_group(workers, group):
@@ -191,3 +199,106 @@ def distributed_matrix_game(n: int = 20, m: int | None = None, *, workers: int |
         AffineWorkers(p(mats[:, held]), p(torch.zeros(B, len(held), n + m, dtype=torch.float64))),
         Product(Simplex(), Simplex()), (p(x0), p(y0)), group=group, local_lipschitz=L_m, lipschitz=L,
         reference=reference, name=f"distributed_matrix_game({n}x{m}, M={M})")
+
+
+def _stream(instance_seed: int, key) -> torch.Generator:
+    """A CPU generator seeded from ``(instance_seed, key)`` by a hash: the same in every process and platform."""
+    text = f"distributed_quadratic/{instance_seed}/{key}".encode()
+    return torch.Generator().manual_seed(int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1)
+
+
+@register("distributed_quadratic")
+def distributed_quadratic(n: int = 1000, *, workers: int | None = None, rank: int = 2, heterogeneity: float = 1.0,
+                          mu: float = 0.1, skew: float = 1.0, lowrank: float = 1.0, group=None, batch_size: int = 1,
+                          seed: int = 0, device=None, dtype=torch.float64) -> DistributedProblem:
+    """A strongly monotone affine VI on R^n split over M workers with O(n) data each, its solution known exactly.
+
+    Worker m's operator is ``F_m(z) = A_m (z - z*) + e_m`` with
+    ``A_m = diag(a_m) + K_m + U_m U_m^T`` (`saddle.distributed.StructuredWorkers`):
+
+    - ``a_m`` uniform in ``[mu, mu + 1)``, the diagonal;
+    - ``K_m`` skew-symmetric, 2x2 blocks on the coordinate pairs ``(0, 1), (2, 3), ...``
+      with coefficients ``s_{m,i}`` uniform in ``[-skew, skew)`` (n odd: the last coordinate has none);
+    - ``U_m`` ``(n, rank)``, standard normal columns rescaled to norm ``lowrank / sqrt(rank)``,
+      so ``|U_m|_F^2 = lowrank^2``;
+    - ``e_m = heterogeneity (g_m - g_{(m+1) mod M})`` with ``g_m`` standard normal: the
+      offsets average to zero over the M workers (and vanish for M = 1), so
+      ``F(z*) = (1/M) sum_m F_m(z*) = 0`` and the standard normal ``z*`` is the
+      unique solution (closed form, no solve). The workers' matrices differ too,
+      whatever ``heterogeneity``.
+
+    The constants are data-independent bounds, the same on every process: the
+    symmetric part of every ``A_m`` is ``diag(a_m) + U_m U_m^T >= mu I``, so
+    ``strong_monotonicity = mu`` (a lower bound); ``|A_m|_2 <= max a_m + max |s_m| +
+    |U_m|_F^2``, so ``local_lipschitz = lipschitz = mu + 1 + skew + lowrank^2`` (upper
+    bounds, also of the average's norm by the triangle inequality). The start is ``z0 = 0``.
+
+    **Seeds.** Instance b of a batch is the instance of seed ``seed + b`` (solved alone,
+    ``distributed_quadratic(seed=seed + b)`` gives it). Its ``z*`` comes from a generator
+    seeded by a hash of ``(seed + b, "solution")``, and worker m's data
+    (``g_m``, ``a_m``, ``s_m``, ``U_m``, in this order) from one seeded by a hash of
+    ``(seed + b, m)``; worker m also draws ``g_{m+1}``, the first draw of worker m + 1's
+    generator. So each process generates only the data of the workers it holds
+    (``group.workers``, one after another: about ``(6 + rank) n`` float64 numbers at a
+    time while generating, ``(2.5 + rank) n`` kept per held worker in ``dtype``), and a
+    worker's data are the same whether it is simulated with the others or alone in its
+    rank's process.
+
+    Args:
+        n: the dimension d (one block of n coordinates, unconstrained).
+        workers: the number of workers M (default: the group's size, or 10).
+        rank: r, the rank of each ``U_m U_m^T``.
+        heterogeneity: the scale of the offsets ``e_m`` (0: ``F_m(z*) = 0`` for every worker).
+        mu: the lower end of the diagonals, the strong monotonicity constant.
+        skew: the bound on the skew coefficients (0: no skew part).
+        lowrank: ``|U_m|_F`` (0: no low-rank part).
+        group: a `saddle.distributed.WorkerGroup`, None / ``"simulated"`` (M simulated workers), or ``"gloo"``.
+        batch_size: the number of independent instances B.
+        seed: the seed of the data (the same on every process).
+        device: where the tensors live.
+        dtype: their dtype (float64 by default); the data are drawn in float64 on the CPU, then cast and moved.
+    """
+    batch = make_batch(batch_size, seed, device, dtype)
+    n = check_positive_int(n, "n")
+    rank = check_positive_int(rank, "rank")
+    heterogeneity = _check_nonnegative(heterogeneity, "heterogeneity")
+    mu = check_positive(mu, "mu")
+    skew = _check_nonnegative(skew, "skew")
+    lowrank = _check_nonnegative(lowrank, "lowrank")
+    M, group = _workers_and_group(workers, group)
+    B, held, h = batch.size, list(group.workers), n // 2
+    f64 = dict(dtype=torch.float64)
+    out = dict(dtype=batch.dtype, device=batch.device)
+    a = torch.empty(B, len(held), n, **out)
+    s = torch.empty(B, len(held), h, **out)
+    U = torch.empty(B, len(held), n, rank, **out)
+    c = torch.empty(B, len(held), n, **out)
+    z_star = torch.empty(B, n, **out)
+    for b in range(B):
+        instance = batch.seed + b
+        zb = torch.randn(1, n, **f64, generator=_stream(instance, "solution"))
+        for j, m in enumerate(held):
+            gen = _stream(instance, m)
+            g = torch.randn(n, **f64, generator=gen)
+            a_m = mu + torch.rand(n, **f64, generator=gen)
+            s_m = skew * (2 * torch.rand(h, **f64, generator=gen) - 1)
+            U_m = torch.randn(n, rank, **f64, generator=gen)
+            U_m *= (lowrank / math.sqrt(rank)) / torch.linalg.vector_norm(U_m, dim=0)
+            if M > 1 and heterogeneity > 0:
+                g -= torch.randn(n, **f64, generator=_stream(instance, (m + 1) % M))
+                g *= heterogeneity
+            else:
+                g.zero_()
+            one = StructuredWorkers(a_m.view(1, 1, n), s_m.view(1, 1, h), U_m.view(1, 1, n, rank), g.view(1, 1, n), zb)
+            a[b, j], s[b, j], U[b, j], c[b, j] = a_m, s_m, U_m, one.c[0, 0]
+            del g, a_m, s_m, U_m, one
+        z_star[b] = zb[0]
+    bound = mu + 1.0 + skew + lowrank ** 2
+    zeros = torch.zeros(B, n, **out)
+    return DistributedProblem(
+        StructuredWorkers(a, s, U, c), Product(Reals()), (zeros,), group=group,
+        local_lipschitz=torch.full((B, M), bound, **f64), lipschitz=torch.full((B,), bound, **f64),
+        strong_monotonicity=torch.full((B,), mu, **f64),
+        reference=Reference((z_star,), unique=True,
+                            source="closed form (z* chosen, offsets averaging to zero over the workers)"),
+        name=f"distributed_quadratic(n={n}, M={M})")

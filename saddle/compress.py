@@ -14,12 +14,23 @@ wire. Two classes matter for the theory (Beznosikov et al., arXiv 2110.03313):
 
 `Identity` is both (``omega = 0``, ``delta = 1``).
 
-**Bits.** `Compressor.bits` is the exact length of one worker's message in a
-fixed-length code: ``value_bits`` per transmitted value (the dtype's width:
-64 for float64, 32 for float32) and ``ceil(log2 d)`` per transmitted index.
-`RandK` counts its indices unless ``send_indices=False`` (the receiver can
-regenerate them from the shared seed); `PermK`'s coordinates always come
-from the shared seed, so it sends values only.
+**The wire.** `Compressor.encode` turns the messages into the bytes that
+cross the network, a ``(B, m, n)`` uint8 tensor with the same n for every
+worker (collectives need equal sizes), and `Compressor.decode` /
+`Compressor.decode_sum` turn gathered payloads back into vectors;
+``decode(encode(x)) == compress(x)`` bit for bit. Payloads hold values in the
+messages' dtype, indices in the narrowest integer type that holds d
+(`index_dtype`: uint8, int16, int32 or int64), and packed codes (dithering,
+natural compression) ``width`` bits each, little-endian, the last byte padded.
+
+**Bits.** `Compressor.bits` is the exact length of one worker's payload in
+bits: ``value_bits`` per value (the dtype's width: 64 for float64, 32 for
+float32), ``index_bits(d)`` per transmitted index (the width of
+`index_dtype`), the codes' widths. The payload holds ``ceil(bits / 8)`` bytes:
+the one documented header is the padding of packed codes to a whole byte
+(fewer than 8 bits per message; none for the sparsifiers and `Identity`).
+`RandK` and `PermK` send values only: every rank regenerates the kept
+coordinates from the shared seed (`RandK(send_indices=True)` sends them too).
 
 **Randomness** is counter-based (`uniform`): a random number is a hash of
 ``(seed, round, stream, worker, coordinate)``, so it is the same on every
@@ -41,7 +52,7 @@ from torch import Tensor
 
 __all__ = [
     "Compressor", "Identity", "RandK", "TopK", "PermK", "RandomDithering", "NaturalCompression",
-    "RandomKey", "uniform", "index_bits", "value_bits", "get_compressor",
+    "RandomKey", "uniform", "index_bits", "index_dtype", "value_bits", "get_compressor",
 ]
 
 _M32 = 0xFFFFFFFF
@@ -137,9 +148,17 @@ class RandomKey(NamedTuple):
         return uniform(self.seed, self.round, self.stream, None if shared else self.workers, d)
 
 
+def index_dtype(d: int) -> torch.dtype:
+    """The narrowest integer dtype that holds the indices ``0 .. d - 1``: uint8, int16, int32 or int64."""
+    for dtype in (torch.uint8, torch.int16, torch.int32):
+        if d - 1 <= torch.iinfo(dtype).max:
+            return dtype
+    return torch.int64
+
+
 def index_bits(d: int) -> int:
-    """Bits of one index into ``d`` coordinates: ``ceil(log2 d)`` (0 for ``d = 1``)."""
-    return max(0, math.ceil(math.log2(d))) if d > 1 else 0
+    """Bits of one index into ``d`` coordinates on the wire: the width of `index_dtype` (8, 16, 32 or 64)."""
+    return torch.iinfo(index_dtype(d)).bits
 
 
 def value_bits(dtype: torch.dtype) -> int:
@@ -161,17 +180,46 @@ def _check_ratio(value, name: str) -> None:
         raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
 
 
-def _mask_from_indices(shape, idx: Tensor, dtype, device) -> Tensor:
-    return torch.zeros(shape, dtype=dtype, device=device).scatter_(-1, idx, 1.0)
+def _to_bytes(t: Tensor) -> Tensor:
+    """``(..., n)`` of any dtype as its raw bytes ``(..., n * itemsize)`` uint8 (native byte order)."""
+    return t.contiguous().view(torch.uint8) if t.dtype != torch.uint8 else t
+
+
+def _from_bytes(b: Tensor, dtype: torch.dtype) -> Tensor:
+    """The inverse of `_to_bytes`: ``(..., n * itemsize)`` uint8 read as ``(..., n)`` of ``dtype``."""
+    return b.contiguous().view(dtype) if dtype != torch.uint8 else b
+
+
+def _pack(codes: Tensor, width: int) -> Tensor:
+    """``(..., n)`` integer codes below ``2^width`` packed ``width`` bits each: ``(..., ceil(n width / 8))`` uint8."""
+    shifts = torch.arange(width, device=codes.device)
+    bits = ((codes.to(torch.int64).unsqueeze(-1) >> shifts) & 1).flatten(-2)
+    bits = torch.nn.functional.pad(bits, (0, -bits.shape[-1] % 8))
+    return (bits.unflatten(-1, (-1, 8)) << torch.arange(8, device=codes.device)).sum(-1).to(torch.uint8)
+
+
+def _unpack(packed: Tensor, width: int, n: int) -> Tensor:
+    """The inverse of `_pack`: ``(..., n)`` int64 codes."""
+    bits = ((packed.to(torch.int64).unsqueeze(-1) >> torch.arange(8, device=packed.device)) & 1).flatten(-2)
+    return (bits[..., :n * width].unflatten(-1, (n, width)) << torch.arange(width, device=packed.device)).sum(-1)
 
 
 class Compressor:
-    """Base class: ``compress(x, key)`` on ``(B, m, d)`` messages and ``bits(d, dtype)`` per message."""
+    """Base class: ``compress(x, key)`` on ``(B, m, d)`` messages, their wire format and ``bits(d, dtype)``.
+
+    A subclass defines `compress` and `bits`, and the wire: `encode` / `decode`
+    (dense), or, for a sparsifier, ``_sparse(x, key)`` giving the kept
+    coordinates and their (scaled) values, from which the base class builds
+    all four. `decode_sum` averages gathered payloads without forming the M
+    dense messages when the compressor is sparse (``O(M k)``, not ``O(M d)``).
+    """
 
     #: ``E Q(x) = x`` (MASHA1's compressors).
     unbiased: bool = False
     #: whether the compressor needs worker indices from a group (`PermK`).
     per_worker: bool = False
+    #: whether ``_sparse`` / ``_sparse_decode`` define the compressor (k values per message).
+    sparse: bool = False
 
     def omega(self, d: int, workers: int = 1) -> float | None:
         """The variance constant ``omega`` of an unbiased compressor on ``d`` coordinates, or None."""
@@ -183,11 +231,57 @@ class Compressor:
 
     def compress(self, x: Tensor, key: RandomKey) -> Tensor:
         """The compressed messages, shaped like ``x`` ``(B, m, d)``."""
+        if self.sparse:
+            idx, vals = self._sparse(x, key)
+            return torch.zeros_like(x).scatter_add_(-1, idx, vals)
         raise NotImplementedError
 
     def bits(self, d: int, dtype: torch.dtype, worker: int = 0, workers: int = 1) -> int:
         """Exact bits of one compressed message of ``d`` coordinates of ``dtype`` sent by ``worker`` of ``workers``."""
         raise NotImplementedError
+
+    def payload_bytes(self, d: int, dtype: torch.dtype, workers: int = 1) -> int:
+        """Bytes of one message on the wire, the same for every worker: ``ceil(bits / 8)``."""
+        return math.ceil(self.bits(d, dtype, 0, workers) / 8)
+
+    def encode(self, x: Tensor, key: RandomKey) -> Tensor:
+        """The messages ``x`` ``(B, m, d)`` as payloads: ``(B, m, payload_bytes)`` uint8."""
+        if self.sparse:
+            idx, vals = self._sparse(x, key)
+            return self._sparse_payload(idx, vals, x.shape[-1])
+        raise NotImplementedError
+
+    def encode_difference(self, a: Tensor, b: Tensor, key: RandomKey) -> Tensor:
+        """``encode(a - b)``, bit for bit; a sparsifier whose coordinates come from the seed reads
+        only its k coordinates of ``a`` and ``b`` (``O(k)``, not the ``O(d)`` of forming ``a - b``)."""
+        return self.encode(a - b, key)
+
+    def decode(self, payload: Tensor, key: RandomKey, d: int, dtype: torch.dtype) -> Tensor:
+        """The compressed messages ``(B, m, d)`` of the senders ``key.workers`` from their payloads ``(B, m, n)``."""
+        if self.sparse:
+            idx, vals = self._sparse_decode(payload, key, d, dtype)
+            return torch.zeros(*payload.shape[:-1], d, dtype=dtype, device=payload.device).scatter_add_(-1, idx, vals)
+        raise NotImplementedError
+
+    def decode_sum(self, payload: Tensor, key: RandomKey, d: int, dtype: torch.dtype, weights: Tensor,
+                   out: Tensor | None = None) -> Tensor:
+        """``sum_m weights[:, m] Q_m`` over the senders of the payloads ``(B, m, n)``: ``(B, d)``.
+
+        Args:
+            payload: ``(B, m, n)`` uint8, the messages of the workers ``key.workers``.
+            key: the senders' key (the one they encoded with, ``workers`` naming them).
+            d: the number of coordinates.
+            dtype: the values' dtype.
+            weights: ``(B, m)`` a weight per instance and sender.
+            out: ``(B, d)`` to add the sum to, in place (``O(M k)`` for a sparsifier), or None (zeros).
+        """
+        w = weights.to(dtype).unsqueeze(-1)
+        if out is None:
+            out = torch.zeros(payload.shape[0], d, dtype=dtype, device=payload.device)
+        if self.sparse:
+            idx, vals = self._sparse_decode(payload, key, d, dtype)
+            return out.scatter_add_(-1, idx.flatten(1), (vals * w).flatten(1))
+        return out.add_((self.decode(payload, key, d, dtype) * w).sum(1))
 
     def message_bits(self, x: Tensor, key: RandomKey) -> Tensor:
         """Bits of each message in ``x`` ``(B, m, d)``: a ``(B, m)`` int64 tensor."""
@@ -200,6 +294,18 @@ class Compressor:
         if k > d:
             raise ValueError(f"{type(self).__name__}: k = {k} is larger than the dimension d = {d}")
         return k
+
+    # -- sparsifiers: k (index, value) pairs per message ----------------------------------------
+    def _sparse(self, x: Tensor, key: RandomKey) -> tuple[Tensor, Tensor]:
+        """``(idx, vals)``, both ``(B, m, k)``: the kept coordinates and their values as sent (scaled)."""
+        raise NotImplementedError
+
+    def _sparse_payload(self, idx: Tensor, vals: Tensor, d: int) -> Tensor:
+        """The wire: the values' bytes (the receivers regenerate the indices from the shared seed)."""
+        return _to_bytes(vals)
+
+    def _sparse_decode(self, payload: Tensor, key: RandomKey, d: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -220,26 +326,38 @@ class Identity(Compressor):
     def bits(self, d, dtype, worker=0, workers=1):
         return d * value_bits(dtype)
 
+    def encode(self, x, key):
+        return _to_bytes(x)
+
+    def decode(self, payload, key, d, dtype):
+        return _from_bytes(payload, dtype)
+
 
 @dataclass(frozen=True)
 class RandK(Compressor):
-    """Random sparsification: keep k uniformly random coordinates, scaled by ``d / k``.
+    """Random sparsification: keep k random coordinates, one per block, each scaled by its block's size.
 
-    ``Q(x) = (d / k) sum_{i in S} x_i e_i`` with S a uniform k-subset: unbiased with
-    ``omega = d / k - 1``. Each worker draws its own S.
+    The d coordinates are cut into k contiguous blocks ``I_j`` of ``floor(d / k)`` or
+    ``ceil(d / k)`` coordinates; each worker keeps one uniformly random coordinate
+    of every block, scaled by ``|I_j|``: ``Q(x) = sum_j |I_j| x_{i_j} e_{i_j}``.
+    Unbiased with ``E|Q(x) - x|^2 = sum_j (|I_j| - 1) |x_{I_j}|^2``, so
+    ``omega = ceil(d / k) - 1`` (``d / k - 1`` when k divides d, as for a uniform
+    k-subset). Drawing the k coordinates costs ``O(k)`` (one shared-seed number
+    per block), not ``O(d)``: every rank regenerates any worker's coordinates.
 
     Args:
         k: the number of coordinates kept (or give ``ratio``).
         ratio: ``k = max(1, round(ratio * d))`` when ``k`` is None (default 0.1).
-        send_indices: count ``ceil(log2 d)`` bits per index (False: the
-            receiver regenerates S from the shared seed; values only).
+        send_indices: also send the k indices (`index_dtype` each); by default only
+            the values travel (the receivers regenerate the indices from the seed).
     """
 
     k: int | None = None
     ratio: float | None = None
-    send_indices: bool = True
+    send_indices: bool = False
 
     unbiased = True
+    sparse = True
 
     def __post_init__(self):
         _check_int(self.k, "k")
@@ -250,14 +368,39 @@ class RandK(Compressor):
             raise TypeError(f"send_indices must be a bool, got {type(self.send_indices).__name__}")
 
     def omega(self, d, workers=1):
-        return d / self._k(d) - 1.0
+        return float(-(-d // self._k(d)) - 1)
 
-    def compress(self, x, key):
-        d = x.shape[-1]
+    def _draw(self, key: RandomKey, d: int) -> tuple[Tensor, Tensor]:
+        """``(B, m, k)`` the kept coordinates of the workers ``key.workers`` and ``(k,)`` their blocks' sizes."""
         k = self._k(d)
-        idx = key.uniform(d).topk(k, dim=-1).indices
-        mask = _mask_from_indices(x.shape, idx, x.dtype, x.device)
-        return x * mask * (d / k)
+        dev = key.seed.device
+        starts = torch.arange(k + 1, dtype=torch.int64, device=dev) * d // k
+        sizes = starts[1:] - starts[:-1]
+        offset = (key.uniform(k) * sizes).to(torch.int64)  # floor, < size since u < 1
+        return starts[:-1] + offset, sizes
+
+    def _sparse(self, x, key):
+        return self._sparse_of(lambda idx: x.gather(-1, idx), key, x.shape[-1])
+
+    def _sparse_of(self, values_at, key, d):
+        idx, sizes = self._draw(key, d)
+        vals = values_at(idx)
+        return idx, vals * sizes.to(vals.dtype)
+
+    def encode_difference(self, a, b, key):
+        idx, vals = self._sparse_of(lambda i: a.gather(-1, i) - b.gather(-1, i), key, a.shape[-1])
+        return self._sparse_payload(idx, vals, a.shape[-1])
+
+    def _sparse_payload(self, idx, vals, d):
+        values = _to_bytes(vals)
+        return torch.cat([values, _to_bytes(idx.to(index_dtype(d)))], -1) if self.send_indices else values
+
+    def _sparse_decode(self, payload, key, d, dtype):
+        k = self._k(d)
+        vals = _from_bytes(payload[..., :k * (value_bits(dtype) // 8)], dtype)
+        if self.send_indices:
+            return _from_bytes(payload[..., k * (value_bits(dtype) // 8):], index_dtype(d)).to(torch.int64), vals
+        return self._draw(key, d)[0], vals
 
     def bits(self, d, dtype, worker=0, workers=1):
         k = self._k(d)
@@ -269,6 +412,7 @@ class TopK(Compressor):
     """Greedy sparsification: keep the k coordinates of largest magnitude (unscaled).
 
     Contractive with ``delta = k / d`` (``|C(x) - x|^2 <= (1 - k/d) |x|^2``); biased.
+    The payload holds the k values and their k indices (`index_dtype`).
 
     Args:
         k: the number of coordinates kept (or give ``ratio``).
@@ -277,6 +421,8 @@ class TopK(Compressor):
 
     k: int | None = None
     ratio: float | None = None
+
+    sparse = True
 
     def __post_init__(self):
         _check_int(self.k, "k")
@@ -287,10 +433,17 @@ class TopK(Compressor):
     def delta(self, d):
         return self._k(d) / d
 
-    def compress(self, x, key):
-        k = self._k(x.shape[-1])
-        idx = x.abs().topk(k, dim=-1).indices
-        return x * _mask_from_indices(x.shape, idx, x.dtype, x.device)
+    def _sparse(self, x, key):
+        idx = x.abs().topk(self._k(x.shape[-1]), dim=-1).indices
+        return idx, x.gather(-1, idx)
+
+    def _sparse_payload(self, idx, vals, d):
+        return torch.cat([_to_bytes(vals), _to_bytes(idx.to(index_dtype(d)))], -1)
+
+    def _sparse_decode(self, payload, key, d, dtype):
+        split = self._k(d) * (value_bits(dtype) // 8)
+        return (_from_bytes(payload[..., split:], index_dtype(d)).to(torch.int64),
+                _from_bytes(payload[..., :split], dtype))
 
     def bits(self, d, dtype, worker=0, workers=1):
         return self._k(d) * (value_bits(dtype) + index_bits(d))
@@ -298,32 +451,55 @@ class TopK(Compressor):
 
 @dataclass(frozen=True)
 class PermK(Compressor):
-    """Permutation sparsification (Szlendak et al. 2021): the workers split the coordinates.
+    """Permutation sparsification (Szlendak et al. 2021): the M workers split the coordinates.
 
-    A random permutation ``pi`` of the d coordinates, shared by the M workers,
-    gives coordinate i to worker ``rank_pi(i) mod M``; worker m sends its
-    coordinates scaled by M. Each worker's message is unbiased with
-    ``omega = M - 1``, and the average of the M messages of the same vector is
-    exact. Worker m sends ``ceil((d - m) / M)`` values and no indices.
+    The coordinates are cut into ``ceil(d / M)`` blocks of M consecutive ones; a
+    random shift ``s_j`` per block, shared by the workers, gives coordinate
+    ``j M + t`` to worker ``(t + s_j) mod M``. Worker m sends its coordinates
+    scaled by M: unbiased with ``omega = M - 1`` (each coordinate goes to a
+    uniformly random worker), and the average of the M messages of the same
+    vector is exact (each coordinate goes to exactly one). A worker holds
+    ``floor(d / M)`` or ``ceil(d / M)`` coordinates depending on the last block's
+    shift; every payload holds ``ceil(d / M)`` values (zero where a worker has
+    none), no indices, and costs ``O(d / M)`` to draw.
     """
 
     unbiased = True
     per_worker = True
+    sparse = True
 
     def omega(self, d, workers=1):
         return float(workers - 1)
 
-    def compress(self, x, key):
-        d = x.shape[-1]
+    def _draw(self, key: RandomKey, d: int) -> tuple[Tensor, Tensor]:
+        """``(B, m, ceil(d / M))`` the coordinates of the workers ``key.workers`` (clamped) and where they exist."""
         M = key.size
-        rank = key.uniform(d, shared=True).argsort(dim=-1).argsort(dim=-1)  # (B, 1, d)
-        mine = (rank % M) == key.workers.to(x.device).reshape(1, -1, 1)
-        return torch.where(mine, x * M, torch.zeros_like(x))
+        blocks = -(-d // M)
+        shift = (key.uniform(blocks, shared=True) * M).to(torch.int64)  # (B, 1, blocks)
+        w = key.workers.to(key.seed.device).reshape(1, -1, 1)
+        idx = torch.arange(blocks, device=key.seed.device) * M + (w - shift) % M
+        exists = idx < d
+        return idx.clamp(max=d - 1), exists
+
+    def _sparse(self, x, key):
+        return self._sparse_of(lambda idx: x.gather(-1, idx), key, x.shape[-1])
+
+    def _sparse_of(self, values_at, key, d):
+        idx, exists = self._draw(key, d)
+        vals = values_at(idx) * key.size
+        return idx, torch.where(exists, vals, torch.zeros_like(vals))
+
+    def encode_difference(self, a, b, key):
+        idx, vals = self._sparse_of(lambda i: a.gather(-1, i) - b.gather(-1, i), key, a.shape[-1])
+        return self._sparse_payload(idx, vals, a.shape[-1])
+
+    def _sparse_decode(self, payload, key, d, dtype):
+        return self._draw(key, d)[0], _from_bytes(payload, dtype)
 
     def bits(self, d, dtype, worker=0, workers=1):
         if worker < 0:
             raise ValueError("PermK splits coordinates among workers; it cannot compress the server's message")
-        return max(0, (d - worker + workers - 1) // workers) * value_bits(dtype)
+        return -(-d // workers) * value_bits(dtype)
 
 
 @dataclass(frozen=True)
@@ -332,8 +508,8 @@ class RandomDithering(Compressor):
 
     ``Q(x)_i = |x| sign(x_i) xi_i / s`` with ``xi_i`` the level ``floor(s |x_i| / |x|)``
     rounded up with probability ``s |x_i| / |x| - floor(...)``;
-    ``omega = min(d / s^2, sqrt(d) / s)``. Fixed-length code: one value for
-    ``|x|`` and ``1 + ceil(log2(s + 1))`` bits per coordinate (sign and level).
+    ``omega = min(d / s^2, sqrt(d) / s)``. Payload: ``|x|`` as one value, then one
+    packed code per coordinate of ``1 + ceil(log2(s + 1))`` bits (the level, then the sign).
 
     Args:
         s: the number of levels.
@@ -348,15 +524,40 @@ class RandomDithering(Compressor):
     def omega(self, d, workers=1):
         return min(d / self.s**2, math.sqrt(d) / self.s)
 
-    def compress(self, x, key):
+    def _level_bits(self) -> int:
+        return math.ceil(math.log2(self.s + 1))
+
+    def _levels(self, x, key):
         nrm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
         scaled = torch.where(nrm > 0, self.s * x.abs() / nrm.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
         low = scaled.floor()
         up = key.uniform(x.shape[-1]).to(x.dtype) < (scaled - low)
-        return nrm * torch.sign(x) * (low + up.to(x.dtype)) / self.s
+        return nrm, low + up.to(x.dtype)
+
+    def compress(self, x, key):
+        nrm, level = self._levels(x, key)
+        return nrm * torch.sign(x) * level / self.s
+
+    def encode(self, x, key):
+        nrm, level = self._levels(x, key)
+        codes = level.to(torch.int64) | ((x < 0).to(torch.int64) << self._level_bits())
+        return torch.cat([_to_bytes(nrm), _pack(codes, 1 + self._level_bits())], -1)
+
+    def decode(self, payload, key, d, dtype):
+        head = value_bits(dtype) // 8
+        nrm = _from_bytes(payload[..., :head], dtype)
+        codes = _unpack(payload[..., head:], 1 + self._level_bits(), d)
+        level = (codes & ((1 << self._level_bits()) - 1)).to(dtype)
+        sign = torch.where((codes >> self._level_bits()) == 1, -1.0, 1.0).to(dtype)
+        return nrm * sign * level / self.s
 
     def bits(self, d, dtype, worker=0, workers=1):
-        return value_bits(dtype) + d * (1 + math.ceil(math.log2(self.s + 1)))
+        return value_bits(dtype) + d * (1 + self._level_bits())
+
+
+# (integer view dtype, mantissa bits, exponent bits) of each float dtype, for natural compression's codes
+_FLOAT_LAYOUT = {torch.float64: (torch.int64, 52, 11), torch.float32: (torch.int32, 23, 8),
+                 torch.float16: (torch.int16, 10, 5), torch.bfloat16: (torch.int16, 7, 8)}
 
 
 @dataclass(frozen=True)
@@ -364,8 +565,11 @@ class NaturalCompression(Compressor):
     """Natural compression (Horváth et al. 2019): random rounding to a power of two, unbiased.
 
     ``t = |x_i|`` in ``[2^a, 2^(a+1)]`` becomes ``2^(a+1)`` with probability
-    ``(t - 2^a) / 2^a`` and ``2^a`` otherwise; ``omega = 1/8``. One sign bit and
-    the exponent (8 bits for float32, 11 for float64, 5 for float16) per coordinate.
+    ``(t - 2^a) / 2^a`` and ``2^a`` otherwise; ``omega = 1/8``. Payload: one packed
+    code per coordinate, the sign bit and the exponent field of the dtype (8 bits
+    for float32, 11 for float64, 5 for float16), so 9, 12 or 6 bits. Magnitudes
+    below the dtype's smallest normal number are sent as zero (no exponent code
+    holds them).
     """
 
     unbiased = True
@@ -375,15 +579,35 @@ class NaturalCompression(Compressor):
 
     def compress(self, x, key):
         t = x.abs()
-        safe = torch.where(t > 0, t, torch.ones_like(t))
+        tiny = torch.finfo(x.dtype).tiny
+        safe = torch.where(t >= tiny, t, torch.ones_like(t))
         low = torch.exp2(torch.floor(torch.log2(safe)))
         up = key.uniform(x.shape[-1]).to(x.dtype) < (safe - low) / low
         out = torch.where(up, 2 * low, low)
-        return torch.where(t > 0, torch.sign(x) * out, torch.zeros_like(x))
+        return torch.where(t >= tiny, torch.sign(x) * out, torch.zeros_like(x))
+
+    def _layout(self, dtype):
+        if dtype not in _FLOAT_LAYOUT:
+            raise TypeError(f"NaturalCompression needs a float dtype, got {dtype}")
+        return _FLOAT_LAYOUT[dtype]
+
+    def encode(self, x, key):
+        view, mantissa, exponent = self._layout(x.dtype)
+        raw = self.compress(x, key).view(view).to(torch.int64)
+        codes = ((raw >> mantissa) & ((1 << exponent) - 1)) | ((raw < 0).to(torch.int64) << exponent)
+        return _pack(codes, 1 + exponent)
+
+    def decode(self, payload, key, d, dtype):
+        view, mantissa, exponent = self._layout(dtype)
+        codes = _unpack(payload, 1 + exponent, d)
+        field = codes & ((1 << exponent) - 1)
+        bias = (1 << (exponent - 1)) - 1
+        magnitude = torch.ldexp(torch.ones(field.shape, dtype=dtype, device=payload.device), field - bias)
+        magnitude = torch.where(field > 0, magnitude, torch.zeros_like(magnitude))
+        return torch.where((codes >> exponent) == 1, -magnitude, magnitude)
 
     def bits(self, d, dtype, worker=0, workers=1):
-        exponent = {64: 11, 32: 8, 16: 5}[value_bits(dtype)] if dtype != torch.bfloat16 else 8
-        return d * (1 + exponent)
+        return d * (1 + self._layout(dtype)[2])
 
 
 _NAMES = {"identity": Identity, "none": Identity, "randk": RandK, "topk": TopK, "permk": PermK,

@@ -115,10 +115,12 @@ class Solution:
         The state fields whose names end in ``_calls`` (``operator_calls``,
         and e.g. ``primal_gradient_calls`` or ``coupling_gradient_calls`` for
         solvers that count oracles separately), and those whose names start
-        with ``bits_`` (the bits the compressed distributed solvers send).
+        with ``bits_`` or ``bytes_`` (the bits the compressed distributed solvers send, and the
+        bytes their transport measured).
         """
         fields = getattr(self.state, "_fields", ())
-        return {f: getattr(self.state, f) for f in fields if f.endswith("_calls") or f.startswith("bits_")}
+        return {f: getattr(self.state, f) for f in fields
+                if f.endswith("_calls") or f.startswith("bits_") or f.startswith("bytes_")}
 
     @property
     def success(self) -> Tensor:

@@ -64,6 +64,7 @@ ALTERNATIVES = {
     "--minibatch": ("1", "2"), "--max-iters": ("100", "200"), "--tol": ("1e-06", "1e-08"),
     "--measure": ("distance", "residual"), "--check-every": ("10", "20"), "--backend": ("gloo", "nccl"),
     "--fail-rank": ("0", "1"), "--fail-at": ("5", "6"), "--fail-mode": ("raise", "exit"),
+    "--dtype": ("float64", "float32"), "--transport": ("auto", "server"), "--bandwidth": ("1.0", "2.0"),
 }
 
 
@@ -190,6 +191,12 @@ BAD = [
     (["--simulate", "2", "--problem", "distributed_matrix_game", "--solver", "masha2"],
      "masha2 needs an unconstrained problem"),
     (["--simulate", "2", "--measure", "gap"], "measure='gap' is not computable"),
+    (["--simulate", "2", "--bandwidth", "1"], "--bandwidth throttles the collectives of a torchrun"),
+    (["--simulate", "2", "--bandwidth", "0"], "argument --bandwidth: must be a positive finite number"),
+    (["--simulate", "2", "--solver", "distributed_eg", "--transport", "server"],
+     "--transport applies to the compressed solvers, not distributed_eg"),
+    (["--simulate", "2", "--transport", "ring"], "argument --transport: invalid choice: 'ring'"),
+    (["--simulate", "2", "--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
 ]
 
 

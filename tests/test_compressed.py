@@ -17,7 +17,7 @@ from saddle import problems
 import saddle
 from saddle import Status
 from saddle.compress import (
-    Identity, NaturalCompression, PermK, RandK, RandomDithering, RandomKey, TopK, get_compressor, uniform,
+    Identity, NaturalCompression, PermK, RandK, RandomDithering, RandomKey, TopK, get_compressor, index_bits, uniform,
 )
 from saddle.distributed import DistributedProblem, SimulatedGroup
 
@@ -79,10 +79,14 @@ def test_permk_splits_the_coordinates_among_workers():
     q = c.compress(x, _key(m=M))
     torch.testing.assert_close(q.mean(1), x[:, 0], rtol=0, atol=1e-15)  # the average is exact
     assert ((q != 0).sum(1) == 1).all()  # each coordinate sent by exactly one worker
-    counts = (q != 0).sum(-1)
-    assert counts.tolist() == [[6, 6, 6, 5]] * 2
-    assert [c.bits(d, torch.float64, m, M) for m in range(M)] == [6 * 64, 6 * 64, 6 * 64, 5 * 64]
+    counts = (q != 0).sum(-1)  # 5 full blocks of 4 and one of 3: 6 coordinates for three workers, 5 for one
+    assert sorted(counts[0].tolist()) == sorted(counts[1].tolist()) == [5, 6, 6, 6]
+    assert [c.bits(d, torch.float64, m, M) for m in range(M)] == [6 * 64] * M  # every payload holds ceil(d / M)
     assert c.omega(d, M) == M - 1
+    # each coordinate goes to a uniformly random worker (the omega above): over 400 rounds every
+    # worker gets coordinate 0 about 100 times
+    owners = torch.stack([(c.compress(x, _key(m=M, round=r))[0, :, 0] != 0).double() for r in range(400)])
+    assert ((owners.sum(0) - 100).abs() <= 5 * math.sqrt(400 * 0.25 * 0.75)).all()
 
 
 @pytest.mark.parametrize("compressor", [RandomDithering(s=2), NaturalCompression()], ids=["dithering", "natural"])
@@ -100,14 +104,53 @@ def test_quantizers_are_unbiased_within_omega(compressor):
 def test_bits_are_exact_formulas():
     d = 100
     assert Identity().bits(d, torch.float64) == 6400 and Identity().bits(d, torch.float32) == 3200
-    assert RandK(k=10).bits(d, torch.float64) == 10 * (64 + 7)
-    assert RandK(k=10, send_indices=False).bits(d, torch.float64) == 640
-    assert TopK(k=3).bits(d, torch.float32) == 3 * (32 + 7)
-    assert RandK(ratio=0.05).bits(d, torch.float64) == 5 * 71
+    assert RandK(k=10, send_indices=True).bits(d, torch.float64) == 10 * (64 + 8)  # uint8 indices on the wire
+    assert RandK(k=10).bits(d, torch.float64) == 640  # values only: indices from the shared seed
+    assert TopK(k=3).bits(d, torch.float32) == 3 * (32 + 8)
+    assert TopK(k=3).bits(1000, torch.float32) == 3 * (32 + 16) and TopK(k=3).bits(10**7, torch.float32) == 3 * 64
+    assert RandK(ratio=0.05).bits(d, torch.float64) == 5 * 64
     assert RandomDithering(s=3).bits(d, torch.float64) == 64 + 100 * 3
     assert NaturalCompression().bits(d, torch.float64) == 1200 and NaturalCompression().bits(d, torch.float32) == 900
     key = _key(B=3, m=2)
-    assert RandK(k=4).message_bits(torch.zeros(3, 2, 16), key).tolist() == [[4 * (32 + 4)] * 2] * 3
+    assert TopK(k=4).message_bits(torch.zeros(3, 2, 16), key).tolist() == [[4 * (32 + 8)] * 2] * 3
+    assert [index_bits(n) for n in (2, 256, 257, 32768, 32769, 2**31, 2**31 + 1)] == [8, 8, 16, 16, 32, 32, 64]
+
+
+_ALL = [Identity(), RandK(k=3), RandK(ratio=0.3, send_indices=True), TopK(k=2), PermK(), RandomDithering(s=3),
+        RandomDithering(s=1), NaturalCompression()]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+@pytest.mark.parametrize("compressor", _ALL, ids=lambda c: repr(c))
+def test_payloads_hold_the_counted_bits_and_decode_to_the_compressed_messages(compressor, dtype):
+    """The wire: ``ceil(bits / 8)`` bytes per message (the documented header: under one byte of
+    padding), the same for every worker, and ``decode(encode(x)) == compress(x)`` bit for bit."""
+    for d in (3, 7, 300, 40_000):
+        x = torch.randn(2, 3, d, dtype=torch.float64).to(dtype)
+        key = _key(m=3)
+        payload = compressor.encode(x, key)
+        assert payload.dtype == torch.uint8 and payload.shape[:2] == (2, 3)
+        for m in range(3):
+            bits = compressor.bits(d, dtype, m, 3)
+            assert 0 <= 8 * payload.shape[-1] - bits < 8, (d, bits, payload.shape)
+        assert torch.equal(compressor.decode(payload, key, d, dtype), compressor.compress(x, key))
+        weights = torch.rand(2, 3, dtype=torch.float64)
+        expected = (compressor.compress(x, key) * weights.to(dtype).unsqueeze(-1)).sum(1)
+        torch.testing.assert_close(compressor.decode_sum(payload, key, d, dtype, weights), expected)  # dtype's tolerance
+
+
+def test_randk_draws_one_coordinate_per_block_from_the_seed():
+    d, k = 103, 10  # blocks of 10 and 11 coordinates
+    c = RandK(k=k)
+    x = torch.randn(2, 3, d, dtype=torch.float64)
+    q = c.compress(x, _key())
+    kept = (q != 0).nonzero()[:, -1].view(2, 3, k)
+    starts = torch.arange(k + 1) * d // k
+    assert ((kept >= starts[:-1]) & (kept < starts[1:])).all()  # one per block
+    torch.testing.assert_close(q.gather(-1, kept), x.gather(-1, kept) * (starts[1:] - starts[:-1]), rtol=0, atol=0)
+    assert c.omega(d) == 10  # ceil(103 / 10) - 1
+    # the payload is the k values: a receiver with the seed rebuilds the message
+    assert c.encode(x, _key()).shape[-1] == k * 8
 
 
 def test_compressors_reject_bad_settings():
@@ -190,29 +233,43 @@ def _run(problem, solver, steps):
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_masha1_counts_bits_exactly(bidirectional):
     M, n, k, N = 4, 8, 3, 300
-    d, vb, ib = 2 * n, 64, math.ceil(math.log2(2 * n))
+    d, vb = 2 * n, 64
     problem = _problem(n=n, workers=M, batch_size=3)
     solver = saddle.get_solver("masha1", compressor=RandK(k=k), server_compressor=RandK(k=5) if bidirectional else None,
                                seed=torch.tensor([0, 1, 2]))
     state, syncs = _run(problem, solver, N)
     assert torch.equal(state.syncs, syncs)
-    p = k / d  # the default: 1 / (1 + omega)
+    # the default p balances the synchronizations' bits (2 M d values each) with a round's exchange: M k values
+    # up, then (M - 1) k to every worker, or the server's 5 values to every worker (bidirectional); at least
+    # 1 / (1 + omega) = 1 / ceil(d / k)
+    exchange = M * k + (M * 5 if bidirectional else M * (M - 1) * k)
+    p = max(1 / math.ceil(d / k), exchange / (2 * M * d))
+    assert p == pytest.approx(1 - float(state.tau[0]), rel=1e-12)
     assert (syncs - N * p).abs().max() <= 4 * math.sqrt(N * p * (1 - p))
     full = M * d * vb
-    up = full + N * M * k * (vb + ib) + syncs * full
-    down = full + N * M * (5 * (vb + ib) if bidirectional else d * vb) + syncs * full
+    # RandK sends its k values (the indices come from the seed). Unidirectional: every worker receives the
+    # other M - 1 payloads (an all-gather: (M - 1) k < d values). Bidirectional: the server's RandK(5) reply.
+    up = full + N * M * k * vb + syncs * full
+    down = full + N * M * (5 * vb if bidirectional else (M - 1) * k * vb) + syncs * full
     assert torch.equal(state.bits_up, up) and torch.equal(state.bits_down, down)
     assert torch.equal(state.bits_sent, up + down)
     assert torch.equal(state.operator_calls, 1 + N + syncs)
+    # the measured payloads are the bits to the byte (values of 8 bytes: no padding)
+    assert torch.equal(8 * state.bytes_sent, up) and torch.equal(8 * state.bytes_received, down)
 
 
 def test_masha1_partial_participation_counts_participants_only():
     M, n, k, r, N = 5, 6, 2, 2, 200
-    d, vb, ib = 2 * n, 64, math.ceil(math.log2(2 * n))
+    d, vb = 2 * n, 64
     problem = _problem(n=n, workers=M, batch_size=1)
     solver = saddle.get_solver("masha1", compressor=RandK(k=k), participation=r, p=0.25)
     state, syncs = _run(problem, solver, N)
-    assert torch.equal(state.bits_up, M * d * vb + N * r * k * (vb + ib) + syncs * M * d * vb)
+    full = M * d * vb
+    assert torch.equal(state.bits_up, full + N * r * k * vb + syncs * full)
+    assert torch.equal(state.bits_down, full + N * (M - 1) * r * k * vb + syncs * full)  # the participants' payloads
+    # the all-gather is symmetric: every worker hands over a payload, the others' weighted 0
+    assert torch.equal(8 * state.bytes_sent, full + N * M * k * vb + syncs * full)
+    assert torch.equal(8 * state.bytes_received, full + N * M * (M - 1) * k * vb + syncs * full)
     sol = saddle.solve(problem, solver, tol=1e-6, measure="distance", max_iters=40_000)
     assert sol.status[0] == Status.CONVERGED, sol
     assert _distance(sol.z, _exact_solution(problem))[0] <= 1e-6
@@ -220,19 +277,22 @@ def test_masha1_partial_participation_counts_participants_only():
 
 def test_masha2_and_baselines_count_bits_exactly():
     M, n, k, N = 4, 8, 3, 200
-    d, vb, ib = 2 * n, 64, math.ceil(math.log2(2 * n))
+    d, vb, ib = 2 * n, 64, 8  # indices below 256 travel as uint8
     problem = _problem(n=n, workers=M, batch_size=2)
     full = M * d * vb
+    # MASHA2's server compressor keeps its error feedback on every rank, so the payloads are all-gathered
     state, syncs = _run(problem, saddle.get_solver("masha2", compressor=TopK(k=k), server_compressor=TopK(k=4)), N)
     assert torch.equal(state.syncs, syncs) and (syncs > 0).all()
     assert torch.equal(state.bits_up, full + N * M * k * (vb + ib) + syncs * full)
-    assert torch.equal(state.bits_down, full + N * M * 4 * (vb + ib) + syncs * full)
+    assert torch.equal(state.bits_down, full + N * M * (M - 1) * k * (vb + ib) + syncs * full)
     assert torch.equal(state.operator_calls, 1 + N + syncs)
+    assert torch.equal(8 * state.bytes_sent, state.bits_up) and torch.equal(8 * state.bytes_received, state.bits_down)
     state, _ = _run(problem, saddle.get_solver("distributed_eg"), N)
     assert (state.bits_up == (1 + 2 * N) * full).all() and (state.bits_down == (1 + 2 * N) * full).all()
+    assert (8 * state.bytes_sent == (1 + 2 * N) * full).all() and (8 * state.bytes_received == (1 + 2 * N) * full).all()
     assert (state.operator_calls == 1 + 2 * N).all()
     state, _ = _run(problem, saddle.get_solver("compressed_eg", compressor=RandK(k=k)), N)
-    assert (state.bits_up == 2 * N * M * k * (vb + ib)).all() and (state.bits_down == 2 * N * full).all()
+    assert (state.bits_up == 2 * N * M * k * vb).all() and (state.bits_down == 2 * N * M * (M - 1) * k * vb).all()
     assert (state.operator_calls == 2 * N).all()
 
 
@@ -343,7 +403,8 @@ def test_minibatch_masha_converges_linearly_to_the_exact_solution(solver, compre
 @pytest.mark.parametrize("solver", ["masha1", "masha2"])
 def test_minibatch_counts_bits_and_samples_exactly(solver):
     M, n, N, b, k, R = 3, 6, 4, 2, 3, 200
-    d, vb, ib = 2 * n, 64, math.ceil(math.log2(2 * n))
+    d, vb = 2 * n, 64
+    ib = 0 if solver == "masha1" else 8  # RandK's indices come from the seed, TopK's travel as uint8
     problem = _samples_problem(n=n, workers=M, samples=N, batch_size=3)
     recorder = _RecordingWorkers(problem.local_operator)
     problem.local_operator = recorder
@@ -352,12 +413,16 @@ def test_minibatch_counts_bits_and_samples_exactly(solver):
     s = saddle.get_solver(solver, minibatch=b, seed=torch.tensor([0, 1, 2]), **kw)
     state, syncs = _run(problem, s, R)
     assert torch.equal(state.syncs, syncs)
-    p = min(k / d, b / N)  # the default: the compressor's p capped by b / N
-    assert p == 1 - float(state.tau[0])
+    # the default: the balanced p (test_masha1_counts_bits_exactly) for masha1, TopK's delta = k / d for
+    # masha2, capped by b / N
+    exchange = r * k * M  # r payloads up, every worker receives the r - (itself) others: r k (M - 1) + r k
+    p = min(max(k / d, exchange / (2 * M * d)) if solver == "masha1" else k / d, b / N)
+    assert p == pytest.approx(1 - float(state.tau[0]), rel=1e-12)
     assert (syncs - R * p).abs().max() <= 4 * math.sqrt(R * p * (1 - p))
     full = M * d * vb
     assert torch.equal(state.bits_up, full + R * r * k * (vb + ib) + syncs * full)
-    assert torch.equal(state.bits_down, full + R * M * d * vb + syncs * full)
+    # (M - 1) payloads of k values (and indices) are fewer bytes than d values: an all-gather
+    assert torch.equal(state.bits_down, full + R * (M - 1) * r * k * (vb + ib) + syncs * full)
     assert torch.equal(state.bits_sent, state.bits_up + state.bits_down)
     assert torch.equal(state.operator_calls, 1 + R + syncs)
     assert torch.equal(state.sample_calls, N + 2 * b * R + N * syncs)
@@ -399,7 +464,7 @@ def test_full_batch_reproduces_the_full_operator_iterates(solver, kw):
 
 def test_masha2_partial_participation_converges_and_counts_participants_only():
     M, n, k, r, R = 5, 6, 6, 2, 150
-    d, vb, ib = 2 * n, 64, math.ceil(math.log2(2 * n))
+    d, vb, ib = 2 * n, 64, 8
     problem = _problem(n=n, workers=M, batch_size=1)
     solver = saddle.get_solver("masha2", compressor=TopK(k=k), participation=r, p=0.25)
     # Only the r participants update their error buffers each round; the others keep theirs.
@@ -412,6 +477,7 @@ def test_masha2_partial_participation_converges_and_counts_participants_only():
     assert changed == [r] * R
     syncs = state.syncs
     assert torch.equal(state.bits_up, M * d * vb + R * r * k * (vb + ib) + syncs * M * d * vb)
+    # (M - 1) payloads of 6 values and indices exceed d values: the server replies in full
     assert torch.equal(state.bits_down, M * d * vb + R * M * d * vb + syncs * M * d * vb)
     sol = saddle.solve(problem, solver, tol=1e-7, measure="distance", max_iters=20_000, check_every=20)
     assert sol.status[0] == Status.CONVERGED, sol
@@ -493,3 +559,62 @@ def test_the_deprecated_batch_size_keyword_still_sets_the_minibatch(solver, prob
     assert torch.equal(by_old.operator_calls, by_new.operator_calls)
     with pytest.raises(TypeError, match=f"{solver}: give minibatch only"):
         saddle.get_solver(solver, batch_size=2, minibatch=3, **settings)
+
+
+# -- the wire: measured bytes against the bit formulas ---------------------------------------------
+
+_WIRE_CASES = [("masha1", {"compressor": RandK(k=3)}), ("masha1", {"compressor": RandK(k=3, send_indices=True)}),
+               ("masha1", {"compressor": PermK()}), ("masha1", {"compressor": RandomDithering(s=2)}),
+               ("masha1", {"compressor": NaturalCompression()}), ("masha1", {"compressor": Identity()}),
+               ("masha1", {"compressor": RandK(k=3), "server_compressor": RandK(k=5)}),
+               ("masha1", {"compressor": RandK(k=3), "transport": "server"}),
+               ("masha2", {"compressor": TopK(k=3)}), ("masha2", {"compressor": TopK(k=3), "server_compressor": TopK(k=4)}),
+               ("compressed_eg", {"compressor": RandK(k=3)}), ("compressed_eg", {"compressor": RandomDithering(s=1)}),
+               ("distributed_eg", {})]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("solver,kw", _WIRE_CASES, ids=[f"{s}-{i}" for i, (s, _) in enumerate(_WIRE_CASES)])
+def test_measured_bytes_are_the_bit_formulas_and_the_groups_count(solver, kw, dtype):
+    """Every message's payload is its bits to the byte (the one header: packed codes pad their last byte),
+    and the group's own count of what its collectives moved is the state's."""
+    M, n, N = 4, 7, 60  # d = 14: packed codes do not fill whole bytes
+    problem = problems.get("distributed_bilinear", n=n, workers=M, batch_size=2, seed=1, dtype=dtype)
+    s = saddle.get_solver(solver, **kw)
+    before = (problem.group.traffic.sent, problem.group.traffic.received)
+    state, syncs = _run(problem, s, N)
+    traffic = problem.group.traffic
+    assert traffic.sent - before[0] == int(state.bytes_sent.sum()) and \
+        traffic.received - before[1] == int(state.bytes_received.sum())
+    d = 2 * n
+    comp = s._worker_compressor()
+    exchanges = {"masha1": N, "masha2": N, "compressed_eg": 2 * N, "distributed_eg": 0}[solver]
+    pad = 8 * comp.payload_bytes(d, dtype, M) - comp.bits(d, dtype, 0, M)  # under a byte per message
+    assert 0 <= pad < 8
+    assert torch.equal(8 * state.bytes_sent - state.bits_up, torch.full((2,), exchanges * M * pad))
+    if solver != "distributed_eg":
+        route_server = s._route(problem) == "server"
+        reply = s._server_compressor() if route_server and s._server_compressor() is not None else Identity()
+        down_pad = (8 * reply.payload_bytes(d, dtype) - reply.bits(d, dtype, -1, 1)) if route_server else \
+            (M - 1) * pad
+        assert torch.equal(8 * state.bytes_received - state.bits_down, torch.full((2,), exchanges * M * down_pad))
+    else:
+        assert torch.equal(8 * state.bytes_received, state.bits_down)
+
+
+def test_the_transport_setting_picks_the_route_and_is_checked():
+    problem = _problem(n=50, workers=16)  # d = 100
+    route = lambda **kw: saddle.get_solver("masha1", **kw)._route(problem)  # noqa: E731
+    assert route(compressor=RandK(ratio=0.01)) == "all_gather"  # 15 payloads of 1 value < 100 values
+    assert route(compressor=RandK(ratio=0.1)) == "server"  # 15 x 10 values > 100: the server replies in full
+    assert route(compressor=RandK(ratio=0.01), server_compressor=RandK(k=5)) == "server"  # bidirectional
+    assert route(compressor=RandK(ratio=0.1), transport="all_gather") == "all_gather"
+    with pytest.raises(ValueError, match="transport must be one of"):
+        saddle.get_solver("masha1", transport="ring")
+    # both routes give the same iterates up to rounding (the same messages, summed in another order)
+    # (with the same p: the default p depends on the route's bits)
+    a = saddle.solve(problem, "masha1", compressor=RandK(ratio=0.1), transport="all_gather", p=0.2, max_iters=50, tol=0)
+    b = saddle.solve(problem, "masha1", compressor=RandK(ratio=0.1), transport="server", p=0.2, max_iters=50, tol=0)
+    for x, y in zip(a.z, b.z):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-12)
+    assert (a.counts["bytes_received"] > b.counts["bytes_received"]).all()

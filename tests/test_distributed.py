@@ -77,6 +77,46 @@ def test_gloo_processes_reproduce_minibatch_masha2_with_partial_participation(tm
     assert "sample_calls" in local.counts and (local.state.syncs > 0).all()
 
 
+@pytest.mark.parametrize("transport", ["all_gather", "server"])
+def test_gloo_moves_the_counted_bytes_in_float32(tmp_path, transport):
+    """Each rank's group counts what it handed to its collectives and got back; with one worker per rank
+    and collectives of equal sizes, M times rank 0's count is the state's per-instance total, and the
+    simulated run counts the same, in float32 and on both routes."""
+    M, save = 3, tmp_path / "run.pt"
+    args = ["--problem", "distributed_quadratic", "--size", "40", "--dtype", "float32", "--batch-size", "2",
+            "--seed", "1", "--solver", "masha1", "--compressor", "randk", "--keep", "4", "--transport", transport,
+            "--max-iters", "60", "--tol", "0", "--check-every", "30", "--backend", "gloo", "--timeout", "30",
+            "--save", str(save)]
+    out, _ = _torchrun(M, args)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    remote = torch.load(save, weights_only=True)
+    counts, traffic = remote["counts"], remote["traffic"]
+    assert M * traffic["sent"] == int(counts["bytes_sent"].sum())
+    assert M * traffic["received"] == int(counts["bytes_received"].sum())
+    problem = problems.get("distributed_quadratic", n=40, workers=M, batch_size=2, seed=1, dtype=torch.float32)
+    local = saddle.solve(problem, "masha1", compressor=RandK(k=4), transport=transport, seed=1, max_iters=60,
+                         tol=0.0, check_every=30)
+    for a, b in zip(remote["z"], local.z):  # the all-reduces of the synchronizations sum in gloo's order
+        torch.testing.assert_close(a, b)
+    for name, value in local.counts.items():
+        assert torch.equal(counts[name], value), name
+    assert problem.group.traffic.sent == M * traffic["sent"]
+
+
+def test_the_bandwidth_throttle_makes_a_round_last_its_bytes_over_the_bandwidth(tmp_path):
+    # distributed_eg, d = 4000 float64: two all-reduces of 32 kB per round, 64 kB handed over and 64 kB back
+    # per rank; at 0.01 Gbit/s (1.25 MB/s) a round lasts at least 128 kB / 1.25 MB/s = 0.1 s
+    save = tmp_path / "run.pt"
+    args = ["--problem", "distributed_quadratic", "--size", "4000", "--solver", "distributed_eg", "--max-iters", "12",
+            "--tol", "0", "--check-every", "4", "--backend", "gloo", "--bandwidth", "0.01", "--save", str(save)]
+    out, _ = _torchrun(2, args)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    remote = torch.load(save, weights_only=True)
+    per_round = 2 * 2 * 4000 * 8
+    assert remote["traffic"]["sent"] + remote["traffic"]["received"] == 12 * per_round + per_round // 2  # and init
+    assert 0.1 <= remote["round_time"] < 0.3
+
+
 @pytest.mark.parametrize("mode", ["raise", "exit", "hang"])
 def test_a_failing_worker_fails_the_whole_run_quickly(mode):
     args = ["--size", "6", "--max-iters", "1000000", "--tol", "0", "--check-every", "20", "--timeout", "5",

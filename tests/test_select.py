@@ -26,6 +26,7 @@ FAMILIES = {
     "comonotone_linear": dict(n=2, batch_size=3, seed=1),
     "dirac_gan": dict(batch_size=3, seed=1),
     "distributed_bilinear": dict(n=4, workers=2, samples=2, batch_size=3, seed=1),
+    "distributed_quadratic": dict(n=5, workers=2, batch_size=3, seed=1),
     "distributed_matrix_game": dict(n=4, m=3, workers=2, batch_size=3, seed=1),
     "dro": dict(n=12, d=3, ambiguity="chi2_ball", rho=torch.tensor([0.1, 0.3, 0.5], dtype=F64), batch_size=3,
                 seed=1),

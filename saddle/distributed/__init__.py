@@ -31,7 +31,7 @@ produce the same iterates.
 The package has one module per part:
 
 - `saddle.distributed.groups`: `WorkerGroup`, `SimulatedGroup`, `TorchDistributedGroup`, `make_group`;
-- `saddle.distributed.problem`: `DistributedProblem`, `AffineWorkers`, `flatten`, `unflatten`;
+- `saddle.distributed.problem`: `DistributedProblem`, `AffineWorkers`, `StructuredWorkers`, `flatten`, `unflatten`;
 - `saddle.distributed.cli`: `main`, the ``python -m saddle.distributed`` entry point;
 - `saddle.distributed.agreement`: how the ranks of a torchrun agree on their options or refuse together.
 """
@@ -39,9 +39,9 @@ The package has one module per part:
 from .agreement import SHARED_OPTIONS
 from .cli import SOLVERS, main
 from .groups import SimulatedGroup, TorchDistributedGroup, WorkerGroup, make_group
-from .problem import AffineWorkers, DistributedProblem, flatten, unflatten
+from .problem import AffineWorkers, DistributedProblem, StructuredWorkers, flatten, unflatten
 
 __all__ = [
     "WorkerGroup", "SimulatedGroup", "TorchDistributedGroup", "DistributedProblem", "AffineWorkers",
-    "flatten", "unflatten", "make_group", "main", "SOLVERS", "SHARED_OPTIONS",
+    "StructuredWorkers", "flatten", "unflatten", "make_group", "main", "SOLVERS", "SHARED_OPTIONS",
 ]

@@ -27,7 +27,8 @@ __all__ = ["SHARED_OPTIONS", "RankReport", "require_agreement", "shared_options"
 # writes), --timeout (a process's own patience) and --simulate (no ranks).
 SHARED_OPTIONS = ("problem", "size", "samples", "batch_size", "seed", "solver", "compressor", "keep",
                   "server_compressor", "step_size", "sync_prob", "participation", "minibatch", "max_iters", "tol",
-                  "measure", "check_every", "backend", "fail_rank", "fail_at", "fail_mode")
+                  "measure", "check_every", "backend", "fail_rank", "fail_at", "fail_mode", "dtype", "transport",
+                  "bandwidth")
 # A rank's report has a fixed size whatever the options, so that ranks which disagree (or run other
 # versions of this module) exchange it without a collective mismatch: int64 slots (the options'
 # layout, the problem, an error flag, one hash per shared option), then ASCII JSON of the values and
@@ -166,14 +167,14 @@ def require_agreement(args, group: WorkerGroup, problem: DistributedProblem | No
 
     Args:
         args: this rank's parsed options (an ``argparse.Namespace`` with every name in `SHARED_OPTIONS`).
-        group: the `TorchDistributedGroup` of the ranks (it needs ``all_gather`` and ``device``).
+        group: the `TorchDistributedGroup` of the ranks (it needs ``gather_objects`` and ``device``).
         problem: the problem this rank built, or None if it could not.
         error: this rank's setup error, or None.
     """
     options = shared_options(args, group)
     report = RankReport(layout=hash64(" ".join(options)), problem=0 if problem is None else problem_digest(problem),
                         options=tuple(hash64(v) for v in options.values()), values=options, error=error)
-    reports = [decode(row) for row in group.all_gather(encode(report).to(group.device)).cpu()]
+    reports = [decode(row) for row in group.gather_objects(encode(report).to(group.device)).cpu()]
     message = refusal(reports)
     if message is not None:
         raise ValueError(message)

@@ -76,6 +76,12 @@ def parser() -> argparse.ArgumentParser:
                    help="split each worker's operator into N samples (distributed_bilinear)")
     p.add_argument("--size", type=_positive_int, default=None, help="the problem's size parameter n")
     p.add_argument("--batch-size", type=_positive_int, default=1)
+    p.add_argument("--dtype", default="float64", choices=("float64", "float32"), help="the problem's dtype")
+    p.add_argument("--transport", default="auto", choices=("auto", "all_gather", "server"),
+                   help="how compressed messages travel: an all-gather of the payloads, or a server (rank 0) that "
+                        "gathers them and broadcasts its reply; auto: the fewer bytes")
+    p.add_argument("--bandwidth", type=_positive_float, default=None, metavar="GBIT/S",
+                   help="throttle each rank to this many Gbit/s (a model of a slower network than loopback)")
     p.add_argument("--seed", type=_nonnegative_int, default=0, help="problem and solver seed")
     p.add_argument("--max-iters", type=_nonnegative_int, default=5000)
     p.add_argument("--tol", type=_nonnegative_float, default=1e-6)
@@ -125,7 +131,10 @@ def _refuse(err: Exception) -> int:
 def _start_group(args) -> WorkerGroup:
     """The worker group the options ask for, refusing combinations that cannot work before starting one."""
     if args.simulate is None:
-        return TorchDistributedGroup(args.backend, args.timeout)
+        bandwidth = None if args.bandwidth is None else args.bandwidth * 1e9 / 8
+        return TorchDistributedGroup(args.backend, args.timeout, bandwidth=bandwidth)
+    if args.bandwidth is not None:
+        raise ValueError("--bandwidth throttles the collectives of a torchrun; --simulate has none: drop one")
     if args.backend is not None:
         raise ValueError(f"--backend {args.backend} applies to runs under torchrun; --simulate runs every worker "
                          "in this one process: give one of them")
@@ -197,6 +206,9 @@ def _solver_settings(args) -> dict:
             settings[name] = value
     if args.solver in ("masha1", "masha2", "compressed_eg"):
         settings["seed"] = args.seed
+        settings["transport"] = args.transport
+    elif args.transport != "auto":
+        raise ValueError(f"--transport applies to the compressed solvers, not {args.solver}")
     return settings
 
 
@@ -205,7 +217,7 @@ def _make_problem(args, group: WorkerGroup) -> DistributedProblem:
     from saddle import problems
 
     kw = dict(group=group, workers=group.size, seed=args.seed, batch_size=args.batch_size,
-              device=getattr(group, "device", torch.device("cpu")))
+              device=getattr(group, "device", torch.device("cpu")), dtype=getattr(torch, args.dtype))
     if args.size is not None:
         kw["n"] = args.size
     if args.samples is not None:
@@ -223,8 +235,10 @@ def _run(args, group: WorkerGroup, problem: DistributedProblem, solver) -> None:
     from ..solve import solve
 
     rank = group.rank
+    marks = []  # (iteration, time) at every check: the seconds per round between checks, without init and the end
 
     def callback(progress):
+        marks.append((progress.iteration, time.perf_counter()))
         if args.fail_rank is not None and rank == args.fail_rank and progress.iteration >= (args.fail_at or 0):
             if args.fail_mode == "exit":
                 os._exit(3)
@@ -252,7 +266,13 @@ def _run(args, group: WorkerGroup, problem: DistributedProblem, solver) -> None:
               f"{counts['bits_sent'][i].item():>14}{counts['bits_up'][i].item():>14}{dist:>12.3e}"
               f"{wall / max(rounds, 1):>10.2e}")
     if args.save:
-        save_checkpoint(args.save, {"z": tuple(b.cpu() for b in sol.z),
+        traffic = group.traffic
+        per_round = wall / max(rounds, 1) if len(marks) < 2 else \
+            (marks[-1][1] - marks[0][1]) / max(marks[-1][0] - marks[0][0], 1)
+        save_checkpoint(args.save, {"z": tuple(b.cpu() for b in sol.z), "round_time": per_round,
                                     "counts": {k: v.cpu() for k, v in counts.items()},
-                                    "iterations": sol.iterations.cpu(), "wall_time": wall, "rounds": rounds})
+                                    "iterations": sol.iterations.cpu(), "wall_time": wall, "rounds": rounds,
+                                    "distance": None if sol.distance is None else sol.distance.cpu(),
+                                    "traffic": {"sent": traffic.sent, "received": traffic.received,
+                                                "calls": traffic.calls}})
 

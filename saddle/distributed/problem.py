@@ -5,7 +5,10 @@ A `DistributedProblem` is a `saddle.VIProblem` whose operator is the
 giving the held workers' ``F_m`` at a common flattened point (`flatten`:
 the blocks of a point side by side). `AffineWorkers` is the local operator of
 affine workers ``F_m(z) = A_m z + c_m``, optionally finite sums of N samples
-for the minibatch variants of the compressed solvers.
+for the minibatch variants of the compressed solvers. `StructuredWorkers` is
+an affine local operator whose ``A_m`` is diagonal + 2x2-block skew + low rank,
+stored in O(d r) numbers and applied in O(d r) operations (no d x d matrix), so
+d can reach 10^7.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from ..problem import VIProblem
 from ..selection import Selection, as_selection, take
 from .groups import WorkerGroup
 
-__all__ = ["DistributedProblem", "AffineWorkers", "flatten", "unflatten"]
+__all__ = ["DistributedProblem", "AffineWorkers", "StructuredWorkers", "flatten", "unflatten"]
 
 
 def flatten(z: Point) -> Tensor:
@@ -91,6 +94,104 @@ class AffineWorkers:
         selection = as_selection(index, self.c.shape[0])
         comp = None if self.components is None else tuple(take(t, selection) for t in self.components)
         return AffineWorkers(take(self.A, selection), take(self.c, selection), comp)
+
+
+class StructuredWorkers:
+    """Affine local operators with structured matrices, ``F_m(z) = A_m (z - z_star) + e_m`` (the workers held here).
+
+    ``A_m = diag(a_m) + K_m + U_m U_m^T``: a diagonal, a skew-symmetric ``K_m``
+    that is block diagonal with 2x2 blocks on the coordinate pairs ``(0, 1), (2, 3), ...``
+    (``(K_m z)_{2i} = s_{m,i} z_{2i+1}``, ``(K_m z)_{2i+1} = -s_{m,i} z_{2i}``; with d odd
+    the last coordinate has no pair and no skew term), and a low-rank PSD ``U_m U_m^T``.
+    No d x d matrix is formed: the data are O(d r) numbers per worker and a call
+    is ``F_m(z) = a_m * z + K_m z + U_m (U_m^T z) + c_m``, a few elementwise
+    operations and two batched products of cost O(d r), with
+    ``c_m = e_m - A_m z_star`` computed once here (in the data's dtype).
+
+    The symmetric part of ``A_m`` is ``diag(a_m) + U_m U_m^T`` (the skew part
+    cancels), so ``F_m`` is ``min(a_m)``-strongly monotone, and
+    ``|A_m|_2 <= max(a_m) + max|s_m| + |U_m|_F^2``.
+
+    Args:
+        a: ``(B, m, d)`` the diagonals.
+        s: ``(B, m, d // 2)`` the skew coefficients of the coordinate pairs.
+        U: ``(B, m, d, r)`` the low-rank factors (r >= 0).
+        e: ``(B, m, d)`` the offsets: ``F_m(z_star) = e_m``.
+        z_star: ``(B, d)`` the common centre, or None (then ``F_m(z) = A_m z + e_m``).
+
+    All tensors must be floating, of one dtype and on one device.
+    """
+
+    def __init__(self, a: Tensor, s: Tensor, U: Tensor, e: Tensor, z_star: Tensor | None = None):
+        for name, t in (("a", a), ("s", s), ("U", U), ("e", e), ("z_star", z_star)):
+            if t is None:
+                continue
+            if not isinstance(t, Tensor) or not t.dtype.is_floating_point:
+                raise ValueError(f"{name} must be a floating tensor, got "
+                                 f"{t.dtype if isinstance(t, Tensor) else type(t).__name__}")
+            if t.dtype != a.dtype or t.device != a.device:
+                raise ValueError(f"{name} is {t.dtype} on {t.device} but a is {a.dtype} on {a.device}: "
+                                 "give every tensor in one dtype on one device")
+        if a.dim() != 3:
+            raise ValueError(f"a must be (B, m, d), got shape {tuple(a.shape)}")
+        B, m, d = a.shape
+        if s.shape != (B, m, d // 2):
+            raise ValueError(f"s must be (B, m, d // 2) = {(B, m, d // 2)}, got shape {tuple(s.shape)}")
+        if U.dim() != 4 or U.shape[:3] != (B, m, d):
+            raise ValueError(f"U must be (B, m, d, r) with (B, m, d) = {(B, m, d)}, got shape {tuple(U.shape)}")
+        if e.shape != (B, m, d):
+            raise ValueError(f"e must be (B, m, d) = {(B, m, d)}, got shape {tuple(e.shape)}")
+        if z_star is not None and z_star.shape != (B, d):
+            raise ValueError(f"z_star must be (B, d) = {(B, d)}, got shape {tuple(z_star.shape)}")
+        self.a, self.s = a, s
+        # the factors as rows, (B, m, r, d): each read once, contiguously, per product (a thin batched
+        # matrix product on the (d, r) layout is several times slower on CPUs)
+        self.U_rows = U.transpose(-1, -2).contiguous()
+        self.c = e if z_star is None else e - self._apply(z_star)
+
+    @property
+    def samples(self) -> int:
+        """N = 1: no finite-sum structure."""
+        return 1
+
+    @property
+    def rank(self) -> int:
+        """r, the rank of the low-rank parts."""
+        return self.U_rows.shape[-2]
+
+    @property
+    def U(self) -> Tensor:
+        """``(B, m, d, r)`` the low-rank factors (a view)."""
+        return self.U_rows.mT
+
+    def _apply(self, v: Tensor) -> Tensor:
+        """``A_m v`` for every held worker: ``(B, d) -> (B, m, d)``."""
+        return self.__call__(v, offset=False)
+
+    def __call__(self, v: Tensor, *, offset: bool = True) -> Tensor:
+        """``(B, d) -> (B, m, d)``: every held worker's ``F_m`` at the common point ``v`` (``A_m v`` without offset)."""
+        B, m, d = self.a.shape
+        if v.shape != (B, d):
+            raise ValueError(f"v must be (B, d) = {(B, d)}, got shape {tuple(v.shape)}")
+        vb = v.unsqueeze(1)                                                 # (B, 1, d)
+        out = torch.addcmul(self.c, self.a, vb) if offset else self.a * vb  # a_m * v (+ c_m): (B, m, d), fresh
+        h = self.s.shape[-1]
+        if h:  # the skew pairs, in place on the fresh result
+            pairs = vb[..., :2 * h].unflatten(-1, (h, 2))                   # (B, 1, h, 2)
+            o = out[..., :2 * h].unflatten(-1, (h, 2))
+            o[..., 0].addcmul_(self.s, pairs[..., 1])
+            o[..., 1].addcmul_(self.s, pairs[..., 0], value=-1)
+        r = self.U_rows.shape[-2]
+        dots = torch.bmm(self.U_rows.view(B, m * r, d), v.unsqueeze(-1)).view(B, m, r, 1)  # U_m^T v, all workers
+        for j in range(r):  # U_m (U_m^T v): r updates
+            out.addcmul_(self.U_rows[:, :, j], dots[:, :, j])
+        return out
+
+    def select(self, index) -> "StructuredWorkers":
+        """The workers of the selected instances: an int, a slice, a ``(B,)`` mask or positions (`saddle.selection`)."""
+        selection = as_selection(index, self.a.shape[0])
+        return StructuredWorkers(take(self.a, selection), take(self.s, selection), take(self.U, selection),
+                                 take(self.c, selection))
 
 
 class DistributedProblem(VIProblem):
@@ -170,7 +271,9 @@ class DistributedProblem(VIProblem):
         return self.local_operator.sample(v, idx)
 
     def _full_operator(self, z: Point) -> Point:
-        return unflatten(self.group.mean(self.local_F(flatten(z))), self.dims)
+        # all_sum, not group.mean: F here serves the driver's checks (monitoring), not the solver's
+        # exchanges, so it is neither counted in group.traffic nor throttled
+        return unflatten(self.group.all_sum(self.local_F(flatten(z)).sum(1)) / self.group.size, self.dims)
 
     def local_lipschitz(self) -> Tensor | None:
         """``(B, M)`` the workers' Lipschitz constants (float64, CPU), or None."""

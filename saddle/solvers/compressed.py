@@ -69,7 +69,7 @@ full operator and for b = N)::
                     (a mean-square Lipschitz constant of the compressed, sampled difference:
                      E|g - (F(z_half) - F(w))|^2 + |F(z_half) - F(w)|^2 <= L_Q^2 |z_half - w|^2)
     MASHA1:          gamma = sqrt(1 - tau) / (2 L_Q),
-                     p = 1 / (1 + omega)  (k/d for RandK),  min(1 / (1 + omega), b / N) with minibatches
+                     p = max(1 / (1 + omega), E / S)  (see "Default p" below),  capped by b / N with minibatches
     MASHA2:          gamma = min(sqrt(1 - tau) / (2 L_2), (r / M) delta / (4 Lbar_2)),
                      L_2^2 = L^2 + sigma_r Lbar^2 + s_b Lhat^2 / r,   Lbar_2^2 = Lbar^2 + s_b Lhat^2,
                      p = delta  (k/d for TopK; delta_worker delta_server when bidirectional),
@@ -88,10 +88,10 @@ only that the correction g is conditionally unbiased for ``F(z_half) - F(w)``
 and that its second moment is at most ``L_Q^2 |z_half - w|^2``. Sampling workers
 and samples keeps the first and enters the second through ``sigma_r`` and
 ``s_b``, so the rate stays linear (about ``min(p, gamma mu)`` per round) for
-any p in (0, 1]. p only sets the cost of a round: on average ``k + p d``
-values sent and ``2 b + p N`` sample evaluations per worker, and
-``p = min(k/d, b/N)`` keeps both within twice those of a compressed minibatch
-round (VR-EG's ``p = b / N``, MASHA's ``p = k / d``). MASHA2's error of worker
+any p in (0, 1]. p sets the cost of a round (on average ``p`` of a
+synchronization's bits and ``2 b + p N`` sample evaluations per worker) and,
+through ``gamma ~ sqrt(p)``, its progress; the cap ``b / N`` keeps the sample
+evaluations within twice those of a minibatch round (VR-EG's ``p = b / N``). MASHA2's error of worker
 m contracts only in the rounds it takes part in (probability r/M), hence
 ``(r / M) delta``. All defaults reduce to the full-participation,
 full-operator ones for r = M and b = N.
@@ -107,18 +107,56 @@ full ``F_m`` (N = 1 without samples), ``2 b`` per minibatch round (``D_m``
 evaluates the b samples at z_half and at w). So MASHA makes ``N + R N + S N``
 sample evaluations in R rounds with S synchronizations, and
 ``N + 2 b R + S N`` with minibatches.
-(To avoid host synchronizations, ``F_m(z+)`` is evaluated at every round and
-used only when the coin says so; counts follow the algorithm.) ``bits_up``
-counts the bits the (participating) workers send to the server and
-``bits_down`` the bits the server sends (one message to each of the M workers), with the compressors'
-exact `saddle.compress.Compressor.bits`; ``bits_sent = bits_up + bits_down``;
-``syncs`` counts full synchronizations (all M workers send full vectors). The
-coin, the participating workers and the minibatches come from the shared
-seed and cost no bits. The counts are the
-algorithm's communication (what sparse or quantized messages cost on the
-wire, as in the paper); the `torch.distributed` backend reduces the
-compressed messages with dense ``all_reduce`` calls, so the bytes it moves
-are not smaller.
+(MASHA reads the coin on the host, the same on every rank: ``F_m(z+)`` and the
+all-reduce of a synchronization happen only in the rounds, and for the
+instances, whose coin came up; the solvers declare ``host_reads``.)
+
+**The wire.** A compressed exchange sends each worker's payload
+(`saddle.compress.Compressor.encode`: k values for `RandK` and `PermK`, whose
+coordinates every rank regenerates from the shared seed; values and narrow
+indices for `TopK`; packed codes for the quantizers) over one of two routes
+(the ``transport`` setting):
+
+- ``"all_gather"``: every worker gets all M payloads and decodes their average
+  itself (`saddle.compress.Compressor.decode_sum`, ``O(M k)`` for a
+  sparsifier): uplink one payload per worker, downlink the other M - 1;
+- ``"server"``: the payloads are gathered on a server (rank 0), which decodes
+  their average and broadcasts its reply: ``Q_s``'s payload when
+  ``server_compressor`` is set (bidirectional compression), else d values.
+
+``"auto"`` (the default) takes the server when it compresses its reply, and
+otherwise the route whose downlink is smaller: for a sparse compressor at
+1% on 16 workers, the all-gather's 15 k values per worker against the
+server's d. The downlink is then compressed without a second compressor:
+the relayed payloads are the workers' own messages, so ``L_Q`` keeps
+``q_s = 1``, where a server compressor multiplies it by ``1 + omega_s``
+(measured in ``benchmarks/compressed.py``: more total bits, not fewer). MASHA2 with a
+server compressor keeps the server's error feedback on every rank: its
+payloads are all-gathered and every rank applies ``C_s`` alike (no reply
+travels). Full synchronizations and `DistributedEG`'s exchanges are
+all-reduces of d values.
+
+**Bits and bytes.** ``bits_up`` counts the bits the (participating) workers
+send, ``bits_down`` the bits the workers receive (the others' payloads on the
+all-gather route, the server's reply on the server route, the reduced vector
+of an all-reduce), with the compressors' exact `saddle.compress.Compressor.bits`
+(the wire's sizes); ``bits_sent = bits_up + bits_down``; ``syncs`` counts full
+synchronizations. ``bytes_sent`` and ``bytes_received`` are measured on the
+payloads handed to the group's collectives (summed over the workers; the
+group's own `saddle.distributed.Traffic` counts the same); they equal the bits
+/ 8 up to the padding of packed codes to a whole byte, except under partial
+participation, where the symmetric collectives also carry the
+non-participants' (ignored) payloads. The coin, the participating workers and
+the minibatches come from the shared seed and cost nothing.
+
+**Default p** for MASHA1: ``max(1 / (1 + omega), E / S)`` (capped by ``b / N``
+with minibatches), ``E`` the bits of one round's compressed exchange (uplink
+and downlink, on its route) and ``S = 2 M d`` values the bits of a
+synchronization. The step grows as ``sqrt(p)`` and the rate as the step, so
+the bits to an accuracy grow as ``(E + p S) / sqrt(p)``, smallest at
+``p = E / S``: synchronize about as often as the compressed traffic makes it
+cheap (``p = 0.08`` for RandK at 1% on 16 workers, whose all-gather downlink
+is 15 k values; the paper's ``k / d`` balances the uplink alone).
 """
 
 from __future__ import annotations
@@ -130,13 +168,17 @@ import torch
 from torch import Tensor
 
 from ..distributed.problem import DistributedProblem, flatten, unflatten
-from ..compress import Compressor, RandK, RandomKey, TopK, get_compressor, uniform, value_bits
+from ..compress import Compressor, Identity, RandK, RandomKey, TopK, get_compressor, uniform, value_bits
 from ..point import Point
+from ..problem import VIProblem
 from ..sets import Reals
 from ._validate import STEP, check_integer, check_number, check_positive, per_instance, renamed_setting
 from .base import Solver, register
 
 __all__ = ["CompressedState", "MASHA1", "MASHA2", "DistributedEG", "CompressedEG"]
+
+#: How compressed messages travel (the solvers' ``transport`` setting).
+TRANSPORTS = ("auto", "all_gather", "server")
 
 # Streams of the counter-based random numbers (see saddle.compress.uniform).
 _UP, _UP2, _DOWN, _DOWN2, _COIN, _PART, _SAMPLE = 1, 2, 3, 4, 5, 6, 7
@@ -151,6 +193,8 @@ class CompressedState(NamedTuple):
         Fw_local: ``(B, m, d)`` the held workers' ``F_m(w)`` (MASHA) or None.
         error: ``(B, m, d)`` the held workers' error-feedback accumulators ``e_m`` (MASHA2) or None.
         server_error: ``(B, d)`` the server's accumulator ``e`` (bidirectional MASHA2) or None.
+        anchor: ``(B, d)`` ``(1 - tau) w - gamma F(w)`` (MASHA1 on ``Z = R^d``, where
+            ``z_half = tau z + anchor`` is one pass), or None.
         step_size: ``(B,)`` gamma.
         tau: ``(B,)`` ``1 - p``.
         seed: ``(B,)`` int64 seeds of the shared random numbers.
@@ -159,6 +203,8 @@ class CompressedState(NamedTuple):
         bits_up: ``(B,)`` bits sent by all workers to the server.
         bits_down: ``(B,)`` bits sent by the server to the workers.
         bits_sent: ``(B,)`` ``bits_up + bits_down``.
+        bytes_sent: ``(B,)`` bytes all workers handed to collectives (measured on the payloads).
+        bytes_received: ``(B,)`` bytes all workers received from others (measured).
         syncs: ``(B,)`` full synchronizations (coin successes).
         steps: ``(B,)`` rounds taken (the round counter of the random numbers).
     """
@@ -168,6 +214,7 @@ class CompressedState(NamedTuple):
     Fw_local: Tensor | None
     error: Tensor | None
     server_error: Tensor | None
+    anchor: Tensor | None
     step_size: Tensor
     tau: Tensor
     seed: Tensor
@@ -176,6 +223,8 @@ class CompressedState(NamedTuple):
     bits_up: Tensor
     bits_down: Tensor
     bits_sent: Tensor
+    bytes_sent: Tensor
+    bytes_received: Tensor
     syncs: Tensor
     steps: Tensor
 
@@ -208,6 +257,9 @@ class _Distributed(Solver):
                       expected="a positive integer (workers per round)")
         check_integer(name, "minibatch", getattr(self, "minibatch", None), minimum=1, allow_none=True,
                       expected="a positive integer (samples per minibatch) or None (the full local operator)")
+        transport = getattr(self, "transport", "auto")
+        if transport not in TRANSPORTS:
+            raise ValueError(f"{name}: transport must be one of {', '.join(map(repr, TRANSPORTS))}, got {transport!r}")
         seed = getattr(self, "seed", 0)
         if not isinstance(seed, Tensor):  # a tensor of seeds is checked against the batch at init
             check_integer(name, "seed", seed, minimum=0, expected="a non-negative integer or a (B,) int64 tensor")
@@ -300,6 +352,22 @@ class _Distributed(Solver):
     def _default_p(self, problem) -> float:
         return 1.0
 
+    def _balanced_p(self, problem) -> float:
+        """``min(1, E / S)``: the p at which the synchronizations' expected bits ``p S`` equal a round's
+        compressed exchange ``E`` (uplink and downlink on its route; ``S = 2 M d`` values).
+
+        With the step ``gamma ~ sqrt(p)`` and the rate ``~ gamma mu``, the bits to an accuracy
+        grow as ``(E + p S) / sqrt(p)``, smallest at ``p = E / S``.
+        """
+        M, d, dtype = problem.workers, problem.dim, problem.dtype
+        comp, srv = self._worker_compressor(), self._server_compressor()
+        up = sum(comp.bits(d, dtype, m, M) for m in range(M)) * self._participants(problem) / M
+        if self._route(problem) == "all_gather":
+            down = (M - 1) * up
+        else:
+            down = M * (Identity() if srv is None else srv).bits(d, dtype, -1, 1)
+        return min(1.0, (up + down) / (2 * M * d * value_bits(dtype)))
+
     def _default_step(self, problem, tau: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -326,7 +394,7 @@ class _Distributed(Solver):
         zeros = torch.zeros(B, dtype=torch.int64, device=dev)
         return dict(step_size=gamma.to(device=dev, dtype=problem.dtype), tau=tau.to(device=dev, dtype=problem.dtype),
                     seed=seed, operator_calls=zeros, sample_calls=zeros, bits_up=zeros, bits_down=zeros,
-                    bits_sent=zeros, syncs=zeros, steps=zeros)
+                    bits_sent=zeros, bytes_sent=zeros, bytes_received=zeros, syncs=zeros, steps=zeros)
 
     def _full_bits(self, problem) -> int:
         """Bits of one uncompressed vector of d values."""
@@ -338,12 +406,6 @@ class _Distributed(Solver):
         M = problem.workers
         return torch.tensor([dev.bits(problem.dim, problem.dtype, m, M) for m in range(M)], dtype=torch.int64,
                             device=problem.device)
-
-    def _down_bits(self, problem) -> int:
-        """Bits of the server's reply to all M workers (compressed when bidirectional)."""
-        srv = self._server_compressor()
-        one = self._full_bits(problem) if srv is None else srv.bits(problem.dim, problem.dtype, -1, 1)
-        return problem.workers * one
 
     def _key(self, problem, state, stream: int, server: bool = False) -> RandomKey:
         workers = torch.tensor([-1], dtype=torch.int64, device=problem.device) if server else \
@@ -378,11 +440,16 @@ class _Distributed(Solver):
         u = uniform(state.seed, state.steps, _SAMPLE, problem.group.worker_index(problem.device), problem.samples)
         return u.topk(b, dim=-1).indices
 
+    def _local_terms(self, problem, state, z_half: Tensor, idx: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``(F_m(z_half), F_m(w))``, ``(B, m, d)`` each, or their same-sample minibatch estimates on ``idx``."""
+        if idx is None:
+            return problem.local_F(z_half), state.Fw_local
+        return problem.local_sample(z_half, idx), problem.local_sample(flatten(state.w), idx)
+
     def _local_difference(self, problem, state, z_half: Tensor, idx: Tensor | None) -> Tensor:
         """``(B, m, d)``: ``F_m(z_half) - F_m(w)``, or its same-sample minibatch estimate on ``idx``."""
-        if idx is None:
-            return problem.local_F(z_half) - state.Fw_local
-        return problem.local_sample(z_half, idx) - problem.local_sample(flatten(state.w), idx)
+        a, b = self._local_terms(problem, state, z_half, idx)
+        return a - b
 
     def _round_samples(self, problem) -> int:
         """Sample evaluations per worker in one compressed round: N (full ``F_m``) or 2 b (minibatch at two points)."""
@@ -398,16 +465,98 @@ class _Distributed(Solver):
         """``(B,)`` bits the participating workers send in one compressed exchange."""
         return ((weights > 0).long() * self._worker_bits(problem)).sum(-1)
 
-    def _compress_reply(self, problem, state, g: Tensor, stream: int) -> Tensor:
-        srv = self._server_compressor()
-        if srv is None:
-            return g
-        return srv.compress(g.unsqueeze(1), self._key(problem, state, stream, server=True)).squeeze(1)
-
-    def _count(self, state, *, calls, samples, up, down, syncs=None) -> dict:
+    def _count(self, state, *, calls, samples, up, down, sent, received, syncs=None) -> dict:
         return dict(operator_calls=state.operator_calls + calls, sample_calls=state.sample_calls + samples,
                     bits_up=state.bits_up + up, bits_down=state.bits_down + down, bits_sent=state.bits_sent + up + down,
+                    bytes_sent=state.bytes_sent + sent, bytes_received=state.bytes_received + received,
                     syncs=state.syncs if syncs is None else state.syncs + syncs, steps=state.steps + 1)
+
+    def _full_exchange_counts(self, problem, common: dict) -> dict:
+        """The counts of ``common`` after one exchange of full vectors (an all-reduce) at init."""
+        bits, nbytes = self._full_bits(problem) * problem.workers, self._full_bytes(problem)
+        return dict(operator_calls=common["operator_calls"] + 1, sample_calls=common["sample_calls"] + problem.samples,
+                    bits_up=common["bits_up"] + bits, bits_down=common["bits_down"] + bits,
+                    bits_sent=common["bits_sent"] + 2 * bits, bytes_sent=common["bytes_sent"] + nbytes,
+                    bytes_received=common["bytes_received"] + nbytes)
+
+    def _full_bytes(self, problem) -> int:
+        """Bytes all M workers hand to (and get back from) one all-reduce of full vectors of d values."""
+        return problem.workers * problem.dim * problem.dtype.itemsize
+
+    # -- the wire ----------------------------------------------------------------------------
+    def _route(self, problem, server: bool = True) -> str:
+        """How a compressed exchange travels: ``"all_gather"`` or ``"server"`` (the ``transport`` setting).
+
+        ``"auto"``: the server, when it compresses its reply (bidirectional compression,
+        ``server``); else the cheaper downlink of the two: the other M - 1 workers' payloads
+        (all-gather) or the server's reply of d values.
+        """
+        transport = getattr(self, "transport", "auto")
+        if transport != "auto":
+            return transport
+        if server and self._server_compressor() is not None:
+            return "server"
+        d, dtype = problem.dim, problem.dtype
+        payload = self._worker_compressor().payload_bytes(d, dtype, problem.workers)
+        return "all_gather" if (problem.workers - 1) * payload < Identity().payload_bytes(d, dtype) else "server"
+
+    def _exchange(self, problem, state, x: Tensor, streams: tuple[int, int], weights: Tensor, *,
+                  subtract: Tensor | None = None, into: Tensor | None = None, scale: Tensor | None = None,
+                  server: bool = True):
+        """One compressed exchange of the held workers' messages ``x`` ``(B, m, d)``.
+
+        Every worker encodes ``Q_m(x_m)`` (`saddle.compress.Compressor.encode`); on the
+        ``"all_gather"`` route every rank gets all M payloads and decodes
+        ``g = sum_m weights_m Q_m(x_m)`` itself (then ``Q_s(g)`` with the shared seed when
+        bidirectional); on the ``"server"`` route the server decodes g and broadcasts
+        its reply (``Q_s(g)``'s payload, or g in full).
+
+        The messages are ``x - subtract`` when ``subtract`` is given (a seeded sparsifier then
+        reads only its coordinates of the two). With ``into`` ``(B, d)`` and ``scale`` ``(B,)``,
+        ``into + scale g`` is returned instead of g, ``into`` updated in place (``O(M k)`` for a
+        sparsifier on the all-gather route). With ``server=False`` the server compressor is left
+        to the caller (MASHA2's error feedback).
+
+        Returns:
+            ``(g, payload, counts)``: ``g`` ``(B, d)`` the same on every rank (or ``into + scale g``),
+            the held workers' payloads ``(B, m, n)`` (to decode their own messages), and the
+            counts of the exchange (``up``, ``down`` bits, ``sent``, ``received`` bytes) as a dict.
+        """
+        comp, srv = self._worker_compressor(), self._server_compressor() if server else None
+        group, d, dtype, M = problem.group, problem.dim, problem.dtype, problem.workers
+        key = self._key(problem, state, streams[0])
+        senders = key._replace(workers=torch.arange(M, device=problem.device))
+        payload = comp.encode(x, key) if subtract is None else comp.encode_difference(x, subtract, key)
+        n = payload.shape[-1]
+        up = self._uplink(problem, weights)
+        if self._route(problem, server) == "all_gather":
+            counts = dict(up=up, down=(M - 1) * up, sent=M * n, received=M * (M - 1) * n)
+            if into is not None and srv is None:  # scatter the scaled messages straight into `into`
+                w = weights * scale.to(weights.dtype).unsqueeze(-1)
+                return comp.decode_sum(group.all_gather(payload), senders, d, dtype, w, out=into), payload, counts
+            g = comp.decode_sum(group.all_gather(payload), senders, d, dtype, weights)
+            if srv is not None:  # every rank applies the same Q_s: the server's error feedback stays everywhere
+                g = srv.compress(g.unsqueeze(1), self._key(problem, state, streams[1], server=True)).squeeze(1)
+            return (g if into is None else into.addcmul_(g, scale.to(g.dtype).unsqueeze(-1))), payload, counts
+        reply_with = Identity() if srv is None else srv
+        server_key = self._key(problem, state, streams[1], server=True)
+
+        def reply(payloads: Tensor) -> Tensor:
+            g = comp.decode_sum(payloads, senders, d, dtype, weights)
+            return reply_with.encode(g.unsqueeze(1), server_key).squeeze(1)
+
+        r = group.via_server(payload, reply, reply_with.payload_bytes(d, dtype, 1))
+        g = reply_with.decode(r.unsqueeze(1), server_key, d, dtype).squeeze(1)
+        if into is not None:
+            g = into.addcmul_(g, scale.to(g.dtype).unsqueeze(-1))
+        one = reply_with.bits(d, dtype, -1, 1)
+        return g, payload, dict(up=up, down=M * one, sent=M * n, received=M * r.shape[-1])
+
+
+def _linear_prox(problem) -> bool:
+    """Whether the prox step is ``z - gamma F`` (every block unconstrained, no non-smooth term)."""
+    return all(isinstance(s, Reals) for s in problem.domain) and \
+        type(problem).block_prox is VIProblem.block_prox
 
 
 def _check_compressor_field(solver) -> None:
@@ -421,34 +570,46 @@ def _masha_init(solver, problem, z0: Point, *, error: bool) -> CompressedState:
     common = solver._common(problem)
     Fw_local = problem.local_F(flatten(z0))
     Fw = problem.group.mean(Fw_local)
-    full = solver._full_bits(problem) * problem.workers
-    common.update(operator_calls=common["operator_calls"] + 1, sample_calls=common["sample_calls"] + problem.samples,
-                  bits_up=common["bits_up"] + full, bits_down=common["bits_down"] + full,
-                  bits_sent=common["bits_sent"] + 2 * full)
+    common.update(solver._full_exchange_counts(problem, common))
     srv_err = torch.zeros_like(Fw) if error and solver._server_compressor() is not None else None
+    anchor = _anchor(flatten(z0), Fw, common["tau"], common["step_size"]) if not error and _linear_prox(problem) \
+        else None
     return CompressedState(w=z0, Fw=Fw, Fw_local=Fw_local, error=torch.zeros_like(Fw_local) if error else None,
-                           server_error=srv_err, **common)
+                           server_error=srv_err, anchor=anchor, **common)
 
 
-def _end_round(solver, problem, state, z_new: Point, weights: Tensor) -> dict:
+def _anchor(w: Tensor, Fw: Tensor, tau: Tensor, gamma: Tensor) -> Tensor:
+    """``(1 - tau) w - gamma F(w)``, ``(B, d)``: MASHA1's z_half on ``Z = R^d`` is ``tau z`` plus this."""
+    return torch.addcmul((1 - tau).unsqueeze(-1) * w, gamma.unsqueeze(-1), Fw, value=-1)
+
+
+def _end_round(solver, problem, state, z_new: Point, weights: Tensor, exchange: dict) -> dict:
     """A MASHA round's end: the coin, the synchronization and the counts, as `CompressedState` fields.
 
-    With the coin, ``w <- z+`` and the workers exchange full ``F_m(w)``; else w stays.
+    With the coin, ``w <- z+`` and the workers exchange full ``F_m(w)`` (an all-reduce of
+    the instances whose coin came up; none, and no ``F_m(z+)``, in most rounds: the coin
+    is read on the host, the same on every rank); else w stays.
     """
     coin = solver._coin(state)
-    F_loc = problem.local_F(flatten(z_new))
-    F_new = problem.group.mean(F_loc)
     c1, c2 = coin.view(-1, 1), coin.view(-1, 1, 1)
-    w = tuple(torch.where(c1, a, b) for a, b in zip(z_new, state.w))
-    full = solver._full_bits(problem) * problem.workers * coin.long()
+    w, Fw, Fw_local, anchor = state.w, state.Fw, state.Fw_local, state.anchor
+    if bool(coin.any()):
+        F_loc = problem.local_F(flatten(z_new))
+        Fw = Fw.clone()
+        Fw[coin] = problem.group.mean(F_loc[coin])
+        Fw_local = torch.where(c2, F_loc, Fw_local)
+        w = tuple(torch.where(c1, a, b) for a, b in zip(z_new, state.w))
+        if anchor is not None:
+            anchor = torch.where(c1, _anchor(flatten(w), Fw, state.tau, state.step_size), anchor)
+    full, nbytes = solver._full_bits(problem) * problem.workers * coin.long(), solver._full_bytes(problem) * coin.long()
     counts = solver._count(state, calls=1 + coin.long(),
                            samples=solver._round_samples(problem) + problem.samples * coin.long(),
-                           up=solver._uplink(problem, weights) + full, down=solver._down_bits(problem) + full,
-                           syncs=coin.long())
-    return dict(w=w, Fw=torch.where(c1, F_new, state.Fw), Fw_local=torch.where(c2, F_loc, state.Fw_local), **counts)
+                           up=exchange["up"] + full, down=exchange["down"] + full,
+                           sent=exchange["sent"] + nbytes, received=exchange["received"] + nbytes, syncs=coin.long())
+    return dict(w=w, Fw=Fw, Fw_local=Fw_local, anchor=anchor, **counts)
 
 
-@register("masha1", category="distributed")
+@register("masha1", category="distributed", host_reads=True)
 @dataclass(frozen=True)
 class MASHA1(_Distributed):
     """MASHA1: variance-reduced extragradient with unbiased compression (arXiv 2110.03313, Algorithm 1).
@@ -461,12 +622,14 @@ class MASHA1(_Distributed):
             (bidirectional compression), or None (the reply is sent in full).
         step_size: gamma, a float or ``(B,)`` tensor (default from the theory, see above).
         p: the probability of a full synchronization (``tau = 1 - p``; default
-            ``1 / (1 + omega)``, which is ``k / d`` for `RandK`; ``min(1 / (1 + omega), b / N)``
-            with minibatches).
+            ``max(1 / (1 + omega), E / S)``: the synchronizations' bits balance the compressed
+            exchanges', module docstring; capped by ``b / N`` with minibatches).
         participation: workers drawn uniformly per round (partial participation), or None (all).
         seed: the seed of the shared random numbers, an int or a ``(B,)`` int64 tensor.
         minibatch: b, the samples per worker and round of the minibatch variant
             (``1 <= b <= N`` for a problem whose workers hold N samples), or None (the full ``F_m``).
+        transport: how the compressed messages travel: ``"all_gather"``, ``"server"`` or
+            ``"auto"`` (the server when it compresses its reply, else the smaller downlink; module docstring).
         batch_size: deprecated name of ``minibatch`` (a ``DeprecationWarning``; removed in the next release).
     """
 
@@ -477,13 +640,14 @@ class MASHA1(_Distributed):
     participation: int | None = None
     seed: object = 0
     minibatch: int | None = None
+    transport: str = "auto"
     batch_size: int | None = field(default=None, repr=False)  # deprecated name of minibatch
 
     def __post_init__(self):
         _check_compressor_field(self)
 
     def _default_p(self, problem):
-        return self._minibatch_p(problem, 1.0 / (1.0 + self._omega(problem)))
+        return self._minibatch_p(problem, max(1.0 / (1.0 + self._omega(problem)), self._balanced_p(problem)))
 
     def _default_step(self, problem, tau):
         return torch.sqrt(1.0 - tau) / (2.0 * self._L_Q(problem))
@@ -493,18 +657,26 @@ class MASHA1(_Distributed):
 
     def step(self, problem, z, state):
         dims, gamma, tau = problem.dims, state.step_size, state.tau.unsqueeze(-1)
-        z_bar = tau * flatten(z) + (1 - tau) * flatten(state.w)
-        z_bar_p = unflatten(z_bar, dims)
-        z_half = problem.prox(z_bar_p, unflatten(state.Fw, dims), gamma)
-        delta = self._local_difference(problem, state, flatten(z_half), self._sample_indices(problem, state))
-        q = self._worker_compressor().compress(delta, self._key(problem, state, _UP))
         weights = self._weights(problem, state)
-        g = self._compress_reply(problem, state, problem.group.weighted_sum(q, weights), _DOWN)
-        z_new = problem.prox(z_bar_p, unflatten(state.Fw + g, dims), gamma)
-        return z_new, state._replace(**_end_round(self, problem, state, z_new, weights))
+        idx = self._sample_indices(problem, state)
+        if state.anchor is not None:
+            # Z = R^d: z_half = z_bar - gamma F(w) = tau z + anchor, and z+ = z_half - gamma g, which adds
+            # the M sparse messages to z_half in place (O(M k) for a sparsifier instead of O(d))
+            z_half = torch.addcmul(state.anchor, tau, flatten(z))
+            F_half, F_ref = self._local_terms(problem, state, z_half, idx)
+            z_new, _, exchange = self._exchange(problem, state, F_half, (_UP, _DOWN), weights, subtract=F_ref,
+                                                into=z_half, scale=-gamma)
+            z_new = unflatten(z_new, dims)
+        else:
+            z_bar = unflatten(torch.lerp(flatten(state.w), flatten(z), tau), dims)  # tau z + (1 - tau) w
+            z_half = problem.prox(z_bar, unflatten(state.Fw, dims), gamma)
+            F_half, F_ref = self._local_terms(problem, state, flatten(z_half), idx)
+            g, _, exchange = self._exchange(problem, state, F_half, (_UP, _DOWN), weights, subtract=F_ref)
+            z_new = problem.prox(z_bar, unflatten(state.Fw + g, dims), gamma)
+        return z_new, state._replace(**_end_round(self, problem, state, z_new, weights, exchange))
 
 
-@register("masha2", category="distributed")
+@register("masha2", category="distributed", host_reads=True)
 @dataclass(frozen=True)
 class MASHA2(_Distributed):
     """MASHA2: variance-reduced extragradient with contractive compression and error feedback (Algorithm 2).
@@ -525,6 +697,8 @@ class MASHA2(_Distributed):
             send nothing and keep their errors), or None (all).
         minibatch: b, the samples per worker and round of the minibatch variant
             (``1 <= b <= N``), or None (the full ``F_m``).
+        transport: ``"all_gather"``, ``"server"`` or ``"auto"`` (module docstring); with a server
+            compressor the payloads are all-gathered (the server's error feedback lives on every rank).
         batch_size: deprecated name of ``minibatch`` (a ``DeprecationWarning``; removed in the next release).
     """
 
@@ -535,6 +709,7 @@ class MASHA2(_Distributed):
     seed: object = 0
     participation: int | None = None
     minibatch: int | None = None
+    transport: str = "auto"
     batch_size: int | None = field(default=None, repr=False)  # deprecated name of minibatch
 
     _needs = "contractive"
@@ -564,25 +739,29 @@ class MASHA2(_Distributed):
 
     def step(self, problem, z, state):
         dims, gamma, tau = problem.dims, state.step_size.unsqueeze(-1), state.tau.unsqueeze(-1)
-        z_bar = tau * flatten(z) + (1 - tau) * flatten(state.w)
+        z_bar = torch.lerp(flatten(state.w), flatten(z), tau)  # tau z + (1 - tau) w, one pass
         z_half = z_bar - gamma * state.Fw
         delta = self._local_difference(problem, state, z_half, self._sample_indices(problem, state))
         v = gamma.unsqueeze(-1) * delta + state.error
-        c = self._worker_compressor().compress(v, self._key(problem, state, _UP))
         weights = self._weights(problem, state)
+        comp, srv = self._worker_compressor(), self._server_compressor()
+        if srv is None:
+            g, payload, exchange = self._exchange(problem, state, v, (_UP, _DOWN), weights)
+        else:  # the server's error feedback: every rank gets the average (all-gather) and applies C_s alike
+            g, payload, exchange = self._exchange(problem, state, v, (_UP, _DOWN), weights, server=False)
+        c = comp.decode(payload, self._key(problem, state, _UP), problem.dim, problem.dtype)
         if self._participants(problem) == problem.workers:
-            g, error = problem.group.mean(c), v - c
-        else:  # the server averages the participants' messages; the others keep their errors and send nothing
-            g = problem.group.weighted_sum(c, weights)
+            error = v - c
+        else:  # the non-participants' messages have weight 0: they keep their errors
             error = torch.where(self._participating(problem, weights), v - c, state.error)
         server_error = state.server_error
         if server_error is not None:
             vs = g + server_error
-            g = self._compress_reply(problem, state, vs, _DOWN)
+            g = srv.compress(vs.unsqueeze(1), self._key(problem, state, _DOWN, server=True)).squeeze(1)
             server_error = vs - g
         z_new = unflatten(z_half - g, dims)
         return z_new, state._replace(error=error, server_error=server_error,
-                                     **_end_round(self, problem, state, z_new, weights))
+                                     **_end_round(self, problem, state, z_new, weights, exchange))
 
 
 @register("distributed_eg", category="distributed")
@@ -615,12 +794,9 @@ class DistributedEG(_Distributed):
     def init(self, problem, z0):
         self.check(problem)
         common = self._common(problem)
-        full = self._full_bits(problem) * problem.workers
-        common.update(operator_calls=common["operator_calls"] + 1,
-                      sample_calls=common["sample_calls"] + problem.samples, bits_up=common["bits_up"] + full,
-                      bits_down=common["bits_down"] + full, bits_sent=common["bits_sent"] + 2 * full)
+        common.update(self._full_exchange_counts(problem, common))
         Fz = problem.group.mean(problem.local_F(flatten(z0)))
-        return CompressedState(w=None, Fw=Fz, Fw_local=None, error=None, server_error=None, **common)
+        return CompressedState(w=None, Fw=Fz, Fw_local=None, error=None, server_error=None, anchor=None, **common)
 
     def step(self, problem, z, state):
         dims, gamma = problem.dims, state.step_size
@@ -628,8 +804,9 @@ class DistributedEG(_Distributed):
         F_half = problem.group.mean(problem.local_F(flatten(z_half)))
         z_new = problem.prox(z, unflatten(F_half, dims), gamma)
         F_new = problem.group.mean(problem.local_F(flatten(z_new)))
-        full = 2 * self._full_bits(problem) * problem.workers
-        counts = self._count(state, calls=2, samples=2 * problem.samples, up=full, down=full)
+        full, nbytes = 2 * self._full_bits(problem) * problem.workers, 2 * self._full_bytes(problem)
+        counts = self._count(state, calls=2, samples=2 * problem.samples, up=full, down=full, sent=nbytes,
+                             received=nbytes)
         return z_new, state._replace(Fw=F_new, **counts)
 
 
@@ -652,6 +829,7 @@ class CompressedEG(_Distributed):
         step_size: gamma, a float or ``(B,)`` tensor (default ``1 / (2 L_Q)``).
         participation: workers per round (partial participation), or None (all).
         seed: the seed of the shared random numbers.
+        transport: ``"all_gather"``, ``"server"`` or ``"auto"`` (module docstring).
     """
 
     compressor: Compressor = RandK(ratio=0.1)
@@ -659,6 +837,7 @@ class CompressedEG(_Distributed):
     step_size: object = None
     participation: int | None = None
     seed: object = 0
+    transport: str = "auto"
 
     def __post_init__(self):
         _check_compressor_field(self)
@@ -668,21 +847,15 @@ class CompressedEG(_Distributed):
 
     def init(self, problem, z0):
         self.check(problem)
-        return CompressedState(w=None, Fw=None, Fw_local=None, error=None, server_error=None,
+        return CompressedState(w=None, Fw=None, Fw_local=None, error=None, server_error=None, anchor=None,
                                **self._common(problem))
-
-    def _estimate(self, problem, state, v: Tensor, up: int, down: int) -> tuple[Tensor, Tensor]:
-        q = self._worker_compressor().compress(problem.local_F(v), self._key(problem, state, up))
-        weights = self._weights(problem, state)
-        return self._compress_reply(problem, state, problem.group.weighted_sum(q, weights), down), weights
 
     def step(self, problem, z, state):
         dims, gamma = problem.dims, state.step_size
-        g1, w1 = self._estimate(problem, state, flatten(z), _UP, _DOWN)
+        weights = self._weights(problem, state)
+        g1, _, e1 = self._exchange(problem, state, problem.local_F(flatten(z)), (_UP, _DOWN), weights)
         z_half = problem.prox(z, unflatten(g1, dims), gamma)
-        g2, w2 = self._estimate(problem, state, flatten(z_half), _UP2, _DOWN2)
+        g2, _, e2 = self._exchange(problem, state, problem.local_F(flatten(z_half)), (_UP2, _DOWN2), weights)
         z_new = problem.prox(z, unflatten(g2, dims), gamma)
-        counts = self._count(state, calls=2, samples=2 * problem.samples,
-                             up=self._uplink(problem, w1) + self._uplink(problem, w2),
-                             down=2 * self._down_bits(problem))
-        return z_new, state._replace(**counts)
+        both = {name: e1[name] + e2[name] for name in e1}
+        return z_new, state._replace(**self._count(state, calls=2, samples=2 * problem.samples, **both))
