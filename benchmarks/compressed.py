@@ -9,6 +9,9 @@ Four sections (``--sections``, default all):
   RandK level in ``--levels``; the saving is ``EG total / method total`` (> 1:
   fewer bits). The measured bytes (``bytes_sent + bytes_received``, what the
   transport handed over) are printed next to the bit counts.
+- ``tuned``: the same for M = ``--curve-workers``, with the default step
+  multiplied by each factor in ``--factors`` (extragradient's too), at the
+  default p and at ``--tuned-p``: how much of the saving the theory's constants leave out.
 - ``curve``: distance against total bits for the M = ``--curve-workers`` case,
   a table (and a plot with ``--plot PATH``).
 - ``gloo``: seconds per round with ``--gloo P`` torchrun processes against the
@@ -46,15 +49,17 @@ from saddle import problems  # noqa: E402
 import saddle  # noqa: E402
 from saddle.compress import RandK, TopK  # noqa: E402
 
-SECTIONS = ("bits", "curve", "gloo", "large")
+SECTIONS = ("bits", "tuned", "curve", "gloo", "large")
 
 
-def _methods(level: float) -> list[tuple[str, str, dict]]:
+def _methods(level: float, M: int) -> list[tuple[str, str, dict]]:
     pct = f"{100 * level:g}%"
-    rows = [(f"MASHA1 Rand{pct}", "masha1", {"compressor": RandK(ratio=level)}),
-            (f"MASHA1 Rand{pct}, bidirectional Rand{pct}", "masha1",
-             {"compressor": RandK(ratio=level), "server_compressor": RandK(ratio=level)})]
-    if level >= 0.1:  # TopK at 1% needs over 10^5 rounds with its default step (delta / (4 Lbar))
+    rows = [(f"MASHA1 Rand{pct}", "masha1", {"compressor": RandK(ratio=level)})]
+    # A RandK server reply multiplies L_Q by sqrt(1 + omega_s): at 1% (omega_s = 99) over 4 * 10^4 rounds;
+    # TopK at 1% needs over 10^5 rounds with its default step (delta / (4 Lbar)). Both only at 10%, M <= 16.
+    if level >= 0.1 and M <= 16:
+        rows.append((f"MASHA1 Rand{pct}, bidirectional Rand{pct}", "masha1",
+                     {"compressor": RandK(ratio=level), "server_compressor": RandK(ratio=level)}))
         rows.append((f"MASHA2 Top{pct}", "masha2", {"compressor": TopK(ratio=level)}))
     return rows
 
@@ -83,22 +88,45 @@ def bits_section(args) -> list[str]:
              f"{args.batch} instance(s), default steps, simulated backend", "",
              "| M | method | step | p | rounds | uplink bits | total bits | measured bytes x 8 | saving (total) |",
              "|---|---|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)  # rows as they come: the whole sweep takes a while
     for M in args.workers:
         problem = problems.get("distributed_bilinear", n=args.n, workers=M, batch_size=args.batch, seed=0)
         eg = _solve(problem, "distributed_eg", {}, args.max_iters)
-        rows = [("EG (uncompressed)", eg)]
-        for level in args.levels:
-            for name, solver, settings in _methods(level):
-                r = _solve(problem, solver, settings, args.max_iters)
-                rows.append((name, r))
-                print(f"  M = {M}: {name}: {r['rounds']:.0f} rounds, {r['wall']:.0f} s", file=sys.stderr, flush=True)
+        rows = [("EG (uncompressed)", eg)] + [
+            (name, _solve(problem, solver, settings, args.max_iters))
+            for level in args.levels for name, solver, settings in _methods(level, M)]
         for name, r in rows:
             if not r["ok"]:
-                lines.append(f"| {M} | {name} | {r['step']:.3g} | {r['p']:.3g} | not converged in "
-                             f"{r['rounds']:,.0f} (distance {r['distance']:.1e}) | | | | |")
-                continue
-            lines.append(f"| {M} | {name} | {r['step']:.3g} | {r['p']:.3g} | {r['rounds']:,.0f} | {r['up']:,.0f} | "
-                         f"{r['total']:,.0f} | {r['measured']:,.0f} | {eg['total'] / r['total']:.2f} |")
+                line = (f"| {M} | {name} | {r['step']:.3g} | {r['p']:.3g} | not converged in "
+                        f"{r['rounds']:,.0f} (distance {r['distance']:.1e}) | | | | |")
+            else:
+                line = (f"| {M} | {name} | {r['step']:.3g} | {r['p']:.3g} | {r['rounds']:,.0f} | {r['up']:,.0f} | "
+                        f"{r['total']:,.0f} | {r['measured']:,.0f} | {eg['total'] / r['total']:.2f} |")
+            lines.append(line)
+            print(line, flush=True)
+    return []
+
+
+def tuned_section(args) -> list[str]:
+    M = args.curve_workers
+    problem = problems.get("distributed_bilinear", n=args.n, workers=M, batch_size=args.batch, seed=0)
+    eg = _solve(problem, "distributed_eg", {}, args.max_iters)
+    lines = [f"**Step factors**, distributed_bilinear n = {args.n}, M = {M}: the default step times a factor "
+             "(saving: against extragradient at its default step)", "",
+             "| method | p | step factor | rounds | total bits | saving (total) |", "|---|---|---|---|---|---|"]
+    runs = [("EG (uncompressed)", "distributed_eg", {}, None)]
+    for level in args.levels:
+        for p in (None, args.tuned_p):
+            runs.append((f"MASHA1 Rand{100 * level:g}%", "masha1", {"compressor": RandK(ratio=level)}, p))
+    for name, solver, settings, p in runs:
+        settings = dict(settings) if p is None else dict(settings, p=p)
+        default = saddle.get_solver(solver, **settings).init(problem, problem.z0).step_size
+        for factor in args.factors:
+            r = _solve(problem, solver, dict(settings, step_size=factor * default), args.max_iters)
+            cells = (f"{r['rounds']:,.0f} | {r['total']:,.0f} | {eg['total'] / r['total']:.2f}" if r["ok"] else
+                     f"not converged in {r['rounds']:,.0f} (distance {r['distance']:.1e}) | |")
+            lines.append(f"| {name} | {r['p']:.3g} | {factor:g} | {cells} |")
+            print(f"  tuned: {name}, p {r['p']:.3g}, x{factor:g}: {r['rounds']:.0f} rounds", file=sys.stderr, flush=True)
     return lines
 
 
@@ -107,7 +135,7 @@ def curve_section(args) -> list[str]:
     problem = problems.get("distributed_bilinear", n=args.n, workers=M, batch_size=1, seed=0)
     runs = {"EG (uncompressed)": _solve(problem, "distributed_eg", {}, args.max_iters, record=True)}
     for level in args.levels:
-        name, solver, settings = _methods(level)[0]
+        name, solver, settings = _methods(level, M)[0]
         runs[name] = _solve(problem, solver, settings, args.max_iters, record=True)
     marks = [1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6]
     lines = [f"**Total bits to reach each distance**, distributed_bilinear n = {args.n}, M = {M}, default steps", "",
@@ -178,11 +206,11 @@ def large_section(args) -> list[str]:
     P, d, R = args.gloo, args.large_d, args.large_round_count
     # rounds to the target from a small simulated instance of the same family (the rate does not depend on d)
     small = problems.get("distributed_quadratic", n=args.large_rounds_d, workers=P, seed=0)
-    start_distance = small.reference.z[0].norm().item()
+    start_distance = small.solution[0].norm().item()
     rounds = {}
     for name, solver, _, settings in _large_methods(args.large_rounds_d):
         sol = saddle.solve(small, solver, tol=args.large_tol * start_distance, measure="distance",
-                           max_iters=args.max_iters, check_every=10, **settings)
+                           max_iters=args.large_max_iters, check_every=10, **settings)
         rounds[name] = sol.iterations.item() if bool(sol.success.all()) else math.inf
         print(f"  large: {name} needs {rounds[name]} rounds at d = {args.large_rounds_d}", file=sys.stderr, flush=True)
     lines = [f"**distributed_quadratic, d = {d:,} (float32), {P} gloo processes on this machine**", "",
@@ -204,8 +232,10 @@ def large_section(args) -> list[str]:
             mb = (traffic["sent"] + traffic["received"]) / R / 1e6
             measured[(name, bandwidth)] = (per_round, mb)
             label = "loopback" if bandwidth is None else f"{bandwidth:g} Gbit/s"
-            total = rounds[name] * per_round
-            lines.append(f"| {name} | {label} | {per_round:.3f} | {mb:.2f} | {rounds[name]:,} | {total:,.0f} s |")
+            reached = math.isfinite(rounds[name])
+            lines.append(f"| {name} | {label} | {per_round:.3f} | {mb:.2f} | "
+                         + (f"{rounds[name]:,} | {rounds[name] * per_round:,.0f} s |" if reached else
+                            f"not reached in {args.large_max_iters:,} | |"))
             print(f"  large: {name}, {label}: {per_round:.3f} s/round", file=sys.stderr, flush=True)
     # the crossover: rounds_E (c_E + V_E / b) = rounds_M (c_M + V_M / b), c the loopback seconds per round
     (cE, vE), (cM, vM) = measured[("EG (uncompressed)", None)], measured[("MASHA1 Rand1%", None)]
@@ -233,6 +263,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--max-iters", type=int, default=40_000)
     parser.add_argument("--curve-workers", type=int, default=16)
+    parser.add_argument("--factors", default="1,2,4", help="step multipliers of the tuned section")
+    parser.add_argument("--tuned-p", type=float, default=0.1, help="the other p of the tuned section")
     parser.add_argument("--plot", default=None, help="write the distance-vs-bits plot here (PNG)")
     parser.add_argument("--gloo", type=int, default=4, help="processes for the gloo sections")
     parser.add_argument("--gloo-n", type=int, default=50)
@@ -241,6 +273,7 @@ def main() -> None:
     parser.add_argument("--large-round-count", type=int, default=60)
     parser.add_argument("--large-rounds-d", type=int, default=10_000)
     parser.add_argument("--large-tol", type=float, default=1e-3)
+    parser.add_argument("--large-max-iters", type=int, default=100_000)
     parser.add_argument("--bandwidth", type=float, default=1.0, help="Gbit/s per rank for the throttled runs")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
@@ -248,13 +281,16 @@ def main() -> None:
         args.n, args.workers, args.gloo_rounds, args.large_d, args.large_rounds_d = 50, "4,16", 100, 100_000, 2_000
     args.workers = [int(w) for w in str(args.workers).split(",")]
     args.levels = [float(v) for v in str(args.levels).split(",")]
+    args.factors = [float(v) for v in str(args.factors).split(",")]
     torch.set_num_threads(1)
     sections = args.sections.split(",")
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         parser.error(f"--sections: unknown {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     for name in sections:
-        print("\n".join(globals()[f"{name}_section"](args)))
+        lines = globals()[f"{name}_section"](args)
+        if lines:
+            print("\n".join(lines))
         print(flush=True)
 
 

@@ -187,7 +187,13 @@ def _to_bytes(t: Tensor) -> Tensor:
 
 def _from_bytes(b: Tensor, dtype: torch.dtype) -> Tensor:
     """The inverse of `_to_bytes`: ``(..., n * itemsize)`` uint8 read as ``(..., n)`` of ``dtype``."""
-    return b.contiguous().view(dtype) if dtype != torch.uint8 else b
+    if dtype == torch.uint8:
+        return b
+    size = torch.empty((), dtype=dtype).element_size()
+    if b.stride(-1) != 1 or any(stride % size for stride in b.stride()[:-1]):
+        # a slice of a payload (values, then indices); `contiguous` keeps the strides of size-1 dimensions
+        b = b.clone(memory_format=torch.contiguous_format)
+    return b.view(dtype)
 
 
 def _pack(codes: Tensor, width: int) -> Tensor:

@@ -125,16 +125,16 @@ _ALL = [Identity(), RandK(k=3), RandK(ratio=0.3, send_indices=True), TopK(k=2), 
 def test_payloads_hold_the_counted_bits_and_decode_to_the_compressed_messages(compressor, dtype):
     """The wire: ``ceil(bits / 8)`` bytes per message (the documented header: under one byte of
     padding), the same for every worker, and ``decode(encode(x)) == compress(x)`` bit for bit."""
-    for d in (3, 7, 300, 40_000):
-        x = torch.randn(2, 3, d, dtype=torch.float64).to(dtype)
-        key = _key(m=3)
+    for (B, m), d in zip([(2, 3), (1, 1), (2, 3), (1, 3)], (3, 7, 300, 40_000)):  # (1, 1): one rank, one instance
+        x = torch.randn(B, m, d, dtype=torch.float64).to(dtype)
+        key = _key(B=B, m=m)
         payload = compressor.encode(x, key)
-        assert payload.dtype == torch.uint8 and payload.shape[:2] == (2, 3)
-        for m in range(3):
-            bits = compressor.bits(d, dtype, m, 3)
+        assert payload.dtype == torch.uint8 and payload.shape[:2] == (B, m)
+        for worker in range(m):
+            bits = compressor.bits(d, dtype, worker, m)
             assert 0 <= 8 * payload.shape[-1] - bits < 8, (d, bits, payload.shape)
         assert torch.equal(compressor.decode(payload, key, d, dtype), compressor.compress(x, key))
-        weights = torch.rand(2, 3, dtype=torch.float64)
+        weights = torch.rand(B, m, dtype=torch.float64)
         expected = (compressor.compress(x, key) * weights.to(dtype).unsqueeze(-1)).sum(1)
         torch.testing.assert_close(compressor.decode_sum(payload, key, d, dtype, weights), expected)  # dtype's tolerance
 
@@ -618,3 +618,18 @@ def test_the_transport_setting_picks_the_route_and_is_checked():
     for x, y in zip(a.z, b.z):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-12)
     assert (a.counts["bytes_received"] > b.counts["bytes_received"]).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("compressor", _ALL, ids=lambda c: repr(c))
+def test_payloads_on_cuda_are_the_cpu_payloads(compressor):
+    """The wire is device-independent: the same seed gives the same bytes on a GPU, decoded alike."""
+    x = torch.randn(2, 3, 300, dtype=torch.float64)
+    key = _key(m=3)
+    cuda_key = RandomKey(key.seed.cuda(), key.round.cuda(), key.stream, key.workers.cuda(), key.size)
+    cpu, gpu = compressor.encode(x, key), compressor.encode(x.cuda(), cuda_key)
+    assert torch.equal(cpu, gpu.cpu())
+    weights = torch.rand(2, 3, dtype=torch.float64)
+    torch.testing.assert_close(compressor.decode_sum(gpu, cuda_key, 300, torch.float64, weights.cuda()).cpu(),
+                               compressor.decode_sum(cpu, key, 300, torch.float64, weights))
