@@ -46,9 +46,9 @@ __all__ = ["problem_fingerprint", "settings_fingerprint", "solver_fingerprint", 
 DIGEST_SIZE = 16
 
 #: Attributes filled lazily by problems, couplings, terms and operators, and running counters (a worker
-#: group's ``traffic``): not part of their data.
+#: group's traffic): not part of their data.
 CACHES = frozenset({"_reference", "_lipschitz", "_mu", "_f_operator", "_phi", "_norm", "_cholesky",
-                    "_largest_eigenvalue", "_transpose", "traffic"})
+                    "_largest_eigenvalue", "_transpose", "_traffic"})
 
 _CONSTANTS = (type(None), bool, int, float, complex, str, bytes, enum.Enum)
 

@@ -633,3 +633,19 @@ def test_payloads_on_cuda_are_the_cpu_payloads(compressor):
     weights = torch.rand(2, 3, dtype=torch.float64)
     torch.testing.assert_close(compressor.decode_sum(gpu, cuda_key, 300, torch.float64, weights.cuda()).cpu(),
                                compressor.decode_sum(cpu, key, 300, torch.float64, weights))
+
+
+def test_a_users_own_group_counts_its_traffic_without_a_constructor_call():
+    from saddle.distributed import WorkerGroup
+
+    class TwoWorkers(WorkerGroup):  # a minimal group: what docs/distributed.md asks of one
+        size, workers, backend = 2, (0, 1), "mine"
+
+        def all_sum(self, local):
+            return local
+
+    group = TwoWorkers()
+    x = torch.ones(3, 2, 5, dtype=torch.float32)
+    torch.testing.assert_close(group.mean(x), torch.ones(3, 5))
+    # an all-reduce of (3, 5) float32 per worker, two workers: 120 bytes each way
+    assert (group.traffic.sent, group.traffic.received, group.traffic.calls) == (120, 120, 1)

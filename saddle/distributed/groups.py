@@ -85,6 +85,13 @@ class WorkerGroup:
         """This process's rank (0 when simulated)."""
         return 0
 
+    @property
+    def traffic(self) -> Traffic:
+        """The bytes this process's workers handed to the solvers' collectives and got back (module docstring)."""
+        if "_traffic" not in self.__dict__:  # created on first use, so a subclass need not call a constructor
+            self._traffic = Traffic()
+        return self._traffic
+
     def worker_index(self, device=None) -> Tensor:
         """``(m,)`` int64 tensor of the workers held here."""
         return torch.tensor(self.workers, dtype=torch.int64, device=device)
@@ -151,7 +158,6 @@ class SimulatedGroup(WorkerGroup):
             raise ValueError(f"size must be a positive integer (the number of workers), got {size!r}")
         self.size = size
         self.workers = tuple(range(size))
-        self.traffic = Traffic()
 
     def all_sum(self, local: Tensor) -> Tensor:
         return local
@@ -222,7 +228,6 @@ class TorchDistributedGroup(WorkerGroup):
         self.workers = (dist.get_rank(),)
         self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
         self.bandwidth = None if bandwidth is None else float(bandwidth)
-        self.traffic = Traffic()
 
     @property
     def rank(self) -> int:
