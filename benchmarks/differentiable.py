@@ -71,6 +71,7 @@ import scipy.optimize
 import torch
 
 import saddle
+from saddle.problems.reference import matrix_game_lp
 
 #: the tolerance saddle's forward solves stop at before the Newton polish of `saddle.implicit`
 SADDLE_TOL = 1e-6
@@ -125,17 +126,9 @@ def highs_lp(c: np.ndarray, A: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, f
 
 
 def highs_game(A: np.ndarray) -> tuple[np.ndarray, float]:
-    """x* and the value of ``min_x max_y x^T A y``: ``min t, A^T x <= t 1, x in simplex``."""
-    n, m = A.shape
-    cost = np.zeros(n + 1)
-    cost[-1] = 1.0
-    res = scipy.optimize.linprog(
-        cost, A_ub=np.hstack([A.T, -np.ones((m, 1))]), b_ub=np.zeros(m),
-        A_eq=np.hstack([np.ones((1, n)), np.zeros((1, 1))]), b_eq=[1.0],
-        bounds=[(0, None)] * n + [(None, None)], method="highs")
-    if res.status != 0:
-        raise RuntimeError(f"HiGHS: {res.message}")
-    return res.x[:-1], float(res.x[-1])
+    """x* and the value of ``min_x max_y x^T A y`` by HiGHS with its default tolerances."""
+    value, x, _ = matrix_game_lp(A, tolerance=None)
+    return x, value
 
 
 def highs_solve(family: str, data: dict, i: int, params: dict | None = None) -> tuple[np.ndarray, float]:

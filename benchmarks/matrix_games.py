@@ -36,10 +36,10 @@ import time
 from typing import NamedTuple
 
 import numpy as np
-import scipy.optimize
 import torch
 
 from saddle import problems
+from saddle.problems.reference import matrix_game_lp
 import saddle
 from saddle.cli import parse_spec
 from saddle.opcount import operations_per_iteration
@@ -51,20 +51,6 @@ FORMS = {"game": torch.float64, "lp": torch.float64, "lp32": torch.float32}
 #: primal weight updated at every restart (the fastest on 256 games 50 x 50), in float64 and float32.
 DEFAULT_ROUTES = ["game:r2hpdhg", "game:pdhg", "lp:r2hpdhg", "lp:r2hpdhg:step_size=exact,primal_weight_progress=1e9",
                   "lp32:r2hpdhg:step_size=exact,primal_weight_progress=1e9"]
-
-
-def highs_value(A: np.ndarray) -> float:
-    """The value of min_x max_y x^T A y by HiGHS with its default tolerances."""
-    n, m = A.shape
-    c = np.zeros(n + 1)
-    c[-1] = 1.0
-    res = scipy.optimize.linprog(
-        c, A_ub=np.hstack([A.T, -np.ones((m, 1))]), b_ub=np.zeros(m),
-        A_eq=np.hstack([np.ones((1, n)), np.zeros((1, 1))]), b_eq=[1.0],
-        bounds=[(0, None)] * n + [(None, None)], method="highs")
-    if res.status != 0:
-        raise RuntimeError(res.message)
-    return float(res.x[-1])
 
 
 class Route(NamedTuple):
@@ -135,7 +121,7 @@ def game_values(game, problem, sol) -> np.ndarray:
 def highs_loop(A: np.ndarray) -> tuple[float, float, np.ndarray]:
     """``(wall seconds, CPU seconds, values)`` of HiGHS solving the games one by one."""
     wall, cpu = time.perf_counter(), time.process_time()
-    values = np.array([highs_value(A[i]) for i in range(A.shape[0])])
+    values = np.array([matrix_game_lp(A[i], tolerance=None)[0] for i in range(A.shape[0])])  # HiGHS's defaults
     return time.perf_counter() - wall, time.process_time() - cpu, values
 
 

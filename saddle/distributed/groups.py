@@ -119,7 +119,7 @@ class WorkerGroup:
 
     def _reduce(self, x: Tensor, partial: Tensor) -> Tensor:
         """`all_sum` of this process's partial sum, counting every held worker's ``(B, d)`` message."""
-        nbytes = x[:, 0].numel() * x.element_size() * x.shape[1]
+        nbytes = x.numel() * x.element_size()
         self.traffic.add(nbytes, nbytes)
         return self.all_sum(partial)
 
